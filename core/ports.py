@@ -1,0 +1,81 @@
+"""The ports: one small Protocol per capability. Adapters implement them; use cases and
+the ledger call them. Nothing here knows a vendor, a web framework or a database."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from .models import NoteSection, NoteType, TranscriptSegment, WriteCommand, WriteOutcome
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """An aware UTC datetime."""
+
+
+@dataclass(frozen=True)
+class SpokenSegment:
+    """One stretch of recognised speech, times relative to the whole recording."""
+
+    start_ms: int
+    end_ms: int
+    text: str
+    confidence: float          # faster-whisper's avg_logprob (<= 0; closer to 0 is surer)
+
+
+@runtime_checkable
+class Transcriber(Protocol):
+    name: str                  # "faster-whisper"
+    model_id: str              # "tiny.en" or the local model directory's name
+
+    def transcribe(self, audio: bytes, *, offset_ms: int = 0,
+                   hotwords: Sequence[str] = (),
+                   lead_in: bytes | None = None) -> list[SpokenSegment]:
+        """Transcribe one chunk (WAV bytes). `offset_ms` is where the chunk starts in the
+        recording; `lead_in` is the previous chunk's audio when known, for handling a word
+        cut by the boundary. Raises PermanentError for audio that cannot be decoded."""
+
+
+@dataclass
+class GeneratedNote:
+    sections: list[NoteSection]
+    template_id: str
+    template_version: str
+
+
+@runtime_checkable
+class NoteGenerator(Protocol):
+    name: str
+    version: str
+
+    def generate(self, segments: Sequence[TranscriptSegment], *,
+                 allowed_sections: Sequence[str],
+                 note_type: NoteType | None = None,
+                 settings: dict | None = None) -> GeneratedNote:
+        """Assign segments to canonical sections and render each. Only `allowed_sections`
+        are produced; a section with no supporting speech is omitted."""
+
+
+@dataclass
+class AdapterCapabilities:
+    reconcile_by_lookup: bool = True      # the EHR can be searched for a write's identifier
+    kinds: tuple[str, ...] = ("create",)
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class EhrAdapter(Protocol):
+    """One EHR target, built per (org, target) from that org's validated config."""
+
+    name: str
+
+    def send(self, command: WriteCommand) -> WriteOutcome:
+        """Render the vendor payload from the canonical command and write it once.
+        Raises TransientError (retry later) or PermanentError (never retry)."""
+
+    def reconcile(self, command: WriteCommand) -> WriteOutcome | None:
+        """After a lost outcome: look the write up at the EHR by its deterministic
+        identifier. Return its outcome if the EHR has it, None if it certainly does not,
+        and raise OutcomeUnknown if the vendor gives no way to tell."""
