@@ -128,7 +128,15 @@ class AdapterError(ChartbridgeError):
 
 
 class TransientError(AdapterError):
+    """Retry later. `maybe_delivered` says whether the EHR may have acted on the request
+    (a timeout or a 500 after the body was sent: yes; a 429, a refused connection: no).
+    When it may have, the next attempt asks the adapter to reconcile before resending."""
+
     code = "transient"
+
+    def __init__(self, message: str, *, maybe_delivered: bool = True, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.maybe_delivered = maybe_delivered
 
 
 class PermanentError(AdapterError):

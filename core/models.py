@@ -254,6 +254,11 @@ class WriteCommand(Model):
     parent_external_id: str | None = None   # the EHR id this write corrects, if any
     extra: dict = Field(default_factory=dict)
 
+    def request_hash(self) -> str:
+        """What "the same request" means: everything but the correlation id."""
+        body = self.model_dump(mode="json", exclude={"correlation_id"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
     def idempotency_key(self) -> str:
         return idempotency_key(self.org_id, self.target, self.encounter_key, self.note_version,
                                self.resource_kind, self.approval_state, self.kind)

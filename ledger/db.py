@@ -1,0 +1,94 @@
+"""Database engines: SQLite (WAL) by default, PostgreSQL when CHARTBRIDGE_DATABASE_URL says.
+
+Nothing is created at import time: `make_engine()` is called by the composition root.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_URL = "sqlite:///./var/chartbridge.db"
+
+
+def database_url(url: str | None = None) -> str:
+    return url or os.environ.get("CHARTBRIDGE_DATABASE_URL") or DEFAULT_URL
+
+
+def _normalise(url: str) -> str:
+    # Accept the plain postgresql:// spelling people paste, and use psycopg 3 for it.
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str | None = None, **kwargs) -> Engine:
+    url = _normalise(database_url(url))
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, **kwargs)
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 10)
+    kwargs.setdefault("max_overflow", 20)
+    return create_engine(url, **kwargs)
+
+
+def _sqlite_engine(url: str, **kwargs) -> Engine:
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    connect_args = kwargs.pop("connect_args", {})
+    connect_args.setdefault("timeout", 30)          # busy timeout, seconds
+    connect_args.setdefault("check_same_thread", False)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+
+    # SQLAlchemy's documented pysqlite workaround ("Serializable isolation / Savepoints /
+    # Transactional DDL"): stop the driver from deferring BEGIN, and emit it ourselves.
+    # BEGIN IMMEDIATE takes the write lock up front, so two transactions never both read
+    # and then fight to upgrade (which SQLite answers with "database is locked").
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+class Database:
+    """The engine plus a session factory; one per process, built by bootstrap()."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._factory = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str | None = None, **kwargs) -> "Database":
+        return cls(make_engine(url, **kwargs))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: commits on success, rolls back on any error."""
+        with self._factory() as session, session.begin():
+            yield session
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
