@@ -79,3 +79,22 @@ class EhrAdapter(Protocol):
         """After a lost outcome: look the write up at the EHR by its deterministic
         identifier. Return its outcome if the EHR has it, None if it certainly does not,
         and raise OutcomeUnknown if the vendor gives no way to tell."""
+
+
+class TokenCache(Protocol):
+    """Outbound access tokens shared by every worker process (one per org and key), so a
+    busy site does not hammer a rate-limited token endpoint."""
+
+    def get(self, org_id: str, key: str) -> str | None:
+        """A token still valid for at least a safety margin, or None."""
+
+    def put(self, org_id: str, key: str, token: str, expires_at: datetime) -> None: ...
+
+    def invalidate(self, org_id: str, key: str) -> None: ...
+
+
+class ReplayGuard(Protocol):
+    """Inbound token ids (JWT `jti`) seen per org."""
+
+    def first_use(self, org_id: str, jti: str, expires_at: datetime) -> bool:
+        """True the first time (and records it), False for a replay. Atomic across workers."""
