@@ -1,0 +1,37 @@
+"""Settings for one org's Epic Haiku ambient site (the `targets.epic_haiku` block)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from chartbridge.config.types import FileRef, Id, Name, SecretRef, Settings, TimeoutS, Url
+
+
+class EpicInbound(Settings):
+    """How Epic's calls to us are verified (JWT bearer tokens)."""
+
+    issuer: Name                       # Epic's client id at this site = the JWT `iss`
+    jwks_url: Url | None = None        # where Epic publishes its signing keys...
+    jwks_file: FileRef | None = None   # ...or a JWKS file we keep (exactly one of the two)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> "EpicInbound":
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of jwks_url or jwks_file")
+        return self
+
+
+class EpicHaikuConfig(Settings):
+    # outbound: SMART Backend Services client-credentials grant with a JWT assertion
+    client_id: Name
+    token_url: Url
+    private_key: SecretRef             # PEM private key, env:NAME or file:PATH
+    key_id: Name                       # `kid` of that key in the JWKS Epic knows
+    algorithm: Literal["RS384", "ES384"] = "RS384"
+    timeout_s: TimeoutS = 10.0
+    # inbound
+    inbound: EpicInbound
+    # the embedded Haiku page (SMART EHR launch)
+    fhir_base: Url | None = None       # expected `iss` of the launch; discovered when absent
+    launch_client_id: Id | None = None  # the web view's SMART client id
