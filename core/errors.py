@@ -70,12 +70,12 @@ class ConfigError(ChartbridgeError):
         self.file, self.key, self.line = file, key, line
 
     def __str__(self) -> str:
-        where = self.file or "<config>"
-        if self.line:
+        where = self.file or ""
+        if self.file and self.line:
             where += f":{self.line}"
         if self.key:
-            where += f": {self.key}"
-        return f"{where}: {self.message}"
+            where += f": {self.key}" if where else self.key
+        return f"{where}: {self.message}" if where else self.message
 
 
 class RuleViolation(ChartbridgeError):

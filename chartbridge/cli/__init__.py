@@ -6,6 +6,7 @@ import importlib
 import sys
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from chartbridge.core.errors import ChartbridgeError
 
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except ChartbridgeError as exc:
         click.echo(f"error: {exc}", err=True)
+        return 1
+    except SQLAlchemyError as exc:
+        click.echo(f"error: the database is unreachable or not migrated ({type(exc).__name__}); "
+                   "check CHARTBRIDGE_DATABASE_URL and run `chartbridge db upgrade`", err=True)
         return 1
     return 0
 

@@ -1,0 +1,123 @@
+"""The one composition root: wires ports to adapters. Nothing is built at import time;
+tests pass their own pieces to `bootstrap()`."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from chartbridge.adapters.registry import registry
+from chartbridge.core.clock import SystemClock
+from chartbridge.core.errors import ConfigError, NotFound
+from chartbridge.core.ports import Clock, NoteGenerator, Transcriber
+from chartbridge.ledger.db import Database
+from chartbridge.ledger.migrate import upgrade
+from chartbridge.ledger.store import SqlStore
+from chartbridge.ledger.tokens import DbReplayGuard, DbTokenCache
+from chartbridge.ledger.writes import WriteLedger
+
+log = logging.getLogger("chartbridge")
+
+
+@dataclass
+class Services:
+    """What an adapter factory may use: shared, per-process pieces (never per-org state)."""
+
+    clock: Clock
+    token_cache: DbTokenCache
+    replay_guard: DbReplayGuard
+    http: Callable[..., httpx.Client]
+    secrets: Callable[[str, Path | None], str]
+
+
+@dataclass
+class Engine:
+    db: Database
+    clock: Clock
+    store: SqlStore
+    ledger: WriteLedger
+    services: Services
+    config_dir: Path
+    transcriber_factory: Callable[[Any], Transcriber] | None = None
+    generator_factory: Callable[[Any], NoteGenerator] | None = None
+    enqueue: Callable[..., None] | None = None      # set by the worker wiring (jobs.py)
+    _adapters: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- organizations -------------------------------------------------------------------
+    def org(self, org_id: str):
+        from chartbridge.config.loader import get_org
+        return get_org(org_id, config_dir=self.config_dir)
+
+    def target_config(self, org_id: str, target: str):
+        org = self.org(org_id)
+        settings = (org.targets or {}).get(target)
+        if settings is None:
+            raise NotFound(f"organization has no {target} target configured")
+        return org, settings
+
+    def adapter(self, org_id: str, target: str):
+        """One adapter instance per (org, target, config version): never a shared object
+        whose configuration is swapped per request."""
+        org, settings = self.target_config(org_id, target)
+        cache_key = (org_id, target, id(org))
+        with self._lock:
+            found = self._adapters.get(cache_key)
+            if found is None:
+                spec = registry.get(target)
+                if spec.factory is None:
+                    raise ConfigError(f"the {target} adapter is not available in this build",
+                                      key=f"targets.{target}")
+                found = spec.factory(org, settings, self.services)
+                self._adapters = {k: v for k, v in self._adapters.items()
+                                  if k[:2] != (org_id, target)}
+                self._adapters[cache_key] = found
+            return found
+
+    # -- processing ports ------------------------------------------------------------------
+    def transcriber(self, org_id: str) -> Transcriber:
+        org = self.org(org_id)
+        if self.transcriber_factory is not None:
+            return self.transcriber_factory(org)
+        from chartbridge.adapters.transcription import transcriber_for
+        return transcriber_for(org)
+
+    def generator(self, org_id: str) -> NoteGenerator:
+        org = self.org(org_id)
+        if self.generator_factory is not None:
+            return self.generator_factory(org)
+        from chartbridge.adapters.notegen import generator_for
+        return generator_for(org, secrets=self.services.secrets)
+
+
+def _resolve_secret(ref: str, base: Path | None = None) -> str:
+    from chartbridge.config.secrets import resolve
+    return resolve(ref, base_dir=base) if base is not None else resolve(ref)
+
+
+def default_config_dir() -> Path:
+    return Path(os.environ.get("CHARTBRIDGE_CONFIG_DIR", "config/orgs"))
+
+
+def bootstrap(*, database_url: str | None = None, db: Database | None = None,
+              clock: Clock | None = None, config_dir: Path | str | None = None,
+              migrate: bool = True, http: Callable[..., httpx.Client] | None = None,
+              transcriber_factory=None, generator_factory=None) -> Engine:
+    clock = clock or SystemClock()
+    db = db or Database.from_url(database_url)
+    if migrate:
+        upgrade(db.engine)
+    services = Services(clock=clock, token_cache=DbTokenCache(db, clock),
+                        replay_guard=DbReplayGuard(db, clock),
+                        http=http or (lambda **kw: httpx.Client(**kw)),
+                        secrets=_resolve_secret)
+    return Engine(db=db, clock=clock, store=SqlStore(db, clock), ledger=WriteLedger(db, clock),
+                  services=services,
+                  config_dir=Path(config_dir) if config_dir else default_config_dir(),
+                  transcriber_factory=transcriber_factory, generator_factory=generator_factory)

@@ -1,0 +1,3 @@
+from chartbridge.cli import console
+
+console()

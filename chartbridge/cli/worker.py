@@ -1,0 +1,32 @@
+import os
+import signal
+import threading
+
+import click
+
+from chartbridge.core.errors import ConfigError
+
+
+@click.command("worker")
+@click.option("--threads", default=4, show_default=True, type=int)
+def worker(threads: int) -> None:
+    """Run job workers against CHARTBRIDGE_BROKER_URL (redis:// or amqp://)."""
+    url = os.environ.get("CHARTBRIDGE_BROKER_URL", "")
+    if not (url.startswith("redis://") or url.startswith("amqp://")):
+        raise ConfigError("chartbridge worker needs CHARTBRIDGE_BROKER_URL set to a redis:// or "
+                          "amqp:// URL; the embedded default runs its worker inside `serve`")
+    from chartbridge import runtime
+    from chartbridge.bootstrap import bootstrap
+    from chartbridge.logs import configure_logging
+
+    configure_logging()
+    rt = runtime.start(bootstrap(), broker_url=url, in_process_worker=True, worker_threads=threads)
+    click.echo(f"chartbridge worker running ({threads} threads)")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rt.stop()

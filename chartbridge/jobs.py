@@ -1,0 +1,235 @@
+"""The worker: dramatiq actors that carry ids, never state, and a sweeper.
+
+Retries live here, once per call kind: a TransientError re-sends the same message with a
+delay (exponential backoff with jitter, never sooner than Retry-After); dramatiq's own
+retries are off so nothing is stacked. The database is the truth: the sweeper finds work
+announced but not finished (a lost message, a killed worker) and enqueues it again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+from chartbridge.bootstrap import Engine
+from chartbridge.core import usecases as uc
+from chartbridge.core.errors import (ChartbridgeError, OutcomeUnknown, PermanentError,
+                                     RuleViolation, TransientError, WriteInProgress)
+from chartbridge.core.models import (ChunkState, RecordingStatus, SessionSource, VersionState,
+                                     WriteStatus)
+from chartbridge.ledger.writes import backoff_seconds
+
+log = logging.getLogger("chartbridge.worker")
+
+MAX_CHUNK_ATTEMPTS = 8
+MAX_STEP_ATTEMPTS = 8
+
+
+def make_broker(url: str | None = None) -> dramatiq.Broker:
+    """The embedded default is dramatiq's in-process StubBroker; production names Redis or
+    RabbitMQ in CHARTBRIDGE_BROKER_URL."""
+    url = url if url is not None else os.environ.get("CHARTBRIDGE_BROKER_URL", "")
+    if not url or url == "memory://":
+        return StubBroker()
+    if url.startswith("redis://"):
+        from dramatiq.brokers.redis import RedisBroker
+        return RedisBroker(url=url)
+    if url.startswith("amqp://"):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+        return RabbitmqBroker(url=url)
+    raise ChartbridgeError(f"CHARTBRIDGE_BROKER_URL has an unknown scheme: {url.split(':', 1)[0]}")
+
+
+@dataclass
+class Jobs:
+    """The actors, declared on one broker for one engine (no global broker)."""
+
+    engine: Engine
+    broker: dramatiq.Broker
+    queue: str = "chartbridge"
+
+    def __post_init__(self) -> None:
+        opts = dict(broker=self.broker, queue_name=self.queue, max_retries=0)
+        self.process_chunk = dramatiq.actor(self._process_chunk, actor_name="process_chunk", **opts)
+        self.finish_version = dramatiq.actor(self._finish_version, actor_name="finish_version", **opts)
+        self.execute_write = dramatiq.actor(self._execute_write, actor_name="execute_write", **opts)
+        self.engine.enqueue = self.enqueue
+
+    # -- enqueueing --------------------------------------------------------------------------
+    def enqueue(self, job: str, *args, delay_s: float | None = None) -> None:
+        actor = getattr(self, job)
+        if delay_s:
+            actor.send_with_options(args=args, delay=int(delay_s * 1000))
+        else:
+            actor.send(*args)
+
+    # -- chunk: download, store, transcribe ---------------------------------------------------
+    def _process_chunk(self, org_id: str, session_id: str, recording_id: str, sequence: int) -> None:
+        e = self.engine
+        session = e.store.get_session(org_id, session_id)
+        chunk = e.store.get_chunk(org_id, session_id, recording_id, sequence)
+        if chunk.state != ChunkState.ANNOUNCED:
+            self._maybe_finish(org_id, session_id, recording_id)
+            return
+        attempt = e.store.chunk_attempt(org_id, session_id, recording_id, sequence)
+        try:
+            audio = e.store.get_audio(org_id, session_id, recording_id, sequence)
+            if audio is None:
+                audio = self._download(session, recording_id, sequence, chunk.content_type)
+            org = e.org(org_id)
+            ready = uc.transcribe_chunk(
+                e.store, e.transcriber(org_id), org_id=org_id, session=session,
+                recording_id=recording_id, sequence=sequence, audio=audio,
+                hotwords=list(getattr(org.transcription, "hotwords", []) or []),
+                consent_required=_consent_required(org, "capture"))
+        except TransientError as exc:
+            if attempt >= MAX_CHUNK_ATTEMPTS:
+                e.store.chunk_failed(org_id, session_id, recording_id, sequence,
+                                     f"gave up after {attempt} attempts: {exc.message}")
+                return
+            delay = backoff_seconds(attempt, base=0.5, cap=60, retry_after=exc.retry_after)
+            log.info("chunk retry scheduled", extra={"correlation_id": session.correlation_id,
+                                                     "attempt": attempt, "delay_s": round(delay, 2)})
+            self.enqueue("process_chunk", org_id, session_id, recording_id, sequence, delay_s=delay)
+            return
+        except (PermanentError, RuleViolation) as exc:
+            e.store.chunk_failed(org_id, session_id, recording_id, sequence, exc.message)
+            return
+        if ready is not None:
+            self.enqueue("finish_version", org_id, session_id, recording_id, ready.version)
+
+    def _download(self, session, recording_id: str, sequence: int, content_type: str) -> bytes:
+        e = self.engine
+        if session.source != SessionSource.EPIC_HAIKU:
+            raise PermanentError("no audio was uploaded for this chunk")
+        newest = e.store.newest_version(session.org_id, session.id, recording_id)
+        chunk = e.store.get_chunk(session.org_id, session.id, recording_id, sequence)
+        adapter = e.adapter(session.org_id, "epic_haiku")
+        audio, got_type = adapter.fetch_chunk(session.external_id, recording_id,
+                                              max(newest or 0, chunk.version), sequence,
+                                              correlation_id=session.correlation_id)
+        e.store.store_audio(session.org_id, session.id, recording_id, sequence, audio,
+                            got_type or content_type)
+        return audio
+
+    def _maybe_finish(self, org_id: str, session_id: str, recording_id: str) -> None:
+        ready = self.engine.store.claim_ready_version(org_id, session_id, recording_id)
+        if ready is not None:
+            self.enqueue("finish_version", org_id, session_id, recording_id, ready.version)
+
+    # -- a complete version: notify (Paused) or draft and hand off (Stopped) -------------------
+    def _finish_version(self, org_id: str, session_id: str, recording_id: str, version: int,
+                        attempt: int = 1) -> None:
+        e = self.engine
+        session = e.store.get_session(org_id, session_id)
+        recording = next((r for r in e.store.recordings(org_id, session_id)
+                          if r.recording_id == recording_id and r.version == version), None)
+        if recording is None or recording.state != VersionState.READY:
+            return
+        try:
+            if recording.status == RecordingStatus.PAUSED:
+                if session.source == SessionSource.EPIC_HAIKU:
+                    self._write(uc.notice_command(session, recording, target="epic_haiku"))
+            else:
+                draft = self._draft_for(org_id, session, recording)
+                if session.source == SessionSource.EPIC_HAIKU:
+                    protected = list(e.store.protected(org_id, session_id))
+                    self._write(uc.handoff_command(session, draft, recording,
+                                                   target="epic_haiku", protected=protected))
+            uc.version_finished(e.store, org_id=org_id, recording=recording, ok=True)
+        except TransientError as exc:
+            if attempt >= MAX_STEP_ATTEMPTS:
+                uc.version_finished(e.store, org_id=org_id, recording=recording, ok=False,
+                                    error=f"gave up after {attempt} attempts: {exc.message}")
+                return
+            delay = backoff_seconds(attempt, base=0.5, cap=60, retry_after=exc.retry_after)
+            self.finish_version.send_with_options(
+                args=(org_id, session_id, recording_id, version, attempt + 1), delay=int(delay * 1000))
+        except WriteInProgress:
+            pass        # another worker holds the write; the sweeper checks on it
+        except (PermanentError, RuleViolation, OutcomeUnknown) as exc:
+            uc.version_finished(e.store, org_id=org_id, recording=recording, ok=False,
+                                error=exc.message)
+
+    def _draft_for(self, org_id: str, session, recording):
+        """Reuse this version's draft on a retry, so a resend carries the same body."""
+        e = self.engine
+        for draft, state in e.store.drafts(org_id, session_id=session.id):
+            if draft.recording_version == recording.version and state == "draft":
+                return draft
+        org = e.org(org_id)
+        return uc.draft_note(e.store, e.clock, e.generator(org_id), e.transcriber(org_id),
+                             org_id=org_id, session=session, recording=recording,
+                             settings=_drafting_settings(org))
+
+    def _write(self, command):
+        record = self.engine.ledger.execute(command, self.engine.adapter(command.org_id, command.target))
+        if record.status == WriteStatus.FAILED:
+            raise PermanentError(record.last_error or "the EHR refused the write",
+                                 status=(record.outcome or {}).get("status"))
+        return record
+
+    # -- a ledger write by key (approvals, sweeper) ------------------------------------------
+    def _execute_write(self, org_id: str, key: str) -> None:
+        e = self.engine
+        command = e.ledger.command_of(org_id, key)
+        try:
+            e.ledger.execute(command, e.adapter(org_id, command.target))
+        except (TransientError, WriteInProgress, OutcomeUnknown):
+            pass        # the row records it; the sweeper drives it again when due
+
+
+def _consent_required(org, scope: str) -> bool:
+    policy = getattr(org, "policy", None)
+    consent = getattr(policy, "consent", None)
+    value = getattr(consent, scope, None) if consent is not None else None
+    return str(value) == "required"
+
+
+def _drafting_settings(org) -> dict:
+    drafting = getattr(org, "drafting", None)
+    return drafting.model_dump() if drafting is not None else {}
+
+
+class Sweeper:
+    """Finds work the database says is unfinished and enqueues it again."""
+
+    def __init__(self, jobs: Jobs, *, stale_after_s: float = 60.0) -> None:
+        self.jobs, self.stale_after = jobs, timedelta(seconds=stale_after_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep_once(self) -> dict:
+        e = self.jobs.engine
+        cutoff = e.clock.now() - self.stale_after
+        chunks = e.store.pending_chunks(older_than=cutoff)
+        for org_id, session_id, recording_id, seq in chunks:
+            e.store.touch_chunk(org_id, session_id, recording_id, seq)
+            self.jobs.enqueue("process_chunk", org_id, session_id, recording_id, seq)
+        versions = e.store.stuck_versions(older_than=cutoff)
+        for org_id, session_id, recording_id, version in versions:
+            self.jobs.enqueue("finish_version", org_id, session_id, recording_id, version)
+        writes = e.ledger.due()
+        for org_id, key in writes:
+            self.jobs.enqueue("execute_write", org_id, key)
+        return {"chunks": len(chunks), "versions": len(versions), "writes": len(writes)}
+
+    def start(self, interval_s: float = 15.0) -> None:
+        def loop():
+            while not self._stop.wait(interval_s):
+                try:
+                    self.sweep_once()
+                except ChartbridgeError as exc:
+                    log.warning("sweep failed: %s", exc.code)
+        self._thread = threading.Thread(target=loop, name="chartbridge-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)

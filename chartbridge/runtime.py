@@ -1,0 +1,60 @@
+"""Running the engine: the embedded default (web + in-process worker + sweeper in one
+process) and the separate worker process for Redis/RabbitMQ."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+
+from chartbridge.bootstrap import Engine
+from chartbridge.jobs import Jobs, Sweeper, make_broker
+
+log = logging.getLogger("chartbridge")
+
+
+@dataclass
+class Runtime:
+    engine: Engine
+    jobs: Jobs
+    worker: Worker | None
+    sweeper: Sweeper
+
+    def stop(self) -> None:
+        self.sweeper.stop()
+        if self.worker is not None:
+            self.worker.stop(timeout=10_000)
+        self.jobs.broker.close()
+
+    def join(self, timeout: float = 30.0) -> bool:
+        """Wait until the queue is drained (embedded broker only)."""
+        broker = self.jobs.broker
+        if isinstance(broker, StubBroker):
+            done = threading.Event()
+
+            def _join():
+                broker.join(self.jobs.queue, timeout=int(timeout * 1000))
+                done.set()
+            t = threading.Thread(target=_join, daemon=True)
+            t.start()
+            t.join(timeout)
+            return done.is_set()
+        return True
+
+
+def start(engine: Engine, *, broker_url: str | None = None, in_process_worker: bool | None = None,
+          worker_threads: int = 2, sweep_interval_s: float = 15.0,
+          sweeper_stale_s: float = 60.0) -> Runtime:
+    broker = make_broker(broker_url)
+    jobs = Jobs(engine, broker)
+    if in_process_worker is None:
+        in_process_worker = isinstance(broker, StubBroker)
+    worker = None
+    if in_process_worker:
+        worker = Worker(broker, worker_threads=worker_threads, worker_timeout=100)
+        worker.start()
+    sweeper = Sweeper(jobs, stale_after_s=sweeper_stale_s)
+    sweeper.start(sweep_interval_s)
+    return Runtime(engine, jobs, worker, sweeper)

@@ -1,0 +1,65 @@
+"""The Flask app factory: thin HTTP over the engine. Every error is JSON with a 4xx/5xx
+status chosen from the error hierarchy; a traceback never reaches a client."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from chartbridge.bootstrap import Engine
+from chartbridge.core.errors import ChartbridgeError
+
+log = logging.getLogger("chartbridge.web")
+
+
+def create_app(engine: Engine, *, jobs=None) -> Flask:
+    app = Flask("chartbridge")
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    app.extensions["chartbridge"] = engine
+    app.extensions["chartbridge.jobs"] = jobs
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz():
+        try:
+            engine.db.ping()
+        except Exception as exc:  # noqa: BLE001 - any database failure means not ready
+            log.warning("readiness check failed: %s", type(exc).__name__)
+            return jsonify(status="unavailable", database="unreachable"), 503
+        return jsonify(status="ready", database=engine.db.engine.dialect.name)
+
+    @app.errorhandler(ChartbridgeError)
+    def _domain_error(exc: ChartbridgeError):
+        status = exc.http_status if 400 <= exc.http_status < 600 else 500
+        return jsonify(exc.as_dict()), status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return jsonify(error=exc.name.lower().replace(" ", "_"), detail=exc.description), exc.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unexpected error", exc_info=exc)
+        return jsonify(error="internal_error",
+                       detail="the engine hit an unexpected error; nothing stored was lost"), 500
+
+    _register_adapter_endpoints(app, engine, jobs)
+    return app
+
+
+def _register_adapter_endpoints(app: Flask, engine: Engine, jobs) -> None:
+    """Adapters with inbound endpoints expose `make_blueprint(engine, jobs)`."""
+    import importlib
+
+    for module in ("chartbridge.adapters.epic_haiku.endpoints",):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                continue
+            raise
+        app.register_blueprint(mod.make_blueprint(engine, jobs))
