@@ -70,7 +70,7 @@ DEFAULT_CLIENT_SECRET = "sim-secret"  # a simulator-only credential, never a rea
 DEFAULT_SCOPE = "athena/service/Athenanet.MDP.*"
 TOKEN_RATE_PER_MIN = {"production": 50, "preview": 5}
 
-CALLS = ("token", "upload", "list", "get", "any")
+CALLS = ("token", "upload", "list", "get", "ping", "any")
 FAULT_KINDS = ("status", "slow", "expired_token", "success_false", "lose_response", "drop")
 
 _API_ROUTE = re.compile(
@@ -238,7 +238,7 @@ class AthenaSimulator:
     """athenaOne API simulator. See the module docstring and README.md."""
 
     def __init__(self, *, environment: str = "production", token_ttl_s: int = 3600,
-                 token_rate_per_min: int | None = None, qps_per_practice: int = 15,
+                 token_rate_per_min: int | None = None, qps_per_practice: int = 10,
                  quota_retry_after: float | None = 1, clock: Any = None,
                  seed_defaults: bool = True, max_documents: int = 10_000,
                  max_calls_logged: int = 5_000, max_body_bytes: int = 20 * 1024 * 1024,
@@ -487,6 +487,8 @@ class AthenaSimulator:
             return self._api_call(request, call, m["practiceid"], m["patientid"], m["docid"])
         pm = _PRACTICE_ROUTE.match(path)
         practiceid = pm["practiceid"] if pm else None
+        if pm and path.rstrip("/") == f"/v1/{practiceid}/ping":
+            return self._api_call(request, "ping", practiceid, "", None)
         self._log(request, "other", practiceid, 404, None)
         return _athena_error(404, "Invalid URL.", "This endpoint is not modelled by the simulator.")
 
@@ -580,6 +582,8 @@ class AthenaSimulator:
     # ----------------------------------------------------------------- API calls
     def _note_arrival(self, practiceid: str) -> None:
         with self._lock:
+            if practiceid not in self._practices:  # keeps the windows bounded
+                practiceid = "unknown"
             now = self._now()
             window = self._api_windows.setdefault(practiceid, deque())
             window.append(now)
@@ -651,7 +655,9 @@ class AthenaSimulator:
             return _json({"success": False,
                           "errormessage": fault.errormessage or "The document could not be "
                                                                 "created."})
-        if call == "upload":
+        if call == "ping":
+            response, stored = _json({"pong": "true"}), None
+        elif call == "upload":
             if request.method != "POST":
                 response, stored = _athena_error(405, "Method not allowed."), None
             else:
@@ -922,10 +928,10 @@ def serve(host: str = "127.0.0.1", port: int = 8090, **options: Any) -> None:
     """Run the simulator in the foreground until interrupted (Ctrl-C)."""
     sim = AthenaSimulator(host=host, port=port, **options)
     base = sim.start()
-    print(f"athenaOne simulator at {base} - configure an org with base_url={base} "
-          f"token_url={base}/oauth2/v1/token practice_id={DEFAULT_PRACTICE_ID} "
-          f"client_id={DEFAULT_CLIENT_ID} and a secret reference resolving to the simulator "
-          f"secret (see contract_tests/athenaone/README.md); controls under {base}/_sim/",
+    print(f"athenaOne simulator at {base} - point an org's athenaone target at "
+          f"base_url={base} (token {base}/oauth2/v1/token), practice {DEFAULT_PRACTICE_ID}, "
+          f"client_id {DEFAULT_CLIENT_ID}, client_secret env:ATHENA_CLIENT_SECRET with "
+          f"ATHENA_CLIENT_SECRET={DEFAULT_CLIENT_SECRET} (simulator-only); controls at {base}/_sim/",
           flush=True)
     try:
         while sim._server is not None:

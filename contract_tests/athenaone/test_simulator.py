@@ -378,3 +378,16 @@ def test_stop_frees_the_port_even_during_a_slow_answer() -> None:
         assert time.perf_counter() - started < 5 and not t.is_alive()
     with pytest.raises(httpx.ConnectError):
         httpx.get(base + "/_sim/state", timeout=2)
+
+
+def test_ping_is_practice_scoped(http: httpx.Client) -> None:
+    # Given a token for the default practice
+    headers = token(http)
+    # When it pings its own practice, another practice and a practice that does not exist
+    own = http.get(f"/v1/{DEFAULT_PRACTICE_ID}/ping", headers=headers)
+    other = http.get("/v1/195901/ping", headers=headers)
+    missing = http.get("/v1/4242/ping", headers=headers)
+    # Then athena's documented answers come back
+    assert (own.status_code, own.json()) == (200, {"pong": "true"})
+    assert (other.status_code, other.json()["error"]) == (401, "Incorrect permissions.")
+    assert (missing.status_code, missing.json()["error"]) == (404, "Invalid practice.")
