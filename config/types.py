@@ -6,6 +6,7 @@ adapter's config module stays light and free of import cycles.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -16,7 +17,7 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from chartbridge.config.secrets import BASE_DIR, SecretRef
 
-__all__ = ["Settings", "Url", "FileRef", "SecretRef", "TimeoutS", "Name", "Id", "Scopes"]
+__all__ = ["Settings", "Url", "Uri", "field_error", "FileRef", "SecretRef", "TimeoutS", "Name", "Id", "Scopes"]
 
 
 class Settings(BaseModel):
@@ -76,6 +77,18 @@ def _check_url(value: Any) -> str:
 Url = Annotated[str, BeforeValidator(_check_url)]
 
 
+def _check_uri(value: Any) -> str:
+    if not isinstance(value, str) or not _URI.fullmatch(value.strip()):
+        raise PydanticCustomError("uri", "must be an absolute URI (e.g. http://loinc.org or urn:oid:1.2.3)")
+    return value.strip()
+
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s]+")
+
+# An identifier URI (FHIR `system`): never fetched, so any absolute URI will do.
+Uri = Annotated[str, BeforeValidator(_check_uri)]
+
+
 class _FileRefMarker:
     """A path to a non-secret file (JWKS, CA bundle, model folder). Relative paths are
     taken from the config file's folder. Validation does not check that it exists."""
@@ -103,3 +116,9 @@ class _FileRefMarker:
 
 
 FileRef = Annotated[Path, _FileRefMarker]
+
+
+def field_error(field: str, message: str) -> PydanticCustomError:
+    """An error a model validator raises about one of its own fields: the loader reports
+    it at `<model path>.<field>` (pydantic would otherwise place it on the model)."""
+    return PydanticCustomError("field_problem", message, {"field": field})

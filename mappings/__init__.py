@@ -1,0 +1,252 @@
+"""Code tables: data files, not code.
+
+Each `mappings/<name>.yaml` holds one table of a `kind` (`sections` or `note_types`); an org
+picks its tables by name (`mappings.sections`, `mappings.note_types`) and may override
+single entries (`mappings.overrides`). The API is small and typed:
+
+    section_table(org).epic_section_id("51847-2")    # the site's Epic SectionID
+    section_table(org).code_for_epic_section_id(x)   # and back (DocumentationUpdated)
+    note_type(org, "11506-3").txa2                   # "PR"
+    note_type(org, "11506-3").athena_subclass
+
+A code the tables cannot map raises InputError naming the field (never the value's
+context); `check_org(org)` lists every mapping gap of an org config (used by the loader,
+so `chartbridge org validate` reports them with file and line).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import yaml
+from pydantic import ValidationError
+
+from chartbridge.config.schema import Coding, NoteTypeOverride, Obx3, SectionOverride
+from chartbridge.config.types import Id, Name, Settings
+from chartbridge.core.errors import ConfigError, InputError, NotFound
+
+if TYPE_CHECKING:
+    from chartbridge.config.schema import OrgConfig
+
+TABLES_DIR = Path(__file__).resolve().parent
+Kind = Literal["sections", "note_types"]
+
+
+class SectionEntry(Settings):
+    code: str                                    # LOINC section code (the canonical id)
+    title: Name
+    epic_section_id_: Id | None = None
+    obx3: Obx3 | None = None
+
+    @property
+    def epic_section_id(self) -> str:
+        return self.epic_section_id_ or self.code
+
+
+class NoteTypeEntry(Settings):
+    code: str                                    # LOINC note type code
+    name: Name
+    fhir_type: Coding | None = None
+    txa2: str | None = None
+    athena_class: Literal["clinicaldocument", "encounterdocument"] | None = None
+    athena_subclass: str | None = None
+
+
+class _SectionFile(Settings):
+    kind: Literal["sections"]
+    version: int
+    entries: dict[str, SectionOverride]
+
+
+class _NoteTypeFile(Settings):
+    kind: Literal["note_types"]
+    version: int
+    entries: dict[str, NoteTypeOverride]
+
+
+class SectionTable:
+    def __init__(self, name: str, entries: dict[str, SectionEntry]) -> None:
+        self.name = name
+        self.entries = entries
+        self._by_epic = {e.epic_section_id: e.code for e in entries.values()}
+
+    @property
+    def codes(self) -> list[str]:
+        return list(self.entries)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self.entries
+
+    def get(self, code: str) -> SectionEntry:
+        try:
+            return self.entries[code]
+        except KeyError:
+            raise InputError(f"section code not in the {self.name!r} table", field="section") from None
+
+    def title(self, code: str) -> str:
+        return self.get(code).title
+
+    def epic_section_id(self, code: str) -> str:
+        return self.get(code).epic_section_id
+
+    def code_for_epic_section_id(self, epic_id: str) -> str:
+        try:
+            return self._by_epic[epic_id]
+        except KeyError:
+            raise InputError("unknown Epic section id", field="SectionID") from None
+
+
+class NoteTypeTable:
+    def __init__(self, name: str, entries: dict[str, NoteTypeEntry]) -> None:
+        self.name = name
+        self.entries = entries
+
+    @property
+    def codes(self) -> list[str]:
+        return list(self.entries)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self.entries
+
+    def get(self, code: str) -> NoteTypeEntry:
+        try:
+            return self.entries[code]
+        except KeyError:
+            raise InputError(f"note type not in the {self.name!r} table", field="note_type") from None
+
+
+def _entry_fields(override: SectionOverride | NoteTypeOverride) -> dict:
+    data = override.model_dump(exclude_none=True)
+    if "epic_section_id" in data:
+        data["epic_section_id_"] = data.pop("epic_section_id")
+    return data
+
+
+@lru_cache(maxsize=64)
+def load_table(name: str, kind: Kind, tables_dir: Path = TABLES_DIR) -> SectionTable | NoteTypeTable:
+    """The named table from `<tables_dir>/<name>.yaml`; NotFound if there is none,
+    ConfigError if the file is not a valid table of that kind."""
+    path = tables_dir / f"{name}.yaml"
+    if not path.is_file() or "/" in name or name.startswith("."):
+        raise NotFound(f"no code table named {name!r}")
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"code table unreadable ({type(exc).__name__})", file=where) from None
+    model = _SectionFile if kind == "sections" else _NoteTypeFile
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"not a {kind} table: {err['msg']}", file=where, key=key) from None
+    if kind == "sections":
+        entries = {}
+        for code, raw in parsed.entries.items():
+            fields = _entry_fields(raw)
+            if "title" not in fields:
+                raise ConfigError("title is required", file=where, key=f"entries.{code}.title")
+            entries[code] = SectionEntry(code=code, **fields)
+        return SectionTable(name, entries)
+    nentries = {}
+    for code, raw in parsed.entries.items():
+        fields = _entry_fields(raw)
+        if "name" not in fields:
+            raise ConfigError("name is required", file=where, key=f"entries.{code}.name")
+        nentries[code] = NoteTypeEntry(code=code, **fields)
+    return NoteTypeTable(name, nentries)
+
+
+def _apply(entries: dict, overrides: dict, cls: type) -> dict:
+    merged = dict(entries)
+    for code, override in overrides.items():
+        if code in merged:
+            merged[code] = cls(**{**merged[code].model_dump(), **_entry_fields(override)})
+    return merged
+
+
+def section_table(org: OrgConfig, tables_dir: Path = TABLES_DIR) -> SectionTable:
+    """The org's sections table with its overrides applied."""
+    base = load_table(org.mappings.sections, "sections", tables_dir)
+    assert isinstance(base, SectionTable)
+    return SectionTable(base.name, _apply(base.entries, org.mappings.overrides.sections, SectionEntry))
+
+
+def note_type_table(org: OrgConfig, tables_dir: Path = TABLES_DIR) -> NoteTypeTable:
+    """The org's note types table with its overrides applied."""
+    base = load_table(org.mappings.note_types, "note_types", tables_dir)
+    assert isinstance(base, NoteTypeTable)
+    return NoteTypeTable(base.name, _apply(base.entries, org.mappings.overrides.note_types,
+                                           NoteTypeEntry))
+
+
+def note_type(org: OrgConfig, code: str | None = None, tables_dir: Path = TABLES_DIR) -> NoteTypeEntry:
+    """The mapping of one note type (the org's default when `code` is None)."""
+    return note_type_table(org, tables_dir).get(code or org.note_types.default)
+
+
+Problem = tuple[tuple, str]      # (location in the org config, message)
+
+
+def check_org(org: OrgConfig, tables_dir: Path = TABLES_DIR) -> list[Problem]:
+    """Every way the org's sections, note types and targets are not covered by its tables."""
+    problems: list[Problem] = []
+    tables: dict[str, SectionTable | NoteTypeTable] = {}
+    for kind in ("sections", "note_types"):
+        name = getattr(org.mappings, kind)
+        try:
+            tables[kind] = load_table(name, kind, tables_dir)   # type: ignore[arg-type]
+        except NotFound:
+            known = sorted(p.stem for p in tables_dir.glob("*.yaml"))
+            problems.append(((("mappings", kind)),
+                             f"no code table named {name!r} (known: {', '.join(known) or 'none'})"))
+        except ConfigError as exc:
+            problems.append((("mappings", kind), f"code table {name!r} is invalid: {exc}"))
+    if problems:
+        return problems
+    sections = section_table(org, tables_dir)
+    types = note_type_table(org, tables_dir)
+
+    for code in org.mappings.overrides.sections:
+        if code not in sections:
+            problems.append((("mappings", "overrides", "sections", code),
+                             f"section not in the {sections.name!r} table"))
+    for code in org.mappings.overrides.note_types:
+        if code not in types:
+            problems.append((("mappings", "overrides", "note_types", code),
+                             f"note type not in the {types.name!r} table"))
+
+    per_section = getattr(org.targets.get("hl7_mdm"), "obx_mode", None) == "per_section"
+    for i, code in enumerate(org.allowed_sections):
+        if code not in sections:
+            problems.append((("allowed_sections", i), f"section not in the {sections.name!r} table"))
+        elif per_section and sections.get(code).obx3 is None:
+            problems.append((("allowed_sections", i),
+                             "no obx3 mapping for this section (needed by hl7_mdm per_section)"))
+    seen: set[str] = set()
+    fhir_coding = getattr(org.targets.get("fhir_docref"), "note_type_coding", None)
+    if org.note_types.allowed:
+        located = [(("note_types", "allowed", i), c) for i, c in enumerate(org.note_types.allowed)]
+    else:
+        located = [(("note_types", "default"), org.note_types.default)]
+    for loc, code in located:
+        if code in seen:
+            continue
+        seen.add(code)
+        if code not in types:
+            problems.append((loc, f"note type not in the {types.name!r} table"))
+            continue
+        entry = types.get(code)
+        needs = []
+        if "hl7_mdm" in org.targets and not entry.txa2:
+            needs.append(("txa2", "hl7_mdm"))
+        if "athenaone" in org.targets and not (entry.athena_class and entry.athena_subclass):
+            needs.append(("athena_class/athena_subclass", "athenaone"))
+        if "fhir_docref" in org.targets and fhir_coding is None and entry.fhir_type is None:
+            needs.append(("fhir_type", "fhir_docref"))
+        for what, target in needs:
+            problems.append((loc, f"no {what} mapping for this note type (needed by target "
+                                  f"{target}); add it under mappings.overrides.note_types"))
+    return problems

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from chartbridge.config.types import Name, Scopes, SecretRef, Settings, TimeoutS, Url
+from chartbridge.config.types import Name, Scopes, SecretRef, Settings, TimeoutS, Uri, Url
 
 
 class Coding(Settings):
-    system: Url
+    system: Uri
     code: Name
     display: Name | None = None
 
@@ -22,6 +22,6 @@ class FhirDocRefConfig(Settings):
     scopes: Scopes = ["system/DocumentReference.write", "system/DocumentReference.read"]
     profile: Literal["us-core", "epic"] = "us-core"
     content_type: Literal["text/plain", "text/html"] = "text/plain"
-    identifier_system: Url             # URI of our DocumentReference.identifier (dedupe key)
+    identifier_system: Uri             # URI of our DocumentReference.identifier (dedupe key)
     note_type_coding: Coding | None = None   # site coding used instead of the mapped LOINC type
     timeout_s: TimeoutS = 15.0

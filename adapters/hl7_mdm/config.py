@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from chartbridge.config.types import FileRef, Name, Settings, TimeoutS
+from chartbridge.config.types import FileRef, Name, Settings, TimeoutS, field_error
 
 
 class MllpTls(Settings):
@@ -17,7 +17,8 @@ class MllpTls(Settings):
     @model_validator(mode="after")
     def _pair(self) -> "MllpTls":
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (mutual TLS)")
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise field_error(missing, "cert_file and key_file go together (mutual TLS)")
         return self
 
 

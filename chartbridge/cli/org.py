@@ -31,8 +31,7 @@ def validate(paths: tuple[str, ...]) -> None:
     or one line per valid org and exits 0. Secrets are not read."""
     files = _expand(paths)
     if not files:
-        click.echo("no org config files found", err=True)
-        raise click.exceptions.Exit(1)
+        raise click.ClickException("no org config files found")
     configs, errors = validate_files(files)
     for err in errors:
         click.echo(str(err))
@@ -40,5 +39,5 @@ def validate(paths: tuple[str, ...]) -> None:
         click.echo(f"ok {cfg.org}: {cfg.name} (targets: {', '.join(cfg.targets)})")
     if errors:
         bad = len({e.file for e in errors})
-        click.echo(f"{len(errors)} problem(s) in {bad} file(s)", err=True)
-        raise click.exceptions.Exit(1)
+        # ClickException, not Exit: chartbridge.cli.main maps it to exit code 1
+        raise click.ClickException(f"{len(errors)} problem(s) in {bad} file(s)")

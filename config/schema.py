@@ -1,0 +1,238 @@
+"""The per-org config schema: one YAML file per org under config/orgs/, `<org>.yaml`.
+
+Every section of the file is a frozen pydantic model; unknown keys are errors. The example
+files config/orgs/demo-epic.yaml and demo-multi.yaml document each field in comments.
+Target blocks are validated by the config model the named adapter declares
+(`AdapterSpec.config_model`), looked up in the adapter registry when the schema is first
+used, so adding an adapter needs no change here.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, GetCoreSchemaHandler,
+                      model_validator)
+from pydantic_core import PydanticCustomError, core_schema
+
+from chartbridge.config.types import FileRef, Id, Name, SecretRef, Settings, Uri, Url, field_error
+from chartbridge.core.models import SECTION_CODES
+
+ORG_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
+_LOINC = re.compile(r"\d{1,7}-\d")
+
+
+def _org_id(value: str) -> str:
+    if not ORG_ID.fullmatch(value) or len(value) > 63:
+        raise PydanticCustomError(
+            "org_id", "must be lower-case letters, digits and '-', starting with a letter or digit")
+    return value
+
+
+OrgId = Annotated[str, AfterValidator(_org_id)]
+
+
+def _loinc(value: str) -> str:
+    value = value.strip()
+    if not _LOINC.fullmatch(value):
+        raise PydanticCustomError("loinc_code", "not a LOINC code (digits-checkdigit, e.g. 11506-3)")
+    return value
+
+
+LoincCode = Annotated[str, AfterValidator(_loinc)]
+
+
+def _section(value: str) -> str:
+    value = value.strip()
+    if value not in SECTION_CODES:
+        known = ", ".join(SECTION_CODES)
+        raise PydanticCustomError("section_code", "unknown section code (known: {known})",
+                                  {"known": known})
+    return value
+
+
+SectionCode = Annotated[str, AfterValidator(_section)]
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PydanticCustomError("timezone", "not an IANA time zone (e.g. America/Chicago)") from None
+    return value
+
+
+def _unique(values: list) -> list:
+    seen: set = set()
+    for v in values:
+        if v in seen:
+            raise PydanticCustomError("duplicate", "listed more than once")
+        seen.add(v)
+    return values
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+class NoteTypes(Settings):
+    default: LoincCode                           # note type when the session names none
+    # note types this org may produce; empty = only the default
+    allowed: Annotated[list[LoincCode], AfterValidator(_unique)] = []
+
+    @model_validator(mode="after")
+    def _default_allowed(self) -> "NoteTypes":
+        if self.allowed and self.default not in self.allowed:
+            raise field_error("default", "must be one of allowed")
+        return self
+
+    @property
+    def codes(self) -> list[str]:
+        return list(self.allowed) or [self.default]
+
+
+class Consent(Settings):
+    capture: Literal["assumed", "required"] = "required"
+    write_back: Literal["assumed", "required"] = "required"
+
+
+class Policy(Settings):
+    # non-Epic targets: write only a clinician-approved draft, or stage unapproved ones as
+    # preliminary documents
+    approval: Literal["required", "stage_preliminary"] = "required"
+    consent: Consent = Consent()
+    # after a final write: supersede the document, or add an addendum
+    correction: Literal["replace", "append"] = "append"
+
+
+class Transcription(Settings):
+    model_dir: FileRef | None = None             # local faster-whisper model folder
+    hotwords: Annotated[list[Name], AfterValidator(_unique)] = []
+
+
+class Llm(Settings):
+    url: Url                                     # OpenAI-compatible base URL
+    model: Name
+    api_key: SecretRef | None = None             # none for a local server without auth
+
+
+class Drafting(Settings):
+    generator: Literal["rules", "llm"] = "rules"
+    template: Name = "default"                   # a note template name under mappings/templates
+    llm: Llm | None = None                       # required when generator is llm
+
+    @model_validator(mode="after")
+    def _llm_settings(self) -> "Drafting":
+        if self.generator == "llm" and self.llm is None:
+            raise field_error("llm", "required when generator is llm")
+        return self
+
+
+class Obx3(Settings):
+    code: Name
+    text: Name
+    system: Name = "LN"
+
+
+class Coding(Settings):
+    system: Uri
+    code: Name
+    display: Name | None = None
+
+
+class SectionOverride(Settings):
+    """Changes to one entry of the sections table for this org only."""
+
+    title: Name | None = None
+    epic_section_id: Id | None = None            # this site's Epic SectionID
+    obx3: Obx3 | None = None
+
+
+class NoteTypeOverride(Settings):
+    """Changes to one entry of the note types table for this org only."""
+
+    name: Name | None = None
+    fhir_type: Coding | None = None
+    txa2: Annotated[str, Field(pattern=r"^[A-Z0-9]{1,30}$")] | None = None
+    athena_class: Literal["clinicaldocument", "encounterdocument"] | None = None
+    athena_subclass: Annotated[str, Field(pattern=r"^[A-Z0-9_]+$")] | None = None
+
+
+TableName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+
+
+class MappingOverrides(Settings):
+    sections: dict[SectionCode, SectionOverride] = {}
+    note_types: dict[LoincCode, NoteTypeOverride] = {}
+
+
+class Mappings(Settings):
+    sections: TableName = "sections"             # mappings/<name>.yaml, kind: sections
+    note_types: TableName = "note_types"         # mappings/<name>.yaml, kind: note_types
+    overrides: MappingOverrides = MappingOverrides()
+
+
+# --- targets ----------------------------------------------------------------------------
+
+
+class _TargetsSchema:
+    """`targets:` maps adapter names to that adapter's own config model. Built from the
+    registry when OrgConfig's schema is built (deferred to first use), so each error is
+    located inside the block (targets.fhir_docref.base_url) and an unknown name is an
+    `extra_forbidden` error at targets.<name>."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler):
+        from chartbridge.adapters.registry import registry
+
+        fields = {
+            name: core_schema.typed_dict_field(
+                handler.generate_schema(registry.get(name).config_model), required=False)
+            for name in registry.names()
+        }
+
+        def non_empty(value: dict) -> dict:
+            if not value:
+                raise PydanticCustomError("no_targets", "at least one target is required")
+            return value
+
+        return core_schema.no_info_after_validator_function(
+            non_empty, core_schema.typed_dict_schema(fields, extra_behavior="forbid"))
+
+
+def known_targets() -> list[str]:
+    from chartbridge.adapters.registry import registry
+
+    return registry.names()
+
+
+# --- the org ----------------------------------------------------------------------------
+
+
+class OrgConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    org: OrgId                                   # == the file name's stem
+    name: Name                                   # shown to people (CLI, pages)
+    timezone: Annotated[str, AfterValidator(_timezone)]
+    # sections drafted when Epic's AllowedNoteSections is absent (and for API sessions)
+    allowed_sections: Annotated[list[SectionCode], Field(min_length=1), AfterValidator(_unique)]
+    note_types: NoteTypes
+    policy: Policy = Policy()
+    transcription: Transcription = Transcription()
+    drafting: Drafting = Drafting()
+    mappings: Mappings = Mappings()
+    # adapter name -> that adapter's config model instance
+    targets: Annotated[dict[str, BaseModel], _TargetsSchema()]
+
+    def target(self, name: str) -> BaseModel:
+        from chartbridge.core.errors import NotFound
+
+        try:
+            return self.targets[name]
+        except KeyError:
+            raise NotFound(f"org {self.org!r} has no target {name!r}") from None
+
+    def correction_for(self, target: str) -> str:
+        """The correction mode for a target: its own setting if it has one, else the org's."""
+        own = getattr(self.targets.get(target), "correction", None)
+        return own or self.policy.correction
