@@ -285,6 +285,7 @@ class AthenaSimulator:
             self._all_window: deque[float] = deque()
             self._max_rps: dict[str, int] = {}
             self._max_rps_all = 0
+            self._internal_errors: deque[str] = deque(maxlen=100)
             self.faults.clear()
             if self._seed_defaults:
                 self.add_practice(DEFAULT_PRACTICE_ID, departments=["1", "150"],
@@ -433,6 +434,7 @@ class AthenaSimulator:
                 "max_requests_per_second": self._max_rps_all,
                 "max_requests_per_second_by_practice": dict(self._max_rps),
                 "faults_pending": len(self.faults.pending()),
+                "internal_errors": list(self._internal_errors),
                 "config": {"token_ttl_s": self.token_ttl_s,
                            "token_rate_per_min": self.token_rate_per_min,
                            "qps_per_practice": self.qps_per_practice,
@@ -449,7 +451,9 @@ class AthenaSimulator:
             raise
         except InputError as exc:
             response = _json({"error": exc.message, "field": exc.field}, 400)
-        except Exception:  # the simulator itself failed: say so without echoing the input
+        except Exception as exc:  # a simulator bug: answer 500, keep the class for state()
+            with self._lock:
+                self._internal_errors.append(type(exc).__name__)
             response = _json({"error": "simulator internal error"}, 500)
         return response(environ, start_response)
 

@@ -391,3 +391,37 @@ def test_ping_is_practice_scoped(http: httpx.Client) -> None:
     assert (own.status_code, own.json()) == (200, {"pong": "true"})
     assert (other.status_code, other.json()["error"]) == (401, "Incorrect permissions.")
     assert (missing.status_code, missing.json()["error"]) == (404, "Invalid practice.")
+
+
+def test_concurrent_uploads_get_distinct_ids_and_are_all_stored(
+        http: httpx.Client, sim: AthenaSimulator) -> None:
+    # Given one token shared by 8 threads
+    import concurrent.futures
+
+    headers = token(http)
+
+    def upload(i: int) -> int:
+        with httpx.Client(base_url=sim.base_url, timeout=10) as c:
+            r = c.post(DOCS, headers=headers, data={**NOTE, "internalnote": f"k-{i}"})
+            assert r.status_code == 200
+            return r.json()["clinicaldocumentid"]
+
+    # When 24 uploads run at once
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        ids = list(pool.map(upload, range(24)))
+    # Then every upload got its own id and every one is stored exactly once
+    assert len(set(ids)) == 24
+    assert sorted(d["internalnote"] for d in sim.documents()) == sorted(f"k-{i}" for i in range(24))
+    assert sim.state()["internal_errors"] == []
+
+
+def test_core_frozen_clock_drives_token_expiry() -> None:
+    from chartbridge.core.clock import FrozenClock
+
+    clock = FrozenClock()
+    with AthenaSimulator(clock=clock, token_ttl_s=60) as sim, \
+            httpx.Client(base_url=sim.base_url) as http:
+        headers = token(http)
+        clock.advance(61)
+        r = http.get(f"/v1/{DEFAULT_PRACTICE_ID}/ping", headers=headers)
+        assert r.status_code == 401
