@@ -249,6 +249,10 @@ class WriteCommand(Model):
     approval_state: ApprovalState
     kind: WriteKind = WriteKind.CREATE
     correlation_id: str
+    # the session's identifiers, every one kept with its type (adapters pick theirs)
+    patient_ids: list[Identifier] = Field(default_factory=list)
+    encounter_ids: list[Identifier] = Field(default_factory=list)
+    user: Identifier | None = None
     draft: NoteDraft | None = None
     approval: Approval | None = None
     parent_external_id: str | None = None   # the EHR id this write corrects, if any

@@ -178,6 +178,11 @@ def primary_encounter_key(session: Session) -> str:
     return session.encounter_ids[0].value
 
 
+def _identities(session: Session) -> dict:
+    return {"patient_ids": session.patient_ids, "encounter_ids": session.encounter_ids,
+            "user": session.user}
+
+
 def write_command(session: Session, draft: NoteDraft, *, target: str, resource_kind: str,
                   needs_approval: bool, stage_preliminary: bool,
                   approval: Approval | None = None, protected: Sequence[str] = (),
@@ -193,7 +198,7 @@ def write_command(session: Session, draft: NoteDraft, *, target: str, resource_k
                         approval_state=state, kind=kind,
                         correlation_id=session.correlation_id, draft=draft,
                         approval=approval, parent_external_id=parent_external_id,
-                        extra=extra or {})
+                        extra=extra or {}, **_identities(session))
 
 
 def handoff_command(session: Session, draft: NoteDraft, recording: Recording, *,
@@ -206,6 +211,7 @@ def handoff_command(session: Session, draft: NoteDraft, recording: Recording, *,
                         note_version=recording.version, resource_kind="DocumentationReady",
                         approval_state=ApprovalState.PRELIMINARY, kind=WriteKind.HANDOFF,
                         correlation_id=session.correlation_id, draft=draft,
+                        **_identities(session),
                         extra={"external_session_id": session.external_id,
                                "recording_id": recording.recording_id,
                                "recording_version": recording.version,
@@ -219,7 +225,7 @@ def notice_command(session: Session, recording: Recording, *, target: str) -> Wr
                         note_version=recording.version,
                         resource_kind="AmbientRecordingsProcessed",
                         approval_state=ApprovalState.PRELIMINARY, kind=WriteKind.NOTICE,
-                        correlation_id=session.correlation_id,
+                        correlation_id=session.correlation_id, **_identities(session),
                         extra={"external_session_id": session.external_id,
                                "recording_id": recording.recording_id,
                                "recording_version": recording.version,
