@@ -61,8 +61,9 @@ def _parse(path: Path) -> ParsedFile:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("not UTF-8 text", file=file) from None
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)     # its reader already refuses control characters
         root = loader.get_single_node()
         if root is None:
             raise ConfigError("file is empty; expected a mapping of settings", file=file, line=1)
@@ -75,17 +76,15 @@ def _parse(path: Path) -> ParsedFile:
         raise ConfigError(f"invalid YAML: {what}", file=file,
                           line=mark.line + 1 if mark else None) from None
     except yaml.YAMLError as exc:          # ReaderError: control characters, binary data
-        line = None
         if isinstance(exc, yaml.reader.ReaderError):
-            line = text.count("\n", 0, exc.position) + 1
-            return_msg = "invalid YAML: unacceptable character"
-        else:
-            return_msg = f"invalid YAML ({type(exc).__name__})"
-        raise ConfigError(return_msg, file=file, line=line) from None
+            raise ConfigError("invalid YAML: control character not allowed", file=file,
+                              line=text.count("\n", 0, exc.position) + 1) from None
+        raise ConfigError(f"invalid YAML ({type(exc).__name__})", file=file) from None
     except RecursionError:
         raise ConfigError("invalid YAML: nested too deeply", file=file) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(root, yaml.MappingNode) or not isinstance(data, dict):
         raise ConfigError("expected a mapping of settings at the top level", file=file,
                           line=root.start_mark.line + 1)
