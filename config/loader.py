@@ -130,13 +130,11 @@ def _child(node: yaml.Node | None, part: Any) -> tuple[yaml.Node | None, yaml.No
     return None, None
 
 
-def _format_key(parts: list[Any]) -> str:
+def _format_key(parts: list[tuple[Any, bool]]) -> str:
+    """`a.b[2].c`: list items as [i], mapping keys (even numeric ones) dotted."""
     out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        else:
-            out += ("." if out else "") + str(p)
+    for part, is_index in parts:
+        out += f"[{part}]" if is_index else ("." if out else "") + str(part)
     return out
 
 
@@ -146,20 +144,21 @@ def locate(root: yaml.Node, loc: Loc, missing: bool = False) -> tuple[str, int]:
     its parent's line."""
     node: yaml.Node | None = root
     line = root.start_mark.line + 1
-    parts: list[Any] = []
+    parts: list[tuple[Any, bool]] = []
     for i, part in enumerate(loc):
+        is_index = isinstance(part, int) and not isinstance(node, yaml.MappingNode)
         if part == "[key]":
             continue
         key_node, value_node = _child(node, part)
         if key_node is None:
             if missing and i == len(loc) - 1:
-                parts.append(part)
+                parts.append((part, is_index))
             elif isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and not (
                     isinstance(part, str) and part.startswith(("function-", "json-or-python"))):
                 # a key pydantic names but the YAML lacks (shouldn't happen) - keep the name
-                parts.append(part)
+                parts.append((part, is_index))
             continue
-        parts.append(part)
+        parts.append((part, is_index))
         line = key_node.start_mark.line + 1
         node = value_node
     return _format_key(parts), line
