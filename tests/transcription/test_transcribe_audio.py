@@ -1,0 +1,82 @@
+"""Real audio through tiny.en: chunked vs whole accuracy, offsets, notes drafted from it."""
+from __future__ import annotations
+
+import pytest
+
+from chartbridge.adapters.notegen import RuleBasedGenerator
+from chartbridge.core.models import NoteType
+
+from .conftest import as_transcript
+from .helpers import ENCOUNTERS, chunk_wav, joined, reference_text, wav_bytes, wer
+
+pytestmark = pytest.mark.slow
+
+ALL = ["10164-2", "10187-3", "29545-1", "51847-2"]
+# From the scripts: diagnosis + plan words in A&P, the patient's complaint in HPI.
+EXPECTED = {
+    "encounter-1": {"ap": ["pneumonia", "amoxicillin"], "hpi": ["cough"]},
+    "encounter-2": {"ap": ["diabetes", "metformin", "podiatry"], "hpi": ["evening"]},
+    "encounter-3": {"ap": ["lateral ankle", "ibuprofen", "brace"], "hpi": ["twisted", "ankle"]},
+}
+
+
+@pytest.mark.parametrize("name", ENCOUNTERS)
+def test_chunked_wer_within_005_of_whole_file(transcripts, name):
+    # Given one fixture transcribed whole and in 10 s chunks with lead_in
+    ref = reference_text(name)
+    # When both are scored against the script
+    whole = wer(ref, joined(transcripts[name]["whole"]))
+    chunked = wer(ref, joined(transcripts[name]["chunked"]))
+    print(f"{name}: WER whole={whole:.3f} chunked={chunked:.3f}")
+    # Then chunking costs at most 0.05 WER (no boundary word lost or doubled)
+    assert chunked <= whole + 0.05
+    assert whole < 0.35                       # and the engine really transcribed it
+
+
+@pytest.mark.parametrize("name", ENCOUNTERS)
+def test_chunked_segments_are_on_the_recording_timeline(transcripts, name):
+    # Given the chunked transcription
+    segs = transcripts[name]["chunked"]
+    duration_ms = chunk_wav(wav_bytes(name))[-1][0] + 10_000
+    # Then times are recording-relative, ordered, within the recording
+    assert segs and segs[0].start_ms < 10_000
+    assert max(s.start_ms for s in segs) >= 30_000        # later chunks were offset
+    assert all(0 <= s.start_ms <= s.end_ms <= duration_ms for s in segs)
+    assert [s.start_ms for s in segs] == sorted(s.start_ms for s in segs)
+    assert all(s.confidence <= 0 for s in segs)
+
+
+@pytest.mark.parametrize("name", ENCOUNTERS)
+def test_note_from_chunked_transcript_names_diagnosis_plan_and_complaint(transcripts, name):
+    # Given the pipeline's transcript of the encounter
+    segments = as_transcript(transcripts[name]["chunked"])
+    # When a progress note is drafted
+    note = RuleBasedGenerator().generate(segments, allowed_sections=ALL,
+                                         note_type=NoteType(code="11506-3"))
+    by_code = {s.code: s for s in note.sections}
+    # Then A&P names the diagnosis and plan, HPI the complaint
+    ap, hpi = by_code["51847-2"].text.lower(), by_code["10164-2"].text.lower()
+    for word in EXPECTED[name]["ap"]:
+        assert word in ap, f"A&P lacks {word!r}"
+    for word in EXPECTED[name]["hpi"]:
+        assert word in hpi, f"HPI lacks {word!r}"
+    assert "29545-1" in by_code                              # exam/vitals were spoken
+    # And every section's provenance points at real segments
+    ids = {s.id for s in segments}
+    for section in note.sections:
+        assert section.segment_ids and set(section.segment_ids) <= ids
+    assert (note.template_id, note.template_version) == ("11506-3", "1")
+
+
+def test_model_loaded_once_across_many_calls():
+    # Given an empty per-process model cache
+    from chartbridge.adapters.transcription import (FasterWhisperTranscriber,
+                                                    clear_model_cache, model_load_count)
+    clear_model_cache()
+    chunks = chunk_wav(wav_bytes("encounter-3"), 2.0)[:3]
+    # When two transcriber instances transcribe several chunks
+    for t in (FasterWhisperTranscriber(), FasterWhisperTranscriber()):
+        for offset_ms, chunk in chunks:
+            t.transcribe(chunk, offset_ms=offset_ms, final=True)
+    # Then the model was loaded exactly once
+    assert model_load_count() == 1
