@@ -43,6 +43,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
@@ -395,6 +396,7 @@ class FhirSimulator:
                  token_ttl_s: int = 300, require_auth: bool = True,
                  require_if_match: bool = True, max_resources: int = 10_000,
                  max_calls: int = 2_000, max_jti: int = 100_000,
+                 max_body_bytes: int = 10 * 1024 * 1024,
                  clock: Callable[[], float] = time.time) -> None:
         if profile not in PROFILES:
             raise InputError("profile must be 'us-core' or 'epic'", field="profile")
@@ -406,6 +408,7 @@ class FhirSimulator:
         self.require_auth = require_auth
         self.require_if_match = require_if_match
         self.max_resources, self.max_calls, self.max_jti = max_resources, max_calls, max_jti
+        self.max_body_bytes = max_body_bytes
         self.clock = clock
         self.faults = Faults()
         self._lock = threading.RLock()
@@ -445,8 +448,9 @@ class FhirSimulator:
         self._server.daemon_threads = True
         self.port = self._server.server_port
         self._base_url = f"http://{self.host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fhir-sim",
-                                        daemon=True)
+        server = self._server
+        self._thread = threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05),
+                                        name="fhir-sim", daemon=True)
         self._thread.start()
         return self._base_url
 
@@ -608,12 +612,20 @@ class FhirSimulator:
                                   "if_match": request.headers.get("If-Match"),
                                   "prefer": request.headers.get("Prefer"),
                                   "at": self.clock()}
+        request.max_content_length = self.max_body_bytes
+        request.max_form_memory_size = self.max_body_bytes
         try:
             response = self._dispatch(request, record)
         except FhirAnswer as answer:
             response = self._render(answer)
         except InputError as exc:  # bad /_sim control input
             response = self._json(400, exc.as_dict())
+        except HTTPException as exc:  # e.g. 413 from the body size limit
+            response = self._render(fail(exc.code or 400, "too-costly" if exc.code == 413
+                                         else "invalid", exc.name))
+        except Exception as exc:  # noqa: BLE001 -- the HTTP edge: a simulator bug, not a hang
+            record["error"] = type(exc).__name__
+            response = self._render(fail(500, "exception", "simulator internal error"))
         record["status"] = response.status_code
         if record["call"] != "sim":
             with self._lock:
@@ -1599,9 +1611,10 @@ class FhirSimulator:
 
 def serve(host: str = "127.0.0.1", port: int = 8090, *, profile: str = "us-core",
           patients: Iterable[str] = (), encounters: Iterable[tuple[str, str]] = (),
-          clients: Iterable[Mapping[str, Any]] = (), **options: Any) -> None:
-    """Run the simulator in the foreground until interrupted. `clients` items are
-    {"client_id", "jwks" | "keys", "scopes"}; more can be added over POST /_sim/clients."""
+          clients: Iterable[Mapping[str, Any]] = (), stop: threading.Event | None = None,
+          **options: Any) -> None:
+    """Run the simulator in the foreground until interrupted (or `stop` is set). `clients`
+    items are {"client_id", "jwks" | "keys", "scopes"}; more over POST /_sim/clients."""
     sim = FhirSimulator(profile, host=host, port=port, **options)
     for pid in patients:
         sim.add_patient(pid)
@@ -1610,12 +1623,13 @@ def serve(host: str = "127.0.0.1", port: int = 8090, *, profile: str = "us-core"
     for c in clients:
         sim.register_client(c["client_id"], c.get("jwks") or c.get("keys"), c.get("scopes", ()))
     base = sim.start()
-    print(f"FHIR R4 simulator ({profile}) at {base} — set the org's fhir base_url={base} and "
-          f"token_url={base}/oauth2/token; register a client with POST {base}/_sim/clients",
-          flush=True)
-    stop = threading.Event()
+    print(f"FHIR R4 simulator ({profile}) at {base} -- configure the org with "
+          f"fhir base_url={base} token_url={base}/oauth2/token; register its client with "
+          f"POST {base}/_sim/clients", flush=True)
+    stop = stop or threading.Event()
     try:
-        stop.wait()
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:

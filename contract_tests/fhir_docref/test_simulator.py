@@ -529,3 +529,80 @@ def test_faults_over_http_and_bad_fault_input_names_the_field(us):
     assert bad.status_code == 400 and bad.json()["field"] == "status"
     with pytest.raises(InputError):
         us.faults.add(call="nope", status=500)
+
+
+def test_token_lifetime_is_configurable_and_enforced():
+    # Given a simulator whose clock the test controls and 60 s tokens
+    now = [time.time()]
+    with FhirSimulator("us-core", token_ttl_s=60, clock=lambda: now[0]) as sim:
+        _seed(sim)
+        with client_for(sim) as c:
+            assert c.get("/Patient/p1").status_code == 200
+            # When 61 s pass / Then the token is refused as expired
+            now[0] += 61
+            answer = c.get("/Patient/p1")
+    assert answer.status_code == 401 and answer.json()["issue"][0]["code"] == "expired"
+
+
+@pytest.mark.parametrize("kind, status, code", [("expired_token", 401, "expired"),
+                                                 ("forbidden_scope", 403, "forbidden")])
+def test_auth_faults(us, kind, status, code):
+    us.faults.add(call="create", kind=kind)
+    with client_for(us) as c:
+        answer = c.post("/DocumentReference", json=note())
+        retry = c.post("/DocumentReference", json=note())
+    assert answer.status_code == status and answer.json()["issue"][0]["code"] == code
+    assert retry.status_code == 201 and len(us.documents()) == 1
+
+
+def test_oversized_body_is_413_and_epic_has_no_provenance_create(epic):
+    with client_for(epic) as c:
+        huge = c.post("/DocumentReference", content=b"{" + b" " * (11 * 1024 * 1024) + b"}")
+        prov = c.post("/Provenance", json={"resourceType": "Provenance"})
+    assert huge.status_code == 413 and huge.json()["resourceType"] == "OperationOutcome"
+    assert prov.status_code == 405
+
+
+def test_standalone_serve_is_configured_over_http(capsys):
+    # Given serve() running in a thread on a free port
+    import socket as _socket
+    from contract_tests.fhir_docref.simulator import serve
+    with _socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, kwargs={"port": port, "profile": "epic", "stop": stop})
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                httpx.get(base + "/metadata")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "simulator did not come up"
+                time.sleep(0.02)
+        # When a patient, encounter and client are added through /_sim
+        assert httpx.post(base + "/_sim/patients", json={"id": "p9"}).status_code == 201
+        assert httpx.post(base + "/_sim/encounters",
+                          json={"id": "e9", "patient_id": "p9"}).status_code == 201
+        assert httpx.post(base + "/_sim/clients", json={
+            "client_id": CLIENT, "jwks": {"keys": [SIGNER.jwk]}, "scopes": SCOPES}).status_code == 201
+        claims = {"iss": CLIENT, "sub": CLIENT, "aud": base + "/oauth2/token",
+                  "exp": int(time.time()) + 200, "jti": uuid.uuid4().hex}
+        token = httpx.post(base + "/oauth2/token", data=token_form(SIGNER.sign(claims), None))
+        headers = {"Authorization": "Bearer " + token.json()["access_token"]}
+        created = httpx.post(base + "/DocumentReference", headers=headers,
+                             json=note(patient="p9", encounter="e9"))
+        docs = httpx.get(base + "/_sim/documents", params={"patient": "p9"}).json()["documents"]
+        # Then the note is filed and visible through the inspection endpoint
+        assert created.status_code == 201 and len(docs) == 1
+        assert base in capsys.readouterr().out
+        # And a missing field in a control names it
+        bad = httpx.post(base + "/_sim/encounters", json={"id": "e10", "patient_id": "zz"})
+        assert bad.status_code == 400 and bad.json()["field"] == "patient_id"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
