@@ -1252,7 +1252,8 @@ class FhirSimulator:
             body = res if (not created or "return=representation" in prefer) else None
             return self._render(FhirAnswer(status, copy.deepcopy(body), headers=headers))
         headers["ETag"] = f'W/"{ver}"'
-        headers["Last-Modified"] = _http_date(self.clock())
+        updated = _parse_instant(res["meta"].get("lastUpdated"))
+        headers["Last-Modified"] = _http_date(updated.timestamp() if updated else self.clock())
         if created or status in (200,) and request is not None and request.method in ("POST", "PUT"):
             headers["Location"] = self._location(rtype, rid, ver, absolute=True)
         if "return=minimal" in prefer:
