@@ -22,7 +22,10 @@ import io
 import itertools
 import json
 import logging
+import math
 import secrets
+import signal
+import struct
 import threading
 import time
 import uuid
@@ -291,9 +294,6 @@ def _ids(value: Any, name: str) -> list[dict[str, str]]:
 
 def synth_wav(seconds: float, *, rate: int = 16_000, freq: float = 440.0) -> bytes:
     """A 16-bit mono PCM WAV tone of ``seconds`` (for demos and tests without a recording at hand)."""
-    import math
-    import struct
-
     frames = int(seconds * rate)
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
@@ -319,7 +319,7 @@ def cut_wav(data: bytes, chunk_seconds: float) -> tuple[tuple[int, int, int], li
             channels, width, rate = src.getnchannels(), src.getsampwidth(), src.getframerate()
             total = src.getnframes()
             pcm = src.readframes(total)
-    except (wave.Error, EOFError, struct_error_types()) as exc:
+    except (wave.Error, EOFError, struct.error) as exc:
         raise InputError("audio is not a readable PCM WAV file", field="wav") from exc
     if total == 0:
         raise InputError("audio holds no samples", field="wav")
@@ -336,12 +336,6 @@ def cut_wav(data: bytes, chunk_seconds: float) -> tuple[tuple[int, int, int], li
             w.writeframes(pcm[start * frame_bytes:(start + n) * frame_bytes])
         chunks.append((out.getvalue(), round(n * 1000 / rate)))
     return (channels, width, rate), chunks
-
-
-def struct_error_types() -> type[Exception]:
-    import struct
-
-    return struct.error
 
 
 # --------------------------------------------------------------------------- the simulator
@@ -362,7 +356,7 @@ class EpicSimulator:
     def __init__(self, *, engine_url: str | None = None, epic_client_id: str | dict[str, str] = "epic-sim-client",
                  clients: dict[str, Any] | None = None, epic_alg: str = "RS384", token_ttl: int = 300,
                  inbound_token_ttl: int = 120, default_allowed_sections: Iterable[str] = ALL_SECTIONS,
-                 delivery_timeout: float = 10.0, delivery_retries: int = 0,
+                 delivery_timeout: float = 10.0, delivery_retries: int = 0, epic_key: Any = None,
                  clock: Callable[[], float] = time.time) -> None:
         if epic_alg not in SIGNING_ALGS:
             raise InputError("epic_alg must be RS384 or ES384", field="epic_alg")
@@ -376,7 +370,7 @@ class EpicSimulator:
         self.default_allowed_sections = tuple(default_allowed_sections)
         self.delivery_retries = int(delivery_retries)
         self.clock = clock
-        self._key = self._generate_key(epic_alg)
+        self._key = self._load_epic_key(epic_key, epic_alg) if epic_key is not None else self._generate_key(epic_alg)
         self._wrong_key: RSAKey | ECKey | None = None
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -465,6 +459,21 @@ class EpicSimulator:
         key = RSAKey.generate_key(2048, private=True) if alg == "RS384" else ECKey.generate_key("P-384", private=True)
         key.ensure_kid()
         return key
+
+    @staticmethod
+    def _load_epic_key(key: Any, alg: str) -> RSAKey | ECKey:
+        """A private RSA key for RS384 or P-384 EC key for ES384: joserfc key, PEM text/bytes or a PEM path."""
+        cls = RSAKey if alg == "RS384" else ECKey
+        try:
+            if isinstance(key, Path):
+                key = key.read_bytes()
+            loaded = key if isinstance(key, (RSAKey, ECKey)) else cls.import_key(key)
+        except (OSError, JoseError, ValueError, TypeError) as exc:
+            raise InputError("epic_key is not a readable private key PEM", field="epic_key") from exc
+        if not isinstance(loaded, cls) or not loaded.is_private:
+            raise InputError(f"epic_key must be a private key matching {alg}", field="epic_key")
+        loaded.ensure_kid()
+        return loaded
 
     @property
     def jwks(self) -> dict[str, Any]:
@@ -599,7 +608,7 @@ class EpicSimulator:
         page's example; pass ``None`` to omit CareContext / NoteType / AllowedNoteSections."""
         if not isinstance(org, str) or not org:
             raise InputError("org must be a non-empty string", field="org")
-        sid = session_id or f"AMB-SIM-{next(self._seq):06d}"
+        sid = session_id or self.new_session_id()
         if not isinstance(sid, str) or not sid.strip():
             raise InputError("session_id must be a non-empty string", field="session_id")
         body: dict[str, Any] = {
@@ -629,7 +638,12 @@ class EpicSimulator:
                 raise StateConflict("simulator holds too many sessions; reset() it")
             self._sessions[sid] = _Session(org=org, session_id=sid, begin_body=copy.deepcopy(body), allowed=allowed)
             self._cond.notify_all()
-        return self.deliver(org, "AmbientSessionBegin", body, token=token) if deliver else None
+        if not deliver or not self.engine_url:
+            return None
+        return self.deliver(org, "AmbientSessionBegin", body, token=token)
+
+    def new_session_id(self) -> str:
+        return f"AMB-SIM-{next(self._seq):06d}"
 
     def _session(self, session_id: str) -> _Session:
         session = self._sessions.get(session_id)
@@ -1197,14 +1211,13 @@ class EpicSimulator:
         def _begin() -> Response:
             body = payload()
             org = body.get("org")
-            kwargs: dict[str, Any] = {}
+            kwargs: dict[str, Any] = {"session_id": body.get("session_id") or self.new_session_id()}
             for name in ("session_id", "user", "patient_ids", "encounter_ids", "allowed_sections", "note_type",
                          "care_context", "token"):
                 if name in body:
                     kwargs[name] = body[name]
             d = self.begin_session(org, **kwargs)
-            sid = d.body["SessionID"] if d else kwargs.get("session_id")
-            return _json({"SessionID": sid, "delivery": delivery_json(d)})
+            return _json({"SessionID": kwargs["session_id"], "delivery": delivery_json(d)})
 
         @app.get("/_sim/sessions/<sid>")
         def _state(sid: str) -> Response:
@@ -1322,6 +1335,8 @@ def serve(host: str = "127.0.0.1", port: int = 8790, *, engine_url: str | None =
     print(f"Epic Haiku simulator at {base} — configure the org: epic.jwks_url={sim.jwks_url} "
           f"epic.client_id(iss)={epic_client_id} token_url={sim.token_url} callback={sim.callback_url}; "
           f"controls at {base}/_sim/ (engine: {engine_url or 'POST /_sim/engine'})", flush=True)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sim._stopping.set())
     try:
         while not sim._stopping.wait(1.0):
             pass

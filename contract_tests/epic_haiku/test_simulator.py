@@ -89,6 +89,11 @@ def client_key() -> RSAKey:
     return key
 
 
+@pytest.fixture(scope="module")
+def epic_key() -> RSAKey:
+    return RSAKey.generate_key(2048, private=True)
+
+
 @pytest.fixture
 def engine():
     eng = StubEngine()
@@ -97,8 +102,8 @@ def engine():
 
 
 @pytest.fixture
-def sim(engine: StubEngine, client_key: RSAKey):
-    s = EpicSimulator(engine_url=engine.url, epic_client_id=EPIC_ISS,
+def sim(engine: StubEngine, client_key: RSAKey, epic_key: RSAKey):
+    s = EpicSimulator(engine_url=engine.url, epic_client_id=EPIC_ISS, epic_key=epic_key,
                       clients={CLIENT_ID: {"keys": [client_key.as_dict(private=False)]}})
     s.start()
     engine.jwks = httpx.get(s.jwks_url).json()
@@ -458,3 +463,36 @@ def test_sim_http_controls_drive_a_session(sim: EpicSimulator, engine: StubEngin
     assert httpx.get(base + "/sessions/unknown").status_code == 404
     assert httpx.post(base + "/faults", json={"call": "token", "status": 503}).status_code == 200
     assert httpx.post(base + "/reset").status_code == 200 and sim.faults.pending() == []
+
+
+def test_absent_allowed_sections_fall_back_to_the_default_set_and_closed_sessions_refuse(
+        sim: EpicSimulator, engine: StubEngine, client_key: RSAKey) -> None:
+    # Given a session begun without AllowedNoteSections (the org default applies)
+    sim.default_allowed_sections = ("10164-2",)
+    sim.begin_session(ORG, session_id="S-default", allowed_sections=None, care_context=None)
+    assert "AllowedNoteSections" not in engine.events[0][1] and "CareContext" not in engine.events[0][1]
+    sim.record("S-default", synth_wav(1), chunk_seconds=1)
+    h = bearer(sim, client_key)
+    # When a section outside the default set is sent  Then 422
+    assert call(sim, "DocumentationReady", doc_body("S-default", 1, ["29545-1"]), h).status_code == 422
+    # When the session is complete  Then documentation is refused with 409
+    sim.complete("S-default", "Cancelled")
+    r = call(sim, "DocumentationReady", doc_body("S-default", 1, ["10164-2"]), h)
+    assert r.status_code == 409 and r.json()["Error"] == "SessionClosed"
+
+
+def test_bad_simulator_setup_names_the_field(tmp_path) -> None:
+    # Given a key that is not a key, an unknown algorithm, a file that is not audio
+    from chartbridge.core.errors import InputError
+
+    for kwargs, field in (({"epic_key": b"not a pem"}, "epic_key"), ({"epic_alg": "HS256"}, "epic_alg"),
+                          ({"clients": {"c": "garbage"}}, "key")):
+        # When the simulator is built  Then the error names the field
+        with pytest.raises(InputError) as err:
+            EpicSimulator(**kwargs)
+        assert err.value.field == field
+    with EpicSimulator() as s:
+        s.begin_session(ORG, session_id="S-x")
+        with pytest.raises(InputError) as err:
+            s.record("S-x", b"RIFF not a wav")
+        assert err.value.field == "wav"
