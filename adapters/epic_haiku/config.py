@@ -30,6 +30,11 @@ class EpicHaikuConfig(Settings):
     key_id: Name                       # `kid` of that key in the JWKS Epic knows
     algorithm: Literal["RS384", "ES384"] = "RS384"
     timeout_s: TimeoutS = 10.0
+    scope: Name | None = None          # token request `scope`, when the site asks for one
+    # The site's Interconnect Ambient base (a session's CallbackURL). When set, a session's
+    # CallbackURL must start with it (our bearer token never goes to another host), and it
+    # is the base for calls made without a session CallbackURL at hand.
+    callback_url: Url | None = None
     # inbound
     inbound: EpicInbound
     # the embedded Haiku page (SMART EHR launch)
