@@ -29,6 +29,7 @@ import collections
 import hashlib
 import itertools
 import json
+import logging
 import os
 import socket
 import ssl
@@ -41,11 +42,25 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import hl7
+import hl7.util
 from hl7.mllp import InvalidBlockError, start_hl7_server
 
 from chartbridge.core.errors import ConfigError, InputError
 
 SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
+
+
+class _NoFieldValues(logging.Filter):
+    """python-hl7's unescape warns with the whole field (note text = PHI) in the message;
+    drop those records so the simulator never puts message content in a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Error ")
+
+
+_HL7_UTIL_LOG = logging.getLogger(hl7.util.__file__)  # python-hl7 names it by file path
+if not any(isinstance(f, _NoFieldValues) for f in _HL7_UTIL_LOG.filters):
+    _HL7_UTIL_LOG.addFilter(_NoFieldValues())
 
 # HL7 v2.5.1 chapter 9 trigger events this receiver accepts -> required MSH-9.3 structure.
 EVENTS = {"T02": "MDM_T02", "T06": "MDM_T02", "T08": "MDM_T02", "T10": "MDM_T02", "T11": "MDM_T01"}

@@ -380,3 +380,12 @@ def test_stop_closes_open_connections_promptly():
         send(sock, b"x")
         read_frame(sock)
     sock.close()
+
+
+def test_note_text_never_reaches_logs(sim, conn, caplog):
+    # Given note text with escape sequences python-hl7 warns about (with the whole field)
+    caplog.set_level("DEBUG")
+    ack = exchange(conn, mdm("T02", "C1", "D1", text=r"SECRET-NOTE \\ \Cxx\ end"))
+    # Then the message is still filed, and no log record carries the text
+    assert msa(ack)[0] == "AA"
+    assert "SECRET-NOTE" not in caplog.text
