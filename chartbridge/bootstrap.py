@@ -48,12 +48,21 @@ class Engine:
     generator_factory: Callable[[Any], NoteGenerator] | None = None
     enqueue: Callable[..., None] | None = None      # set by the worker wiring (jobs.py)
     _adapters: dict = field(default_factory=dict)
+    _configs: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- organizations -------------------------------------------------------------------
+    @property
+    def configs(self):
+        with self._lock:
+            if self._configs is None:
+                from chartbridge.config.loader import ConfigStore
+                self._configs = ConfigStore(self.config_dir)
+            return self._configs
+
     def org(self, org_id: str):
-        from chartbridge.config.loader import get_org
-        return get_org(org_id, config_dir=self.config_dir)
+        """The org's validated config (re-read when its file changes); NotFound if none."""
+        return self.configs.get(org_id)
 
     def target_config(self, org_id: str, target: str):
         org = self.org(org_id)

@@ -85,7 +85,7 @@ class Jobs:
             ready = uc.transcribe_chunk(
                 e.store, e.transcriber(org_id), org_id=org_id, session=session,
                 recording_id=recording_id, sequence=sequence, audio=audio,
-                hotwords=list(getattr(org.transcription, "hotwords", []) or []),
+                hotwords=_hotwords(org),
                 consent_required=_consent_required(org, "capture"))
         except TransientError as exc:
             if attempt >= MAX_CHUNK_ATTEMPTS:
@@ -136,6 +136,9 @@ class Jobs:
                 if session.source == SessionSource.EPIC_HAIKU:
                     self._write(uc.notice_command(session, recording, target="epic_haiku"))
             else:
+                uc.finalize_recording(e.store, e.transcriber(org_id), org_id=org_id,
+                                      session=session, recording=recording,
+                                      hotwords=_hotwords(e.org(org_id)))
                 draft = self._draft_for(org_id, session, recording)
                 if session.source == SessionSource.EPIC_HAIKU:
                     protected = list(e.store.protected(org_id, session_id))
@@ -182,6 +185,10 @@ class Jobs:
             e.ledger.execute(command, e.adapter(org_id, command.target))
         except (TransientError, WriteInProgress, OutcomeUnknown):
             pass        # the row records it; the sweeper drives it again when due
+
+
+def _hotwords(org) -> list[str]:
+    return list(getattr(getattr(org, "transcription", None), "hotwords", None) or [])
 
 
 def _consent_required(org, scope: str) -> bool:

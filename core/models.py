@@ -135,6 +135,7 @@ class Chunk(Model):
     duration_ms: int | None = None
     offset_ms: int | None = None              # start within the whole recording
     state: ChunkState = ChunkState.ANNOUNCED
+    final: bool = False                       # transcribed as a recording's last chunk
     attempts: int = 0
     error: str | None = None                  # a reason a person can read; never PHI
 

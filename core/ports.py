@@ -32,10 +32,12 @@ class Transcriber(Protocol):
 
     def transcribe(self, audio: bytes, *, offset_ms: int = 0,
                    hotwords: Sequence[str] = (),
-                   lead_in: bytes | None = None) -> list[SpokenSegment]:
+                   lead_in: bytes | None = None, final: bool = False) -> list[SpokenSegment]:
         """Transcribe one chunk (WAV bytes). `offset_ms` is where the chunk starts in the
-        recording; `lead_in` is the previous chunk's audio when known, for handling a word
-        cut by the boundary. Raises PermanentError for audio that cannot be decoded."""
+        recording; `lead_in` is the previous chunk's audio (unless that one was final), so
+        a word cut by the boundary is neither lost nor doubled; `final` marks the last
+        chunk of a stopped recording (nothing follows to carry its tail). Raises
+        PermanentError for audio that cannot be decoded."""
 
 
 @dataclass

@@ -98,16 +98,50 @@ def transcribe_chunk(store, transcriber: Transcriber, *, org_id: str, session: S
     offset = store.chunk_offset(org_id, session.id, recording_id, sequence)
     if offset is None:
         offset = (sequence - 1) * (chunk.duration_ms or 0)
-    lead_in = store.get_audio(org_id, session.id, recording_id, sequence - 1) if sequence > 1 else None
-    spoken = transcriber.transcribe(audio, offset_ms=offset, hotwords=hotwords, lead_in=lead_in)
-    segments = [TranscriptSegment(id=f"{recording_id}/{sequence}/{i}", session_id=session.id,
-                                  recording_id=recording_id, chunk_sequence=sequence,
-                                  start_ms=s.start_ms, end_ms=s.end_ms, text=s.text,
-                                  confidence=s.confidence)
-                for i, s in enumerate(spoken)]
+    final = store.is_last_of_stopped(org_id, session.id, recording_id, sequence)
+    segments = _transcribe(store, transcriber, org_id=org_id, session=session,
+                           recording_id=recording_id, sequence=sequence, audio=audio,
+                           offset=offset, hotwords=hotwords, final=final)
     store.chunk_transcribed(org_id, session.id, recording_id, sequence, segments,
-                            offset_ms=offset)
+                            offset_ms=offset, final=final)
     return store.claim_ready_version(org_id, session.id, recording_id)
+
+
+def _transcribe(store, transcriber: Transcriber, *, org_id: str, session: Session,
+                recording_id: str, sequence: int, audio: bytes, offset: int,
+                hotwords: Sequence[str], final: bool) -> list[TranscriptSegment]:
+    lead_in = None
+    if sequence > 1:
+        previous = store.get_chunk(org_id, session.id, recording_id, sequence - 1)
+        if not previous.final:      # a final chunk kept its tail: handing it on would double it
+            lead_in = store.get_audio(org_id, session.id, recording_id, sequence - 1)
+    spoken = transcriber.transcribe(audio, offset_ms=offset, hotwords=hotwords,
+                                    lead_in=lead_in, final=final)
+    return [TranscriptSegment(id=f"{recording_id}/{sequence}/{i}", session_id=session.id,
+                              recording_id=recording_id, chunk_sequence=sequence,
+                              start_ms=s.start_ms, end_ms=s.end_ms, text=s.text,
+                              confidence=s.confidence)
+            for i, s in enumerate(spoken)]
+
+
+def finalize_recording(store, transcriber: Transcriber, *, org_id: str, session: Session,
+                       recording: Recording, hotwords: Sequence[str] = ()) -> bool:
+    """A stopped version's last chunk may have been transcribed before the stop was known,
+    keeping its tail back for a successor that will not come: transcribe it once more as
+    final. Returns True if it did."""
+    chunk = store.get_chunk(org_id, session.id, recording.recording_id, recording.chunk_count)
+    if chunk.final or recording.status != RecordingStatus.STOPPED:
+        return False
+    audio = store.get_audio(org_id, session.id, recording.recording_id, chunk.sequence)
+    if audio is None:
+        return False
+    offset = chunk.offset_ms or 0
+    segments = _transcribe(store, transcriber, org_id=org_id, session=session,
+                           recording_id=recording.recording_id, sequence=chunk.sequence,
+                           audio=audio, offset=offset, hotwords=hotwords, final=True)
+    store.chunk_transcribed(org_id, session.id, recording.recording_id, chunk.sequence,
+                            segments, offset_ms=offset, final=True, replace=True)
+    return True
 
 
 # -- drafting ------------------------------------------------------------------------------

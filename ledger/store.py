@@ -234,14 +234,16 @@ class SqlStore:
             return row.attempts
 
     def chunk_transcribed(self, org_id: str, session_id: str, recording_id: str, sequence: int,
-                          segments: list[TranscriptSegment], *, offset_ms: int | None) -> bool:
-        """Store the chunk's segments and mark it done, once. False if it was done already."""
+                          segments: list[TranscriptSegment], *, offset_ms: int | None,
+                          final: bool = False, replace: bool = False) -> bool:
+        """Store the chunk's segments and mark it done, once (False if it was done
+        already), or with `replace` swap in a final re-transcription of a done chunk."""
         now = self.clock.now()
         with self.db.transaction() as tx:
             row = tx.get(ChunkRow, (session_id, recording_id, sequence), with_for_update=True)
             if row is None or row.org_id != org_id:
                 raise NotFound("no such chunk in this organization")
-            if row.state == ChunkState.TRANSCRIBED:
+            if row.state == ChunkState.TRANSCRIBED and not replace:
                 return False
             tx.execute(delete(SegmentRow).where(SegmentRow.session_id == session_id,
                                                 SegmentRow.recording_id == recording_id,
@@ -252,6 +254,7 @@ class SqlStore:
                                   start_ms=s.start_ms, end_ms=s.end_ms, text=s.text,
                                   confidence=s.confidence))
             row.state, row.error, row.updated_at = ChunkState.TRANSCRIBED, None, now
+            row.final = final
             if offset_ms is not None:
                 row.offset_ms = offset_ms
             return True
@@ -277,6 +280,15 @@ class SqlStore:
                          correlation_id=session.correlation_id, action="chunk.failed",
                          outcome="failure", recording_id=recording_id, sequence=sequence,
                          reason=reason)
+
+    def is_last_of_stopped(self, org_id: str, session_id: str, recording_id: str,
+                           sequence: int) -> bool:
+        """Is this chunk the last of a version announced as Stopped?"""
+        with self.db.transaction() as tx:
+            return tx.scalar(select(func.count()).select_from(RecordingRow).where(
+                RecordingRow.org_id == org_id, RecordingRow.session_id == session_id,
+                RecordingRow.recording_id == recording_id, RecordingRow.chunk_count == sequence,
+                RecordingRow.status == RecordingStatus.STOPPED.value)) > 0
 
     def chunk_offset(self, org_id: str, session_id: str, recording_id: str, sequence: int) -> int | None:
         """Where a chunk starts: the sum of the known durations before it, if all known."""
@@ -503,7 +515,8 @@ class SqlStore:
 def _chunk(row: ChunkRow) -> Chunk:
     return Chunk(session_id=row.session_id, recording_id=row.recording_id, sequence=row.sequence,
                  version=row.version, content_type=row.content_type, duration_ms=row.duration_ms,
-                 offset_ms=row.offset_ms, state=ChunkState(row.state), attempts=row.attempts,
+                 offset_ms=row.offset_ms, state=ChunkState(row.state), final=bool(row.final),
+                 attempts=row.attempts,
                  error=row.error)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer,
-                        LargeBinary, String, Text, TypeDecorator, UniqueConstraint)
+                        LargeBinary, String, Text, TypeDecorator, UniqueConstraint, false)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -78,6 +78,7 @@ class ChunkRow(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     offset_ms: Mapped[int | None] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), index=True)
+    final: Mapped[bool] = mapped_column(default=False, server_default=false())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     enqueued_at: Mapped[datetime | None]

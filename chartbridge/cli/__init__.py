@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: ChartbridgeErrors become one readable line and exit 1, never a traceback."""
     _attach()
     try:
-        cli.main(args=argv, prog_name="chartbridge", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="chartbridge", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: the database is unreachable or not migrated ({type(exc).__name__}); "
                    "check CHARTBRIDGE_DATABASE_URL and run `chartbridge db upgrade`", err=True)
         return 1
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

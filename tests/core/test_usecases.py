@@ -23,7 +23,7 @@ class WordsTranscriber:
     def __init__(self):
         self.calls = 0
 
-    def transcribe(self, audio, *, offset_ms=0, hotwords=(), lead_in=None):
+    def transcribe(self, audio, *, offset_ms=0, hotwords=(), lead_in=None, final=False):
         self.calls += 1
         return [SpokenSegment(offset_ms, offset_ms + 1000, audio.decode(), -0.2)]
 
@@ -225,3 +225,36 @@ def test_closed_session_ignores_late_events(store, clock):
     assert not uc.complete_session(store, org_id=ORG, session=s, signed=True, event_body={"r": "Signed"})
     assert not uc.announce_chunk(store, org_id=ORG, session=s, recording_id="R1", sequence=1, version=1)
     assert store.get_session(ORG, s.id).status == SessionStatus.SIGNED
+
+
+class CallLog(WordsTranscriber):
+    def __init__(self):
+        super().__init__()
+        self.log = []
+
+    def transcribe(self, audio, *, offset_ms=0, hotwords=(), lead_in=None, final=False):
+        self.log.append((audio.decode(), lead_in, final))
+        return super().transcribe(audio, offset_ms=offset_ms)
+
+
+def test_last_chunk_of_a_stopped_recording_is_transcribed_final_exactly_once(store, clock):
+    s, _ = begin(store, clock)
+    t = CallLog()
+    # Given chunks transcribed before the Stop was announced (the usual order)
+    for seq in (1, 2):
+        uc.announce_chunk(store, org_id=ORG, session=s, recording_id="R1", sequence=seq, version=1)
+        store.store_audio(ORG, s.id, "R1", seq, f"c{seq}".encode(), "audio/wav")
+        uc.transcribe_chunk(store, t, org_id=ORG, session=s, recording_id="R1", sequence=seq,
+                            audio=f"c{seq}".encode())
+    rec, _ = uc.announce_version(store, clock, org_id=ORG, session=s, recording_id="R1", version=1,
+                                 chunk_count=2, status=RecordingStatus.STOPPED)
+    ready = store.claim_ready_version(ORG, s.id, "R1")
+    # When the version is finished
+    assert uc.finalize_recording(store, t, org_id=ORG, session=s, recording=ready) is True
+    assert uc.finalize_recording(store, t, org_id=ORG, session=s, recording=ready) is False
+    # Then chunk 2 was heard once more as final, with chunk 1 as its lead-in
+    assert t.log == [("c1", None, False), ("c2", b"c1", False), ("c2", b"c1", True)]
+    # And a chunk after a final one gets no lead-in (its tail was already kept)
+    uc.announce_chunk(store, org_id=ORG, session=s, recording_id="R1", sequence=3, version=2)
+    uc.transcribe_chunk(store, t, org_id=ORG, session=s, recording_id="R1", sequence=3, audio=b"c3")
+    assert t.log[-1] == ("c3", None, False)
