@@ -20,7 +20,8 @@ from chartbridge.bootstrap import Engine
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import (ChartbridgeError, OutcomeUnknown, PermanentError,
                                      RuleViolation, TransientError, WriteInProgress)
-from chartbridge.core.models import (ChunkState, RecordingStatus, SessionSource, VersionState,
+from chartbridge.core.models import (ChunkState, RecordingStatus, SessionSource, SessionStatus,
+                                     VersionState,
                                      WriteStatus)
 from chartbridge.ledger.writes import backoff_seconds
 
@@ -112,6 +113,7 @@ class Jobs:
         adapter = e.adapter(session.org_id, "epic_haiku")
         audio, got_type = adapter.fetch_chunk(session.external_id, recording_id,
                                               max(newest or 0, chunk.version), sequence,
+                                              callback_url=session.callback_url,
                                               correlation_id=session.correlation_id)
         e.store.store_audio(session.org_id, session.id, recording_id, sequence, audio,
                             got_type or content_type)
@@ -130,6 +132,10 @@ class Jobs:
         recording = next((r for r in e.store.recordings(org_id, session_id)
                           if r.recording_id == recording_id and r.version == version), None)
         if recording is None or recording.state != VersionState.READY:
+            return
+        if session.status != SessionStatus.OPEN:     # closed: nothing more is sent for it
+            uc.version_finished(e.store, org_id=org_id, recording=recording, ok=False,
+                                error="the session was closed before this version finished")
             return
         try:
             if recording.status == RecordingStatus.PAUSED:

@@ -1,0 +1,123 @@
+"""An Epic site and an engine wired together on loopback: the Epic simulator (Epic's
+side, written from the vendor page) and the real engine (waitress + Flask + dramatiq
+worker + SQLite/PostgreSQL). Used by the contract suite and by `chartbridge demo`.
+
+Nothing here builds payloads: the simulator and the engine speak only over HTTP.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from chartbridge import runtime
+from chartbridge.bootstrap import Engine, bootstrap
+from chartbridge.web import create_app
+
+from .simulator import EpicSimulator
+
+ORG = "demo-epic"
+CLIENT_ID = "demo-epic-backend-client"
+EPIC_ISSUER = "demo-epic-interconnect"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_org_config(config_dir: Path, keys_dir: Path, sim: EpicSimulator, *,
+                     base_file: Path | None = None) -> Path:
+    """The example org pointed at a running simulator, with a freshly generated key
+    referenced by file (never inline)."""
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    config_dir.mkdir(parents=True, exist_ok=True)
+    key_file = keys_dir / "epic-backend.pem"
+    if not key_file.exists():
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        key_file.chmod(0o600)
+    doc = yaml.safe_load((base_file or REPO / "config/orgs/demo-epic.yaml").read_text())
+    epic = doc["targets"]["epic_haiku"]
+    epic.update(client_id=CLIENT_ID, token_url=sim.token_url, private_key=f"file:{key_file}",
+                callback_url=sim.callback_url.rstrip("/"))
+    epic["inbound"] = {"issuer": EPIC_ISSUER, "jwks_url": sim.jwks_url}
+    epic.pop("fhir_base", None)
+    path = config_dir / f"{ORG}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def public_jwks(keys_dir: Path, key_id: str) -> dict:
+    """What the site registers for our backend client: the public key, with its kid."""
+    from joserfc.jwk import RSAKey
+
+    key = serialization.load_pem_private_key((keys_dir / "epic-backend.pem").read_bytes(), None)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    jwk = RSAKey.import_key(pem).as_dict(private=False)
+    jwk.update(kid=key_id, alg="RS384", use="sig")
+    return {"keys": [jwk]}
+
+
+@dataclass
+class EpicStack:
+    workdir: Path
+    database_url: str
+    broker_url: str = ""
+    transcriber_factory: object = None
+    generator_factory: object = None
+    sweep_interval_s: float = 15.0
+    engine: Engine | None = None
+    sim: EpicSimulator | None = None
+    rt: runtime.Runtime | None = None
+    engine_url: str | None = None
+    _server: object = None
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self) -> "EpicStack":
+        self.sim = EpicSimulator(epic_client_id=EPIC_ISSUER)
+        self.sim.start()
+        keys, orgs = self.workdir / "keys", self.workdir / "orgs"
+        path = write_org_config(orgs, keys, self.sim)
+        key_id = yaml.safe_load(path.read_text())["targets"]["epic_haiku"]["key_id"]
+        self.sim.register_client(CLIENT_ID, public_jwks(keys, key_id))
+        self.engine = bootstrap(database_url=self.database_url, config_dir=orgs,
+                                transcriber_factory=self.transcriber_factory,
+                                generator_factory=self.generator_factory)
+        self.rt = runtime.start(self.engine, broker_url=self.broker_url, in_process_worker=True,
+                                sweep_interval_s=self.sweep_interval_s)
+        from waitress.server import create_server
+        self._server = create_server(create_app(self.engine, jobs=self.rt.jobs),
+                                     host="127.0.0.1", port=0, threads=8)
+        self.engine_url = f"http://127.0.0.1:{self._server.effective_port}"
+        self._thread = threading.Thread(target=self._server.run, name="engine-http", daemon=True)
+        self._thread.start()
+        self.sim.engine_url = self.engine_url
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self.rt is not None:
+            self.rt.stop()
+        if self.sim is not None:
+            self.sim.stop()
+        if self.engine is not None:
+            self.engine.db.dispose()
+
+    def __enter__(self) -> "EpicStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- what the engine stored ------------------------------------------------------------
+    def session(self, external_id: str):
+        return self.engine.store.find_session(ORG, "epic_haiku", external_id)
+
+    def ledger_rows(self, external_id: str | None = None):
+        session = self.session(external_id) if external_id else None
+        return self.engine.ledger.list(ORG, session_id=session.id if session else None)
