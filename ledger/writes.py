@@ -141,6 +141,32 @@ class WriteLedger:
             raise
         return self._succeeded(command, owner, outcome, reconciled=False)
 
+    def prepare(self, command: WriteCommand) -> str:
+        """Record a write as pending (durably, before anything is enqueued) and return its
+        key; the queue then carries only the key. Same key and body again: no change.
+        Same key, different body: IdempotencyConflict."""
+        key, rhash, now = command.idempotency_key(), command.request_hash(), self.clock.now()
+        with self.db.transaction() as tx:
+            insert = pg_insert if tx.bind.dialect.name == "postgresql" else sqlite_insert
+            got = tx.execute(insert(WriteRow.__table__).values(
+                key=key, org_id=command.org_id, target=command.target,
+                session_id=command.session_id, resource_kind=command.resource_kind,
+                kind=str(command.kind), request_hash=rhash, status=WriteStatus.PENDING,
+                attempts=0, maybe_sent=False, command=command.model_dump(mode="json"),
+                next_attempt_at=now, correlation_id=command.correlation_id, created_at=now,
+                updated_at=now).on_conflict_do_nothing(index_elements=["key"])
+                .returning(WriteRow.__table__.c.key)).first()
+            if got is None:
+                row = tx.get(WriteRow, key)
+                if row.request_hash != rhash:
+                    raise IdempotencyConflict(
+                        "this idempotency key was used with a different request", key=key)
+            else:
+                audit.record(tx, at=now, org_id=command.org_id, session_id=command.session_id,
+                             correlation_id=command.correlation_id, action="write.prepared",
+                             key=key, target=command.target, kind=str(command.kind))
+        return key
+
     # -- reads ---------------------------------------------------------------------------
     def get(self, org_id: str, key: str) -> WriteRecord | None:
         with self.db.transaction() as tx:

@@ -232,3 +232,15 @@ def test_every_change_is_audited(db, clock, tmp_path):
         event = audit.as_fhir_audit_event(audit.entries(tx, "org-a")[-1])
     assert actions == ["write.claimed", "write.succeeded"]
     assert event["resourceType"] == "AuditEvent" and event["outcome"] == "0"
+
+
+def test_prepared_write_is_due_and_executes_once(db, clock, tmp_path):
+    ledger, ehr = WriteLedger(db, clock), FileEhr(tmp_path / "ehr.jsonl")
+    key = ledger.prepare(make_command())
+    assert ledger.prepare(make_command()) == key                  # idempotent
+    with pytest.raises(IdempotencyConflict):
+        ledger.prepare(make_command(text="Other text."))
+    assert ledger.due() == [("org-a", key)] and ledger.get("org-a", key).status == WriteStatus.PENDING
+    rec = ledger.execute(ledger.command_of("org-a", key), ehr)
+    assert rec.status == WriteStatus.SUCCEEDED and rec.attempts == 1 and ehr.reconciles == 0
+    assert ledger.due() == []
