@@ -46,9 +46,9 @@ class Runtime:
 
 def start(engine: Engine, *, broker_url: str | None = None, in_process_worker: bool | None = None,
           worker_threads: int = 2, sweep_interval_s: float = 15.0,
-          sweeper_stale_s: float = 60.0) -> Runtime:
+          sweeper_stale_s: float = 60.0, queue: str = "chartbridge") -> Runtime:
     broker = make_broker(broker_url)
-    jobs = Jobs(engine, broker)
+    jobs = Jobs(engine, broker, queue=queue)
     if in_process_worker is None:
         in_process_worker = isinstance(broker, StubBroker)
     worker = None

@@ -70,6 +70,7 @@ class EpicStack:
     transcriber_factory: object = None
     generator_factory: object = None
     sweep_interval_s: float = 15.0
+    queue: str = "chartbridge"
     engine: Engine | None = None
     sim: EpicSimulator | None = None
     rt: runtime.Runtime | None = None
@@ -88,7 +89,7 @@ class EpicStack:
                                 transcriber_factory=self.transcriber_factory,
                                 generator_factory=self.generator_factory)
         self.rt = runtime.start(self.engine, broker_url=self.broker_url, in_process_worker=True,
-                                sweep_interval_s=self.sweep_interval_s)
+                                sweep_interval_s=self.sweep_interval_s, queue=self.queue)
         from waitress.server import create_server
         self._server = create_server(create_app(self.engine, jobs=self.rt.jobs),
                                      host="127.0.0.1", port=0, threads=8)

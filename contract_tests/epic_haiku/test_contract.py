@@ -5,7 +5,9 @@ synthetic tones); the real audio path is exercised by the demo test and tests/tr
 """
 from __future__ import annotations
 
+import os
 import time
+import uuid
 
 import httpx
 import pytest
@@ -42,9 +44,26 @@ AUDIO = synth_wav(25)           # three chunks of 10 s
 
 @pytest.fixture
 def stack(tmp_path, database_url):
-    with EpicStack(tmp_path, database_url, transcriber_factory=lambda org: ChunkTranscriber(),
+    """SQLite with the in-process broker (the embedded default); PostgreSQL with Redis (the
+    production pairing), each job on a queue of its own test."""
+    broker_url = "" if database_url.startswith("sqlite") else redis_url()
+    with EpicStack(tmp_path, database_url, broker_url=broker_url,
+                   queue=f"epic-contract-{uuid.uuid4().hex[:8]}",
+                   transcriber_factory=lambda org: ChunkTranscriber(),
                    generator_factory=lambda org: ThreeSections(), sweep_interval_s=0.5) as s:
         yield s
+
+
+def redis_url() -> str:
+    import redis
+    url = "redis://127.0.0.1:6379/14"
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.exceptions.ConnectionError as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            raise
+        pytest.skip(f"No connection to Redis: {exc}")
+    return url
 
 
 def wait_until(predicate, timeout=30.0, what="condition"):
