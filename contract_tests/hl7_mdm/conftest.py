@@ -1,0 +1,138 @@
+"""Fixtures for the HL7 MDM contract suite.
+
+By default every test runs against the in-process MLLP simulator (simulator.py). To point
+the suite at a real interface engine's test port instead, set
+    CHARTBRIDGE_CONTRACT_BASE_URL=mllp://HOST:PORT      (or mllps:// with
+    CHARTBRIDGE_HL7_CA_FILE=path/to/ca.pem)
+    CHARTBRIDGE_HL7_RECEIVING_APPLICATION, CHARTBRIDGE_HL7_RECEIVING_FACILITY (MSH-5/6)
+    CHARTBRIDGE_HL7_SENDING_FACILITY (MSH-4)
+Tests that need fault injection or to read the receiver's store then skip with a reason.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+import pytest
+
+from chartbridge.adapters.hl7_mdm.adapter import Hl7MdmAdapter, client_ssl_context
+from chartbridge.adapters.hl7_mdm.builder import Vocabulary
+from chartbridge.adapters.hl7_mdm.config import Hl7MdmConfig
+from chartbridge.core.models import (Approval, ApprovalState, Identifier, NoteDraft,
+                                     NoteSection, Provenance, WriteCommand, WriteKind)
+from chartbridge.ledger.writes import WriteLedger
+
+from .simulator import HL7MDMSimulator
+
+REMOTE = os.environ.get("CHARTBRIDGE_CONTRACT_BASE_URL", "").strip()
+
+TITLES = {"10164-2": "History of present illness", "51847-2": "Assessment and plan",
+          "29545-1": "Physical findings"}
+VOCAB = Vocabulary(txa2=lambda code: {"11488-4": "CN"}.get(code or "", "PR"),
+                   obx3=lambda code: (code, TITLES.get(code, code), "LN"),
+                   title=lambda code: TITLES.get(code, code),
+                   note_type=lambda code: (code or "11506-3", "Progress note"))
+
+PATIENT = [Identifier(value="MRN0001", type="MRN", system="urn:oid:1.2.840.114350.1.13.0"),
+           Identifier(value="E4711", type="EXTERNAL", system="HOSP")]
+ENCOUNTER = [Identifier(value="CSN-77", type="CSN")]
+T0 = datetime(2026, 11, 21, 15, 0, tzinfo=timezone.utc)
+
+
+def needs_simulator(sim):
+    if sim is None:
+        pytest.skip("needs the simulator (fault injection / receiver inspection); "
+                    "CHARTBRIDGE_CONTRACT_BASE_URL points at a real receiver")
+    return sim
+
+
+@pytest.fixture
+def sim():
+    if REMOTE:
+        yield None
+        return
+    with HL7MDMSimulator() as s:
+        yield s
+
+
+def make_config(sim, **overrides) -> Hl7MdmConfig:
+    if sim is None:
+        url = urlsplit(REMOTE)
+        base = {"host": url.hostname, "port": url.port,
+                "receiving_application": os.environ.get(
+                    "CHARTBRIDGE_HL7_RECEIVING_APPLICATION", "EHR"),
+                "receiving_facility": os.environ.get("CHARTBRIDGE_HL7_RECEIVING_FACILITY",
+                                                     "HOSP"),
+                "sending_facility": os.environ.get("CHARTBRIDGE_HL7_SENDING_FACILITY",
+                                                   "CHARTBRIDGE_TEST"),
+                "timeout_s": 10, "processing_id": "T"}
+        if url.scheme == "mllps":
+            base["tls"] = {"enabled": True, "ca_file": os.environ.get("CHARTBRIDGE_HL7_CA_FILE")}
+    else:
+        base = {"host": sim.host, "port": sim.port, "receiving_application": sim.application,
+                "receiving_facility": sim.facility, "sending_facility": "CLINIC",
+                "timeout_s": 2.0, "max_resends": 2}
+    base.update(overrides)
+    return Hl7MdmConfig.model_validate(base)
+
+
+@pytest.fixture
+def make_adapter(sim):
+    made: list[Hl7MdmAdapter] = []
+
+    def factory(**overrides) -> Hl7MdmAdapter:
+        cfg = make_config(sim, **overrides)
+        adapter = Hl7MdmAdapter(cfg, VOCAB, org_id="org-a",
+                                ssl_context=client_ssl_context(cfg.tls))
+        made.append(adapter)
+        return adapter
+
+    yield factory
+    for a in made:
+        a.close()
+
+
+@pytest.fixture
+def adapter(make_adapter):
+    return make_adapter()
+
+
+@pytest.fixture
+def ledger(db, clock):
+    return WriteLedger(db, clock)
+
+
+def draft(text: str = "Community acquired pneumonia.\nStart amoxicillin.", *, version: int = 1,
+          sections: list[tuple[str, str]] | None = None) -> NoteDraft:
+    secs = sections or [("10164-2", "Cough for three days."), ("51847-2", text)]
+    return NoteDraft(id=f"d{version}", session_id="s1", version=version,
+                     sections=[NoteSection(code=c, text=t) for c, t in secs],
+                     provenance=Provenance(transcriber="t", transcriber_model="m",
+                                           generator="g", generator_version="1",
+                                           template_id="progress", template_version="1"),
+                     created_at=T0)
+
+
+def approval(d: NoteDraft) -> Approval:
+    return Approval(draft_id=d.id, draft_version=d.version, content_hash=d.content_hash(),
+                    approver=Identifier(value="1234567890", type="NPI",
+                                        system="2.16.840.1.113883.4.6"),
+                    approver_name="Jane Doe", role="physician", decision="approved",
+                    at=T0.replace(minute=5))
+
+
+def command(*, kind: WriteKind = WriteKind.CREATE, version: int = 1, approved: bool = True,
+            parent: str | None = None, parent_available: bool | None = None,
+            text: str | None = None, patient_ids=None, sections=None,
+            encounter_key: str = "CSN-77") -> WriteCommand:
+    d = draft(text, version=version, sections=sections) if text or sections else \
+        draft(version=version)
+    extra = {} if parent_available is None else {"parent_available": parent_available}
+    return WriteCommand(
+        org_id="org-a", target="hl7_mdm", session_id="s1", encounter_key=encounter_key,
+        note_version=version, resource_kind="MDM",
+        approval_state=ApprovalState.APPROVED if approved else ApprovalState.PRELIMINARY,
+        kind=kind, correlation_id="corr-1", patient_ids=patient_ids or PATIENT,
+        encounter_ids=ENCOUNTER, user=Identifier(value="U77", type="EPIC"), draft=d,
+        approval=approval(d) if approved else None, parent_external_id=parent, extra=extra)
