@@ -10,13 +10,11 @@ import logging
 import os
 import re
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from chartbridge.adapters.athenaone import SPEC, demo_target_settings
-from chartbridge.adapters.athenaone.adapter import build
 from chartbridge.adapters.athenaone.client import Throttle, _retry_after
 from chartbridge.adapters.athenaone.config import AthenaOneConfig
 from chartbridge.adapters.athenaone.mapping import write_id
@@ -306,37 +304,37 @@ def test_token_is_shared_between_adapter_instances(tmp_path, athena, db, clock, 
 
 
 def test_wrong_practice_token_is_refused_and_orgs_never_cross(tmp_path, athena, services,
-                                                              ledger):
+                                                              ledger, monkeypatch):
     sim = athena.need_sim("registers a second practice")
     # Given org A (practice 195900) and org B (practice 195901), each with its own client
     a = adapter_for(tmp_path, athena, services)
     org_b = org_config(tmp_path, {**athena.settings, "practice_id": "195901",
                                   "client_id": "sim-client-2",
                                   "client_secret": "env:ATHENA_B_SECRET"}, org="athena-org-b")
-    os.environ["ATHENA_B_SECRET"] = "sim-secret-2"
-    try:
-        b = SPEC.factory(org_b, org_b.targets["athenaone"], services)
-        # When each org files a note
-        ra = ledger.execute(make_command(patient="2"), a)
-        rb = ledger.execute(make_command(org="athena-org-b", patient="2"), b)
-        # Then each landed in its own practice, and every call used the org's own practice
-        assert ra.status == rb.status == WriteStatus.SUCCEEDED
-        assert [d["practiceid"] for d in sim.documents()] == ["195900", "195901"]
-        # And an adapter never writes another org's command with its credentials
-        with pytest.raises(PermanentError, match="another organization"):
-            a.send(make_command(org="athena-org-b", patient="2"))
-        # Given a misconfigured org whose practice is not its client's
-        wrong = org_config(tmp_path, {**athena.settings, "practice_id": "195901"},
-                           org="athena-org-c")
-        c = SPEC.factory(wrong, wrong.targets["athenaone"], services)
-        before = sim.token_request_count()
-        record = ledger.execute(make_command(org="athena-org-c", patient="2"), c)
-        # Then athena refuses (401 Incorrect permissions) after one refresh; nothing filed
-        assert record.status == WriteStatus.FAILED
-        assert "Incorrect permissions." in record.last_error and "401" in record.last_error
-        assert sim.token_request_count() - before == 2 and len(sim.documents()) == 2
-    finally:
-        os.environ.pop("ATHENA_B_SECRET", None)
+    monkeypatch.setenv("ATHENA_B_SECRET", "sim-secret-2")          # simulator-only
+    b = SPEC.factory(org_b, org_b.targets["athenaone"], services)
+    # When each org files a note
+    ra = ledger.execute(make_command(patient="2"), a)
+    rb = ledger.execute(make_command(org="athena-org-b", patient="2"), b)
+    # Then each landed in its own practice, and every call used the org's own practice
+    assert ra.status == rb.status == WriteStatus.SUCCEEDED
+    assert [d["practiceid"] for d in sim.documents()] == ["195900", "195901"]
+    assert [c["practiceid"] for c in sim.calls("upload")] == ["195900", "195901"]
+    assert services.token_cache.get("athena-org", "athenaone:195900:sim-client")
+    assert services.token_cache.get("athena-org-b", "athenaone:195901:sim-client-2")
+    # And an adapter never writes another org's command with its credentials
+    with pytest.raises(PermanentError, match="another organization"):
+        a.send(make_command(org="athena-org-b", patient="2"))
+    # Given a misconfigured org whose practice is not its client's
+    wrong = org_config(tmp_path, {**athena.settings, "practice_id": "195901"},
+                       org="athena-org-c")
+    c = SPEC.factory(wrong, wrong.targets["athenaone"], services)
+    before = sim.token_request_count()
+    record = ledger.execute(make_command(org="athena-org-c", patient="2"), c)
+    # Then athena refuses (401 Incorrect permissions) after one refresh; nothing filed
+    assert record.status == WriteStatus.FAILED
+    assert "Incorrect permissions." in record.last_error and "401" in record.last_error
+    assert sim.token_request_count() - before == 2 and len(sim.documents()) == 2
 
 
 def test_bad_client_secret_is_a_permanent_auth_error(tmp_path, athena, services, ledger,
