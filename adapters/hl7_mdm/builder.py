@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.core import Message
+from hl7apy.core import Component, Message
 from hl7apy.exceptions import HL7apyException
 
 from chartbridge.core.errors import InputError, PermanentError
@@ -209,6 +209,15 @@ def _set(segment, name: str, er7: str) -> None:
 def build(command: WriteCommand, settings: MdmSettings, vocab: Vocabulary) -> Rendered:
     """The validated ER7 message for `command`. Raises PermanentError for an illegal
     transition and InputError (naming the field) for content that cannot be sent."""
+    try:
+        return _build(command, settings, vocab)
+    except (HL7apyException, ValueError) as exc:
+        # hl7apy's own messages may quote the value (PHI): keep only the element's name
+        raise InputError(f"the MDM message does not validate: {type(exc).__name__}",
+                         field=_element_named(str(exc))) from None
+
+
+def _build(command: WriteCommand, settings: MdmSettings, vocab: Vocabulary) -> Rendered:
     event, doc_number, parent_number = plan(command)
     if not command.patient_ids:
         raise InputError("at least one patient identifier is required", field="patient_ids")
@@ -308,22 +317,36 @@ def build(command: WriteCommand, settings: MdmSettings, vocab: Vocabulary) -> Re
             obx.obx_3 = "^".join([escape(code, where + ".code"), escape(text, where + ".title"),
                                   escape(system, where + ".system")])
             if settings.value_type == "FT":
-                obx.obx_5 = _BR.join(escape(line, where + ".text") for line in lines(body))
+                values = [_BR.join(escape(line, where + ".text") for line in lines(body))]
             else:
-                for line in lines(body):
-                    rep = obx.add_field("OBX_5")
-                    rep.value = escape(line, where + ".text")
+                values = [escape(line, where + ".text") for line in lines(body)]
+            for value in values:
+                _observation_value(obx, settings.value_type, value, where + ".text")
             obx.obx_11 = result_status
     try:
         msg.validate()
         er7 = msg.to_er7()
     except HL7apyException as exc:
-        # hl7apy names the element, never the value
+        # say which element, never the value (hl7apy's messages can quote it)
         raise InputError(f"the MDM message does not validate: {type(exc).__name__}",
                          field=_element_named(str(exc))) from None
     er7 = er7.replace(_BR, "\\.br\\")
     return Rendered(er7=er7 + "\r", control_id=control_id, document_number=doc_number,
                     parent_document_number=parent_number, event=event)
+
+
+def _observation_value(obx, value_type: str, er7: str, where: str) -> None:
+    """One repetition of OBX-5 typed as FT/TX (max 65536), not hl7apy's default for the
+    `varies` field (ST, max 199): a Component named VARIES_1 with that datatype."""
+    rep = obx.add_field("OBX_5")
+    comp = Component("VARIES_1", datatype=value_type, version=VERSION,
+                     validation_level=VALIDATION_LEVEL.STRICT)
+    try:
+        comp.value = er7
+    except HL7apyException as exc:      # MaxLengthReached quotes the value: never pass it on
+        raise InputError(f"the text is too long for one {value_type} value "
+                         f"({type(exc).__name__})", field=where) from None
+    rep.add(comp)
 
 
 def _element_named(text: str) -> str:

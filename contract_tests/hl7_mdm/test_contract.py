@@ -431,3 +431,40 @@ def test_golden_samples_parse_with_python_hl7():
         text = (SAMPLES / name).read_text(encoding="utf-8").split("\n", 1)[1]
         msg = hl7.parse(text.replace("\n", "\r"))
         assert str(msg.segment("MSH")[9]).split("^")[1] == name[:3].upper()
+
+
+# -- factory -------------------------------------------------------------------------------------
+def test_registry_factory_builds_a_working_adapter_from_an_org_config(sim, ledger):
+    # Given the demo org config and the demo target block pointing at the simulator
+    from chartbridge.adapters.hl7_mdm import demo_target_settings
+    from chartbridge.adapters.hl7_mdm.config import Hl7MdmConfig
+    from chartbridge.adapters.registry import registry
+    from chartbridge.config.loader import load_org_file
+
+    s = needs_simulator(sim)
+    org = load_org_file(Path(__file__).resolve().parents[2] / "config/orgs/demo-multi.yaml")
+    target = Hl7MdmConfig.model_validate(demo_target_settings(s))
+    # When the registry's factory builds the adapter
+    adapter = registry.get("hl7_mdm").factory(org, target, None)
+    try:
+        # Then TXA-2 comes from the org's note type table and a write is filed
+        record = ledger.execute(command(), adapter)
+    finally:
+        adapter.close()
+    assert record.status == WriteStatus.SUCCEEDED
+    assert s.document(record.external_id)["document_type"] == "PR"
+
+
+def test_long_notes_are_sent_whole_and_oversize_values_refused_without_quoting(sim, ledger,
+                                                                               adapter):
+    # Given a section of 20 000 characters (FT allows 65 536 per value)
+    s = needs_simulator(sim)
+    long_text = ("Plan discussed with patient. " * 700)[:20000]
+    record = ledger.execute(command(text=long_text), adapter)
+    # Then it arrives whole
+    assert record.status == WriteStatus.SUCCEEDED, record.last_error
+    assert s.document(record.external_id)["obx"][1]["text"] == long_text
+    # Given an identifier longer than its HL7 field allows: refused, value not quoted
+    big = Identifier(value="Z" * 300, type="MRN")
+    failed = ledger.execute(command(version=3, patient_ids=[big]), adapter)
+    assert failed.status == WriteStatus.FAILED and "ZZZZ" not in (failed.last_error or "")
