@@ -345,7 +345,8 @@ def test_tls_write_and_untrusted_certificate_refused(tmp_path, ledger, make_adap
         assert ledger.execute(command(), adapter).status == WriteStatus.SUCCEEDED
         assert len(s.documents()) == 1
         # Given no trust in that cert: the handshake fails, nothing is sent (transient)
-        other_ca, _ = _self_signed(tmp_path / "..")
+        (tmp_path / "other").mkdir()
+        other_ca, _ = _self_signed(tmp_path / "other")
         untrusting = make_adapter(host=s.host, port=s.port,
                                   tls={"enabled": True, "ca_file": str(other_ca)})
         with pytest.raises(TransientError) as caught:
