@@ -34,6 +34,7 @@ class AdapterSpec:
     factory: Callable[..., Any] | None = None
     needs_approval: bool = True        # Epic hands drafts back for review in Epic instead
     description: str = ""
+    resource_kind: str = "document"    # what one write creates at the EHR (part of the key)
 
 
 class DuplicateAdapter(ChartbridgeError):

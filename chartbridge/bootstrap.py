@@ -89,6 +89,31 @@ class Engine:
                 self._adapters[cache_key] = found
             return found
 
+    # -- writes after approval ----------------------------------------------------------------
+    def submit_approved(self, org_id: str, draft_id: str) -> list[str]:
+        """Turn an approved (or, by policy, staged) draft into one ledger write per target
+        that needs approval, recorded as pending before any is enqueued. Returns the keys."""
+        from chartbridge.core import usecases as uc
+        from chartbridge.core.models import ConsentScope
+
+        draft, _state = self.store.get_draft(org_id, draft_id)
+        session = self.store.get_session(org_id, draft.session_id)
+        org = self.org(org_id)
+        targets = [(name, registry.get(name).resource_kind) for name in org.targets
+                   if registry.get(name).needs_approval]
+        policy = org.policy
+        commands = uc.approved_write_commands(
+            session, draft, self.store.approval(org_id, draft_id), targets=targets,
+            stage_preliminary=str(policy.approval) == "stage_preliminary",
+            protected=list(self.store.protected(org_id, session.id)),
+            write_back_consent=self.store.consents(org_id, session.id).get(ConsentScope.WRITE_BACK),
+            consent_required=str(policy.consent.write_back) == "required")
+        keys = [self.ledger.prepare(c) for c in commands]
+        if self.enqueue is not None:
+            for key in keys:
+                self.enqueue("execute_write", org_id, key)
+        return keys
+
     # -- processing ports ------------------------------------------------------------------
     def transcriber(self, org_id: str) -> Transcriber:
         org = self.org(org_id)

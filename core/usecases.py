@@ -235,6 +235,24 @@ def write_command(session: Session, draft: NoteDraft, *, target: str, resource_k
                         extra=extra or {}, **_identities(session))
 
 
+def approved_write_commands(session: Session, draft: NoteDraft, approval: Approval | None, *,
+                            targets: Sequence[tuple[str, str]], stage_preliminary: bool,
+                            protected: Sequence[str] = (),
+                            write_back_consent: bool | None = None,
+                            consent_required: bool = False) -> list[WriteCommand]:
+    """On approval (or staging), one write command per configured target that needs an
+    approval; `targets` are (target name, resource kind). Consent to write back is checked
+    first: without it nothing is written, and the reason is visible."""
+    check_consent({} if write_back_consent is None else
+                  {ConsentScope.WRITE_BACK: write_back_consent}, ConsentScope.WRITE_BACK,
+                  required=consent_required)
+    note_type = session.note_type.code if session.note_type else None
+    return [write_command(session, draft, target=name, resource_kind=kind, needs_approval=True,
+                          stage_preliminary=stage_preliminary, approval=approval,
+                          protected=protected, extra={"note_type": note_type} if note_type else None)
+            for name, kind in targets]
+
+
 def handoff_command(session: Session, draft: NoteDraft, recording: Recording, *,
                     target: str, protected: Sequence[str]) -> WriteCommand:
     """Sections handed back to an EHR that reviews them itself (Epic's DocumentationReady):

@@ -20,4 +20,5 @@ SPEC = AdapterSpec(
     factory=_build,
     needs_approval=True,
     description="athenaOne clinicaldocument",
+    resource_kind="clinicaldocument",
 )

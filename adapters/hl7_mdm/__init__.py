@@ -20,4 +20,5 @@ SPEC = AdapterSpec(
     factory=_build,
     needs_approval=True,
     description="HL7 v2.5.1 MDM^T02/T06/T08/T10/T11 over MLLP",
+    resource_kind="MDM",
 )

@@ -258,3 +258,23 @@ def test_last_chunk_of_a_stopped_recording_is_transcribed_final_exactly_once(sto
     uc.announce_chunk(store, org_id=ORG, session=s, recording_id="R1", sequence=3, version=2)
     uc.transcribe_chunk(store, t, org_id=ORG, session=s, recording_id="R1", sequence=3, audio=b"c3")
     assert t.log[-1] == ("c3", None, False)
+
+
+def test_approval_turns_into_one_write_per_target_only_with_write_back_consent(store, clock):
+    s, _ = begin(store, clock)
+    (rec,) = _announce_and_transcribe(store, clock, s, WordsTranscriber(), 1, order=[1])
+    draft = uc.draft_note(store, clock, KeywordGenerator(), WordsTranscriber(), org_id=ORG, session=s, recording=rec)
+    approval = uc.decide(store, clock, org_id=ORG, draft_id=draft.id, content_hash=draft.content_hash(),
+                         approver=Identifier(value="E1", type="EXTERNAL"), role="physician",
+                         decision=Decision.APPROVED)
+    targets = [("fhir_docref", "DocumentReference"), ("hl7_mdm", "MDM")]
+    with pytest.raises(RuleViolation) as err:
+        uc.approved_write_commands(s, draft, approval, targets=targets, stage_preliminary=False,
+                                   write_back_consent=None, consent_required=True)
+    assert err.value.rule == "consent_missing"
+    cmds = uc.approved_write_commands(s, draft, approval, targets=targets, stage_preliminary=False,
+                                      write_back_consent=True, consent_required=True)
+    assert [(c.target, c.resource_kind, c.approval_state) for c in cmds] == [
+        ("fhir_docref", "DocumentReference", "approved"), ("hl7_mdm", "MDM", "approved")]
+    assert len({c.idempotency_key() for c in cmds}) == 2
+    assert cmds[0].patient_ids == s.patient_ids              # identifiers travel with the write
