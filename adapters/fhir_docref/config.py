@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from chartbridge.config.types import Name, Scopes, SecretRef, Settings, TimeoutS, Uri, Url
 
 
@@ -16,12 +18,22 @@ class FhirDocRefConfig(Settings):
     base_url: Url                      # FHIR R4 base, e.g. https://fhir.site.example/R4
     token_url: Url | None = None       # else from {base_url}/.well-known/smart-configuration
     client_id: Name
-    private_key: SecretRef             # SMART Backend Services JWT signing key
-    key_id: Name
+    private_key: SecretRef             # SMART Backend Services JWT signing key (PEM)
+    key_id: Name                       # the `kid` of that key in the JWKS the site registered
     algorithm: Literal["RS384", "ES384"] = "RS384"
-    scopes: Scopes = ["system/DocumentReference.write", "system/DocumentReference.read"]
+    # Requested in the token request (profile us-core). Create needs write, reconcile needs
+    # read (search), the us-core transaction also creates a Provenance. Profile epic sends
+    # NO scope: Epic grants what the client was registered with.
+    scopes: Scopes = ["system/DocumentReference.write", "system/DocumentReference.read",
+                      "system/Provenance.write"]
     profile: Literal["us-core", "epic"] = "us-core"
     content_type: Literal["text/plain", "text/html"] = "text/plain"
     identifier_system: Uri             # URI of our DocumentReference.identifier (dedupe key)
-    note_type_coding: Coding | None = None   # site coding used instead of the mapped LOINC type
+    note_type_coding: Coding | None = None   # site coding added beside the mapped LOINC type
+    # us-core only: send the DocumentReference and its Provenance in one transaction Bundle
+    # (false: a single conditional create, no Provenance resource).
+    transaction: bool = True
+    # epic reconcile: documents of the encounter dated within this many seconds of ours
+    # (and with the same text) count as ours when the server dropped our identifier.
+    reconcile_window_s: int = Field(default=900, ge=0, le=86400)
     timeout_s: TimeoutS = 15.0
