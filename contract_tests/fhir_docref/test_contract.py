@@ -348,3 +348,86 @@ def test_payloads_parse_as_r4b_and_match_golden_samples(fhir, adapter):
             path.write_text(text + "\n", encoding="utf-8")
         assert path.exists(), f"golden sample missing: {path.name} (CHARTBRIDGE_WRITE_SAMPLES=1)"
         assert json.loads(path.read_text()) == json.loads(text), path.name
+
+
+# --------------------------------------------------------------------------- auth and edges
+def _jwt_part(token: str, i: int) -> dict:
+    part = token.split(".")[i]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def test_client_assertion_claims(fhir, adapter, clock):
+    sim = fhir.need_sim("discovery against the simulator")
+    tokens = adapter.client.tokens
+    # Given no token_url in config: it is discovered from .well-known/smart-configuration
+    assert tokens.token_url == sim.token_url
+    # When two assertions are signed
+    a, b = tokens.assertion(), tokens.assertion()
+    header, claims = _jwt_part(a, 0), _jwt_part(a, 1)
+    # Then each: ES384 with our kid, iss = sub = client, aud = token URL, exp <= 5 min, new jti
+    assert header == {"alg": "ES384", "kid": "sim-key-1", "typ": "JWT"}
+    assert claims["iss"] == claims["sub"] == "chartbridge-sim" and claims["aud"] == sim.token_url
+    assert claims["iat"] == int(clock.now().timestamp()) and 0 < claims["exp"] - claims["iat"] <= 300
+    assert claims["jti"] != _jwt_part(b, 1)["jti"]
+
+
+def test_authlib_defaults_would_break_smart():
+    # Why auth.py overrides authlib: its PrivateKeyJWT signs exp = iat + 3600 and stores the
+    # jti it generates in the claims dict it keeps, so the next assertion reuses it.
+    from authlib.oauth2.rfc7523 import PrivateKeyJWT
+    from joserfc.jwk import RSAKey
+
+    class Auth:
+        client_id, client_secret = "c", RSAKey.generate_key(2048)
+    method = PrivateKeyJWT("https://t.example/token", claims={}, alg="RS384")
+    one, two = _jwt_part(method.sign(Auth, "https://t.example/token"), 1), \
+        _jwt_part(method.sign(Auth, "https://t.example/token"), 1)
+    assert one["exp"] - one["iat"] == 3600 and one["jti"] == two["jti"]
+
+
+def test_epic_gets_plain_text_when_the_org_wants_html(fhir, services, tmp_path):
+    fhir.need_sim("renders for the simulator")
+    from chartbridge.adapters.registry import registry
+    from contract_tests.fhir_docref.conftest import org_config
+    org = org_config(tmp_path, {**fhir.settings, "content_type": "text/html"})
+    adapter = registry.get("fhir_docref").factory(org, org.targets["fhir_docref"], services)
+    payload = adapter.payload(make_command(fhir))
+    doc = payload["entry"][0]["resource"] if payload["resourceType"] == "Bundle" else payload
+    att = doc["content"][0]["attachment"]
+    text = _text(doc)
+    if fhir.profile == "epic":
+        assert att["contentType"] == "text/plain; charset=utf-8"
+        assert "<" not in text.replace("<3 days>", "")           # markup gone, the note's own text kept
+        assert "History of present illness:\nCough for three days" in text
+        assert "fluids & rest <3 days>." in text
+    else:
+        assert att["contentType"] == "text/html; charset=utf-8"
+        assert "&lt;3 days&gt;" in text and "<h3>" in text
+    adapter.client.http.close()
+
+
+def test_a_non_fhir_answer_is_permanent():
+    import httpx
+
+    from chartbridge.adapters.fhir_docref.client import FhirClient
+    from chartbridge.core.errors import PermanentError
+
+    class Tokens:
+        org_id = "o"
+        def token(self):
+            return "t"
+        def refresh(self, rejected):
+            return "t2"
+    http = httpx.Client(transport=httpx.MockTransport(
+        lambda req: httpx.Response(201, content=b"<html>ok</html>",
+                                   headers={"Content-Type": "text/html"})))
+    client = FhirClient(base_url="http://fhir.invalid", tokens=Tokens(), http=http)
+    with pytest.raises(PermanentError) as exc:
+        client.create({"resourceType": "DocumentReference"})
+    assert exc.value.vendor_code == "not_fhir"
+    http = httpx.Client(transport=httpx.MockTransport(
+        lambda req: httpx.Response(400, content=b"bad gateway page")))
+    client = FhirClient(base_url="http://fhir.invalid", tokens=Tokens(), http=http)
+    with pytest.raises(PermanentError) as exc:
+        client.create({"resourceType": "DocumentReference"})
+    assert exc.value.vendor_code == "not_fhir" and exc.value.status == 400
