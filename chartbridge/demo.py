@@ -2,7 +2,9 @@
 
 Starts the Epic simulator and the engine on free loopback ports, plays a visit as 10 s
 chunks, waits for DocumentationReady, then simulates a clinician edit in Epic and a second
-recording to show the edit survives. Every step goes over HTTP between the two, exactly as
+recording to show the edit survives. A second organization (a non-Epic site) then opens a
+session through the core use cases with the same audio, is approved by a named demo
+clinician and written to every target it has configured (FHIR, athenaOne, HL7 MDM). Every step goes over HTTP between the two, exactly as
 with a real site; transcription is the real faster-whisper tiny.en on the CPU.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ class DemoResult:
     targets: dict[str, dict]
     timings_ms: dict[str, int]
     pages: dict[str, str] = field(default_factory=dict)
+    second_site: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -148,8 +151,22 @@ def run_demo(*, workdir: Path, audio: Path | None = None, chunk_seconds: float =
         failed = [r for r in rows if r.status != WriteStatus.SUCCEEDED]
         problems += [f"{r.target} write {r.kind} ended {r.status.value}: {r.last_error}" for r in failed]
         pages = {"epic_haiku_launch": f"{stack.engine_url}/orgs/{ORG}/epic/haiku/launch?session={session_id}"}
+
+        # -- the second organization: a non-Epic site ----------------------------------------
+        from chartbridge.demo_sites import ORG as SITE, run_multi_site
+        site = run_multi_site(stack, wav, chunk_seconds=chunk_seconds, progress=progress,
+                              timeout=timeout)
+        targets.update(site["targets"])
+        ledger += site["ledger"]
+        for name, t in site["targets"].items():
+            if t["status"] != "written":
+                problems.append(f"{name} write ended {t['status']}: {t.get('error')}")
+        pages["review"] = f"{stack.engine_url}/orgs/{SITE}/review"
+        second_site = {"org": SITE, "session_id": site["session_id"],
+                       "draft_version": site["draft_version"], "sections": site["sections"]}
     timings["total"] = int((time.monotonic() - started) * 1000)
     return DemoResult(ok=not problems, session_id=session_id, recording_version=2,
                       sections=sections, second_sections=second_sections,
                       edit_survived=edit_survived, ledger=ledger, targets=targets,
-                      timings_ms=timings, pages=pages, problems=problems)
+                      timings_ms=timings, pages=pages, problems=problems,
+                      second_site=second_site)

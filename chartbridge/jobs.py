@@ -19,7 +19,7 @@ from dramatiq.brokers.stub import StubBroker
 from chartbridge.bootstrap import Engine
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import (ChartbridgeError, OutcomeUnknown, PermanentError,
-                                     RuleViolation, TransientError, WriteInProgress)
+                                     TransientError, WriteInProgress)
 from chartbridge.core.models import (ChunkState, RecordingStatus, SessionSource, SessionStatus,
                                      VersionState,
                                      WriteStatus)
@@ -98,7 +98,7 @@ class Jobs:
                                                      "attempt": attempt, "delay_s": round(delay, 2)})
             self.enqueue("process_chunk", org_id, session_id, recording_id, sequence, delay_s=delay)
             return
-        except (PermanentError, RuleViolation) as exc:
+        except ChartbridgeError as exc:      # permanent, a rule, or the org's config: no retry
             e.store.chunk_failed(org_id, session_id, recording_id, sequence, exc.message)
             return
         if ready is not None:
@@ -161,7 +161,7 @@ class Jobs:
                 args=(org_id, session_id, recording_id, version, attempt + 1), delay=int(delay * 1000))
         except WriteInProgress:
             pass        # another worker holds the write; the sweeper checks on it
-        except (PermanentError, RuleViolation, OutcomeUnknown) as exc:
+        except ChartbridgeError as exc:      # permanent, a rule, unknown outcome, config
             uc.version_finished(e.store, org_id=org_id, recording=recording, ok=False,
                                 error=exc.message)
 

@@ -123,6 +123,7 @@ class Recording(Model):
     chunk_count: int = Field(ge=0)
     status: RecordingStatus
     state: VersionState = VersionState.WAITING
+    error: str | None = None                  # why the version failed, in plain words
     announced_at: datetime
 
 

@@ -524,4 +524,4 @@ def _recording(row: RecordingRow) -> Recording:
     return Recording(session_id=row.session_id, recording_id=row.recording_id,
                      version=row.version, chunk_count=row.chunk_count,
                      status=RecordingStatus(row.status), state=VersionState(row.state),
-                     announced_at=row.announced_at)
+                     error=row.error, announced_at=row.announced_at)

@@ -23,8 +23,14 @@ def test_demo_json_reports_sections_drafted_from_the_visit(tmp_path):
     assert "cough" in result["sections"]["10164-2"].lower()
     # the clinician's edit survived the second recording
     assert result["edit_survived"] is True and "51847-2" not in result["second_sections"]
-    assert [r["status"] for r in result["ledger"]] == ["succeeded", "succeeded"]
+    assert [r["status"] for r in result["ledger"]] == ["succeeded"] * 5
     assert result["targets"]["epic_haiku"]["status"] == "accepted"
+    # the second site wrote the approved note to every target it has configured
+    for target in ("fhir_docref", "athenaone", "hl7_mdm"):
+        assert result["targets"][target]["status"] == "written", result["targets"][target]
+        assert result["targets"][target]["external_id"]
+    assert result["targets"]["hl7_mdm"]["ack"] == "AA"
+    assert "pneumonia" in result["second_site"]["sections"]["51847-2"].lower()
     assert result["timings_ms"]["stop_to_documentation_ready"] > 0
 
 

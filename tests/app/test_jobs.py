@@ -155,3 +155,20 @@ class _Broken:
     def transcribe(self, audio, **kw):
         from chartbridge.core.errors import PermanentError
         raise PermanentError("audio is not a WAV file")
+
+
+def test_a_config_problem_fails_the_version_with_its_reason(pipeline):
+    engine, jobs = pipeline
+    s = _session(engine)
+    _upload(engine, s, 1, "words")
+    uc.announce_version(engine.store, engine.clock, org_id="test-org", session=s, recording_id="R1",
+                        version=1, chunk_count=1, status=RecordingStatus.STOPPED)
+
+    def no_generator(org):
+        from chartbridge.core.errors import ConfigError
+        raise ConfigError("secret env:X: environment variable is not set")
+    engine.generator_factory = no_generator
+    jobs.enqueue("process_chunk", "test-org", s.id, "R1", 1)
+    wait_until(lambda: engine.store.recordings("test-org", s.id)[0].state == VersionState.FAILED)
+    # the reason is kept on the version for the CLI and the pages
+    assert engine.store.recordings("test-org", s.id)[0].error == "secret env:X: environment variable is not set"
