@@ -9,12 +9,23 @@ mapping that should hold it.
 Messages never carry a config value (a value may be a secret pasted in by mistake), and
 YAML parser errors are reported by problem and line without the offending text.
 
-Pipeline per file: read -> parse (nodes + data) -> [merge overlays: a later issue; a
-`ParsedFile` list is what it will take] -> validate schema -> check mappings.
+Pipeline per file: read -> parse (nodes + data) -> merge the environment overlay ->
+validate schema -> check mappings.
+
+Layered config (per environment): `ORG.yaml` is the base; `ORG.ENV.yaml` beside it (ENV =
+`sandbox`, `production`, ... lower-case letters, digits, '-') is deep-merged over it when that
+environment is selected (`CHARTBRIDGE_ENV`, or `--env` on the CLI). Merge rules: mappings
+merge key by key, recursively; a list or scalar in the overlay replaces the base's; an
+explicit `null` in the overlay removes the key (e.g. `jwks_url: null` to switch to
+`jwks_file`). The merge happens on the YAML node tree, and every node's mark carries the
+file it came from, so each error (and `org show --origin`) names the file and line that
+supplied the value. A selected environment without an overlay file means "the base as is".
+A file whose name has a dot in the stem is an overlay, never an org.
 """
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +39,8 @@ from chartbridge.config.secrets import BASE_DIR
 from chartbridge.core.errors import ConfigError, NotFound
 
 ENV_CONFIG_DIR = "CHARTBRIDGE_CONFIG_DIR"
+ENV_SELECT = "CHARTBRIDGE_ENV"           # which overlay (ORG.<env>.yaml) applies; unset = none
+ENV_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 DEFAULT_CONFIG_DIR = "./config/orgs"
 MAX_BYTES = 1_000_000          # an org config is a few KB; refuse anything absurd
 MAX_NODES = 50_000             # guards against alias expansion ("billion laughs")
@@ -37,9 +50,36 @@ Loc = tuple[Any, ...]
 
 @dataclass
 class ParsedFile:
-    path: Path
+    path: Path                       # the base file (its stem is the org id)
     data: Any
-    root: yaml.Node
+    root: yaml.Node                  # merged node tree; each mark's `name` is its file
+    overlay: Path | None = None      # the environment overlay merged in, if any
+
+
+def split_name(path: str | Path) -> tuple[str, str | None]:
+    """(org, env) from a config file name: `a.yaml` -> (a, None), `a.sandbox.yaml` ->
+    (a, 'sandbox')."""
+    stem = Path(path).stem
+    org, dot, env = stem.partition(".")
+    return org, (env if dot else None)
+
+
+def is_overlay(path: str | Path) -> bool:
+    return split_name(path)[1] is not None
+
+
+def overlay_path(base: str | Path, env: str) -> Path:
+    base = Path(base)
+    return base.with_name(f"{split_name(base)[0]}.{env}.yaml")
+
+
+def current_env(env: str | None = None) -> str | None:
+    """The selected environment: the argument, else $CHARTBRIDGE_ENV, else None."""
+    value = env if env is not None else (os.environ.get(ENV_SELECT) or None)
+    if value is not None and not ENV_NAME.fullmatch(value):
+        raise ConfigError(f"environment name must be lower-case letters, digits and '-' "
+                          f"(from --env or {ENV_SELECT})")
+    return value
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -64,6 +104,7 @@ def _parse(path: Path) -> ParsedFile:
     loader: yaml.SafeLoader | None = None
     try:
         loader = yaml.SafeLoader(text)     # its reader already refuses control characters
+        loader.name = file                 # every node's mark now names this file
         root = loader.get_single_node()
         if root is None:
             raise ConfigError("file is empty; expected a mapping of settings", file=file, line=1)
@@ -142,8 +183,15 @@ def locate(root: yaml.Node, loc: Loc, missing: bool = False) -> tuple[str, int]:
     """The dotted key and 1-based line for a pydantic location. Parts that are not in the
     YAML (pydantic's own segments, such as '[key]') are dropped; a missing key is shown at
     its parent's line."""
+    key, line, _ = locate_origin(root, loc, missing)
+    return key, line
+
+
+def locate_origin(root: yaml.Node, loc: Loc, missing: bool = False) -> tuple[str, int, str]:
+    """`locate`, plus the file that supplied that line (base or overlay)."""
     node: yaml.Node | None = root
     line = root.start_mark.line + 1
+    file = root.start_mark.name
     parts: list[tuple[Any, bool]] = []
     for i, part in enumerate(loc):
         is_index = isinstance(part, int) and not isinstance(node, yaml.MappingNode)
@@ -160,8 +208,9 @@ def locate(root: yaml.Node, loc: Loc, missing: bool = False) -> tuple[str, int]:
             continue
         parts.append((part, is_index))
         line = key_node.start_mark.line + 1
+        file = key_node.start_mark.name
         node = value_node
-    return _format_key(parts), line
+    return _format_key(parts), line, file
 
 
 def _message(err: dict) -> str:
@@ -174,7 +223,6 @@ def _message(err: dict) -> str:
 
 def _errors_from_validation(parsed: ParsedFile, exc: ValidationError) -> list[ConfigError]:
     out: list[ConfigError] = []
-    file = str(parsed.path)
     for err in exc.errors(include_url=False, include_input=False):
         loc = tuple(err["loc"])
         kind = err["type"]
@@ -189,18 +237,72 @@ def _errors_from_validation(parsed: ParsedFile, exc: ValidationError) -> list[Co
                 msg = f"unknown target (known: {', '.join(known_targets())})"
             else:
                 msg = "unknown setting (not allowed here)"
-        key, line = locate(parsed.root, loc, missing=missing)
+        key, line, file = locate_origin(parsed.root, loc, missing=missing)
         out.append(ConfigError(msg, file=file, key=key or None, line=line))
     return out
+
+
+# --- overlays ---------------------------------------------------------------------------
+
+_NULL = "tag:yaml.org,2002:null"
+
+
+def merge_nodes(base: yaml.Node, over: yaml.Node) -> yaml.Node:
+    """`over` deep-merged onto `base` (node trees; neither is changed). Mappings merge key by
+    key; anything else in `over` replaces; a null in `over` removes the key."""
+    if not (isinstance(base, yaml.MappingNode) and isinstance(over, yaml.MappingNode)):
+        return over
+    pairs = list(base.value)
+    index = {k.value: i for i, (k, _) in enumerate(pairs) if isinstance(k, yaml.ScalarNode)}
+    removed: set[int] = set()
+    for key, value in over.value:
+        name = key.value if isinstance(key, yaml.ScalarNode) else None
+        i = index.get(name)
+        if isinstance(value, yaml.ScalarNode) and value.tag == _NULL:
+            if i is not None:
+                removed.add(i)
+            continue
+        if i is None:
+            index[name] = len(pairs)
+            pairs.append((key, value))
+        else:
+            removed.discard(i)
+            pairs[i] = (key, merge_nodes(pairs[i][1], value))
+    kept = [p for i, p in enumerate(pairs) if i not in removed]
+    return yaml.MappingNode(base.tag, kept, base.start_mark, base.end_mark,
+                            flow_style=base.flow_style)
+
+
+def parse_layers(base: str | Path, overlay: str | Path | None = None) -> ParsedFile:
+    """The base file, with `overlay` merged over it when given. Raises ConfigError."""
+    parsed = _parse(Path(base))
+    if overlay is None:
+        return parsed
+    overlay = Path(overlay)
+    org, env = split_name(overlay)
+    if env is None or not ENV_NAME.fullmatch(env) or org != split_name(base)[0]:
+        raise ConfigError("overlay file name must be <org>.<env>.yaml with env in lower-case "
+                          "letters, digits and '-'", file=str(overlay), line=1)
+    top = _parse(overlay)
+    root = merge_nodes(parsed.root, top.root)
+    constructor = yaml.constructor.SafeConstructor()
+    data = constructor.construct_document(root)
+    return ParsedFile(path=parsed.path, data=data, root=root, overlay=overlay)
 
 
 # --- validating -------------------------------------------------------------------------
 
 
-def _validate(parsed: ParsedFile) -> tuple[OrgConfig | None, list[ConfigError]]:
+def _validate(parsed: ParsedFile, check_mappings: bool = True
+              ) -> tuple[OrgConfig | None, list[ConfigError]]:
     file = str(parsed.path)
     errors: list[ConfigError] = []
     stem = parsed.path.stem
+    if "." in stem:
+        errors.append(ConfigError(
+            "an overlay file (<org>.<env>.yaml) is not an org; validate it with its base "
+            "(chartbridge org validate --env ENV)", file=file, line=1))
+        return None, errors
     if not ORG_ID.fullmatch(stem):
         errors.append(ConfigError(
             "file name must be <org>.yaml with org in lower-case letters, digits and '-'",
@@ -208,65 +310,108 @@ def _validate(parsed: ParsedFile) -> tuple[OrgConfig | None, list[ConfigError]]:
     data = parsed.data
     org_value = data.get("org")
     if isinstance(org_value, str) and org_value != stem:
-        key, line = locate(parsed.root, ("org",))
-        errors.append(ConfigError(f"must equal the file name ({stem!r})", file=file,
+        key, line, where = locate_origin(parsed.root, ("org",))
+        errors.append(ConfigError(f"must equal the file name ({stem!r})", file=where,
                                   key=key, line=line))
     try:
         org = OrgConfig.model_validate(data, context={BASE_DIR: parsed.path.parent.resolve()})
     except ValidationError as exc:
         return None, errors + _errors_from_validation(parsed, exc)
-    from chartbridge.mappings import check_org
-
-    for loc, message in check_org(org):
-        key, line = locate(parsed.root, loc)
-        errors.append(ConfigError(message, file=file, key=key, line=line))
+    if check_mappings:
+        errors.extend(mapping_errors(org, parsed))
     return (None if errors else org), errors
 
 
-def _load(path: Path) -> tuple[OrgConfig | None, list[ConfigError]]:
+def mapping_errors(org: OrgConfig, parsed: ParsedFile) -> list[ConfigError]:
+    """chartbridge.mappings.check_org's problems, located in the (layered) files."""
+    from chartbridge.mappings import check_org
+
+    out = []
+    for loc, message in check_org(org):
+        key, line, where = locate_origin(parsed.root, loc)
+        out.append(ConfigError(message, file=where, key=key, line=line))
+    return out
+
+
+def load_layers(base: str | Path, overlay: str | Path | None = None, *,
+                check_mappings: bool = True
+                ) -> tuple[OrgConfig | None, list[ConfigError], ParsedFile | None]:
+    """Parse + merge + validate one org (base and optional overlay): (config or None,
+    every problem, the parsed tree for provenance or None if it did not parse)."""
     try:
-        parsed = _parse(path)
+        parsed = parse_layers(base, overlay)
     except ConfigError as exc:
-        return None, [exc]
-    return _validate(parsed)
+        return None, [exc], None
+    org, errors = _validate(parsed, check_mappings)
+    return org, errors, parsed
 
 
-def validate_files(paths: list[str | Path]) -> tuple[list[OrgConfig], list[ConfigError]]:
-    """Validate every file; return the good configs and every problem found."""
+def _load(path: Path, overlay: Path | None = None) -> tuple[OrgConfig | None, list[ConfigError]]:
+    org, errors, _ = load_layers(path, overlay)
+    return org, errors
+
+
+def _layers_for(path: Path, env: str | None) -> tuple[Path, Path | None]:
+    """(base, overlay) for a file named on the command line: an overlay file is validated
+    over its base; a base file with the `env` overlay when one exists."""
+    org, file_env = split_name(path)
+    if file_env is not None:
+        return path.with_name(f"{org}.yaml"), path
+    if env is not None:
+        over = overlay_path(path, env)
+        return path, (over if over.exists() else None)
+    return path, None
+
+
+def validate_files(paths: list[str | Path], env: str | None = None
+                   ) -> tuple[list[OrgConfig], list[ConfigError]]:
+    """Validate every file; return the good configs and every problem found. An overlay
+    file (`ORG.ENV.yaml`) is validated merged over its base `ORG.yaml`; with `env`, each base
+    file is validated with its `ORG.<env>.yaml` overlay when there is one."""
     configs: list[OrgConfig] = []
     errors: list[ConfigError] = []
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str | None], str] = {}
     for p in paths:
-        path = Path(p)
-        org, errs = _load(path)
+        base, overlay = _layers_for(Path(p), env)
+        org, errs = _load(base, overlay)
         errors.extend(errs)
         if org is None:
             continue
-        if org.org in seen:
-            errors.append(ConfigError(f"org id already defined in {seen[org.org]}",
-                                      file=str(path), key="org", line=None))
+        layer = (org.org, split_name(overlay)[1] if overlay else None)
+        if layer in seen:
+            errors.append(ConfigError(f"org id already defined in {seen[layer]}",
+                                      file=str(overlay or base), key="org", line=None))
             continue
-        seen[org.org] = str(path)
+        seen[layer] = str(overlay or base)
         configs.append(org)
     return configs, errors
 
 
-def load_org_file(path: str | Path) -> OrgConfig:
-    """One org config; raises the first ConfigError if it has any problem."""
-    org, errors = _load(Path(path))
+def load_org_file(path: str | Path, env: str | None = None) -> OrgConfig:
+    """One org config (with its `env` overlay when given and present); raises the first
+    ConfigError if it has any problem."""
+    base, overlay = _layers_for(Path(path), env)
+    org, errors = _load(base, overlay)
     if errors or org is None:
         raise errors[0]
     return org
 
 
 def org_files(directory: str | Path) -> list[Path]:
-    return sorted(Path(directory).glob("*.yaml"))
+    """The base org files of a folder (`ORG.yaml`); overlays (`ORG.ENV.yaml`) are not orgs."""
+    return sorted(p for p in Path(directory).glob("*.yaml") if not is_overlay(p))
 
 
-def load_orgs(directory: str | Path) -> dict[str, OrgConfig]:
-    """Every org in a folder, by id; raises the first ConfigError if any file is bad
-    (a partly loaded set of orgs is not something to run on)."""
-    configs, errors = validate_files(org_files(directory))
+def overlay_files(directory: str | Path, org_id: str | None = None) -> list[Path]:
+    """Every overlay file of a folder (or of one org)."""
+    pattern = f"{org_id}.*.yaml" if org_id else "*.*.yaml"
+    return sorted(p for p in Path(directory).glob(pattern) if is_overlay(p))
+
+
+def load_orgs(directory: str | Path, env: str | None = None) -> dict[str, OrgConfig]:
+    """Every org in a folder, by id (with the `env` overlays); raises the first ConfigError
+    if any file is bad (a partly loaded set of orgs is not something to run on)."""
+    configs, errors = validate_files(org_files(directory), env)
     if errors:
         raise errors[0]
     return {c.org: c for c in configs}
@@ -276,12 +421,14 @@ def load_orgs(directory: str | Path) -> dict[str, OrgConfig]:
 
 
 class ConfigStore:
-    """Org configs by id from one folder, cached per process and re-read when a file's
-    modification time or size changes."""
+    """Org configs by id from one folder, with the selected environment's overlay
+    (`env`, else $CHARTBRIDGE_ENV), cached per process and re-read when the base's or the
+    overlay's modification time or size changes (or the overlay appears or goes)."""
 
-    def __init__(self, directory: str | Path | None = None) -> None:
+    def __init__(self, directory: str | Path | None = None, env: str | None = None) -> None:
         self.directory = Path(directory or os.environ.get(ENV_CONFIG_DIR) or DEFAULT_CONFIG_DIR)
-        self._cache: dict[str, tuple[tuple[int, int], OrgConfig]] = {}
+        self.env = current_env(env)
+        self._cache: dict[str, tuple[tuple, OrgConfig]] = {}
         self._lock = threading.Lock()
 
     def get(self, org_id: str) -> OrgConfig:
@@ -294,12 +441,20 @@ class ConfigStore:
             with self._lock:
                 self._cache.pop(org_id, None)
             raise NotFound("unknown org") from None
-        stamp = (st.st_mtime_ns, st.st_size)
+        overlay = overlay_path(path, self.env) if self.env else None
+        try:
+            ost = overlay.stat() if overlay is not None else None
+        except FileNotFoundError:
+            ost, overlay = None, None
+        stamp = (st.st_mtime_ns, st.st_size,
+                 (ost.st_mtime_ns, ost.st_size) if ost is not None else None)
         with self._lock:
             hit = self._cache.get(org_id)
             if hit and hit[0] == stamp:
                 return hit[1]
-        org = load_org_file(path)        # a broken file raises: never serve a stale copy
+        org, errors = _load(path, overlay)   # a broken file raises: never serve a stale copy
+        if errors or org is None:
+            raise errors[0]
         with self._lock:
             self._cache[org_id] = (stamp, org)
         return org
