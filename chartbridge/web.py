@@ -16,6 +16,7 @@ log = logging.getLogger("chartbridge.web")
 def create_app(engine: Engine, *, jobs=None) -> Flask:
     app = Flask("chartbridge")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    app.secret_key = _secret_key()
     app.extensions["chartbridge"] = engine
     app.extensions["chartbridge.jobs"] = jobs
 
@@ -55,7 +56,8 @@ def _register_adapter_endpoints(app: Flask, engine: Engine, jobs) -> None:
     """Adapters with inbound endpoints expose `make_blueprint(engine, jobs)`."""
     import importlib
 
-    for module in ("chartbridge.adapters.epic_haiku.endpoints",):
+    for module in ("chartbridge.adapters.epic_haiku.endpoints",
+                   "chartbridge.adapters.epic_haiku.page", "chartbridge.review"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -63,3 +65,22 @@ def _register_adapter_endpoints(app: Flask, engine: Engine, jobs) -> None:
                 continue
             raise
         app.register_blueprint(mod.make_blueprint(engine, jobs))
+
+
+def _secret_key() -> bytes:
+    """Signs and keys the clinician pages' sessions: `CHARTBRIDGE_SECRET_KEY` holds an
+    `env:NAME` or `file:PATH` reference; without it (the embedded default) a random key per
+    process, so page sessions end when the process does."""
+    import os
+    import secrets
+
+    ref = os.environ.get("CHARTBRIDGE_SECRET_KEY")
+    if not ref:
+        return secrets.token_bytes(32)
+    from chartbridge.config.secrets import resolve
+    value = resolve(ref)
+    if len(value) < 32:
+        from chartbridge.core.errors import ConfigError
+        raise ConfigError("the secret key must be at least 32 characters",
+                          key="CHARTBRIDGE_SECRET_KEY")
+    return value.encode()

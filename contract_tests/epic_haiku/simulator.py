@@ -906,6 +906,9 @@ class EpicSimulator:
             return self._handle(name, self._authorize, handler)
 
         self._add_control_routes(app)
+        from .smart import SmartAuthServer      # the SMART EHR-launch side (smart.py)
+        self.smart = SmartAuthServer(self._base, clock=lambda: self.clock())
+        self.smart.mount(app)
         return app
 
     def _handle(self, call: str, auth: Callable[[], None] | None, handler: Callable[[], Response]) -> Response:
