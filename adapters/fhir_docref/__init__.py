@@ -20,4 +20,5 @@ SPEC = AdapterSpec(
     factory=_build,
     needs_approval=True,
     description="FHIR R4 DocumentReference create/replace",
+    resource_kind="DocumentReference",
 )

@@ -30,7 +30,9 @@ def test_demo_json_reports_sections_drafted_from_the_visit(tmp_path):
         assert result["targets"][target]["status"] == "written", result["targets"][target]
         assert result["targets"][target]["external_id"]
     assert result["targets"]["hl7_mdm"]["ack"] == "AA"
-    assert "pneumonia" in result["second_site"]["sections"]["51847-2"].lower()
+    # that site drafts the split assessment (51848-0) and plan (18776-5) sections
+    assert "pneumonia" in result["second_site"]["sections"]["51848-0"].lower()
+    assert "x-ray" in result["second_site"]["sections"]["18776-5"].lower()
     assert result["timings_ms"]["stop_to_documentation_ready"] > 0
 
 
