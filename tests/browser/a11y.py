@@ -64,10 +64,14 @@ CHECK = r"""
 def check_accessibility(page, *, max_tabs: int = 60) -> None:
     problems = page.evaluate(CHECK)
     assert problems == [], problems
-    # keyboard: Tab reaches every focusable control, and focus is visible on each
-    focusable = page.evaluate("""() => [...document.querySelectorAll(
-        'a[href], button:not([disabled]), input:not([type=hidden]):not([disabled]), select, textarea')]
-        .filter(e => e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden').length""")
+    # keyboard: Tab reaches every visible control, and focus is visible on each
+    focusable = page.evaluate("""() => {
+        const els = [...document.querySelectorAll('a[href], button:not([disabled]), summary, ' +
+            'input:not([type=hidden]):not([disabled]), select, textarea')]
+            .filter(e => e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden')
+            .filter(e => !(e.closest('details:not([open])') && e.tagName !== 'SUMMARY'));
+        els.forEach((e, i) => e.setAttribute('data-a11y-i', String(i)));
+        return els.length; }""")
     page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.focus(); }")
     reached = set()
     for _ in range(min(max_tabs, focusable + 3)):
@@ -75,8 +79,10 @@ def check_accessibility(page, *, max_tabs: int = 60) -> None:
         info = page.evaluate("""() => { const e = document.activeElement;
             if (!e || e === document.body) return null;
             const s = getComputedStyle(e);
-            return [e.outerHTML.slice(0, 80), s.outlineStyle !== 'none' || s.boxShadow !== 'none'] }""")
+            return [e.getAttribute('data-a11y-i') || e.outerHTML.slice(0, 60),
+                    s.outlineStyle !== 'none' || s.boxShadow !== 'none'] }""")
         if info:
             reached.add(info[0])
-            assert info[1], f"no visible focus on {info[0]}"
-    assert len(reached) >= focusable, f"keyboard reached {len(reached)} of {focusable} controls"
+            assert info[1], f"no visible focus on control {info[0]}"
+    missing = focusable - len(reached & {str(i) for i in range(focusable)})
+    assert missing == 0, (f"keyboard did not reach {missing} of {focusable} controls", sorted(reached), page.evaluate("() => [...document.querySelectorAll('[data-a11y-i]')].map(e => e.outerHTML.slice(0, 70))"))

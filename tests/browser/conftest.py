@@ -80,3 +80,5 @@ def wait_until(predicate, timeout=30.0, what="condition"):
             return value
         assert time.monotonic() < deadline, f"{what} not met before the deadline"
         time.sleep(0.05)
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "orgs"

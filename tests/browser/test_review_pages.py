@@ -1,0 +1,240 @@
+"""Review and approve in real Chromium: dev sign-in for a demo org, the list of drafts
+awaiting review, a draft with its transcript excerpts and audio times, an edit (a new draft
+version), approval bound to that version's content hash, and the write status per target
+updating live. The two targets' adapters are fakes registered for the test: one writes
+(returning an EHR id), one refuses with a permanent error."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+import yaml
+
+from chartbridge import runtime
+from chartbridge.adapters.registry import registry
+from chartbridge.bootstrap import bootstrap
+from chartbridge.core import usecases as uc
+from chartbridge.core.errors import PermanentError
+from chartbridge.core.models import (Identifier, NoteDraft, NoteSection, Provenance,
+                                     SessionSource, TranscriptSegment, WriteOutcome)
+from chartbridge.web import create_app
+
+from .a11y import check_accessibility
+from .conftest import PHONE, REPO_CONFIG, shot, wait_until
+
+pytestmark = pytest.mark.browser
+ORG = "demo-review"
+
+
+class WritingAdapter:
+    name = "hl7_mdm"
+
+    def __init__(self):
+        self.sent = []
+        self.lock = threading.Lock()
+
+    def send(self, command):
+        with self.lock:
+            self.sent.append(command)
+            return WriteOutcome(external_id=f"MDM-{command.note_version}-{len(self.sent)}")
+
+    def reconcile(self, command):
+        return None
+
+
+class RefusingAdapter:
+    name = "athenaone"
+
+    def send(self, command):
+        raise PermanentError("the practice refused the document: department is closed",
+                             status=400)
+
+    def reconcile(self, command):
+        return None
+
+
+@pytest.fixture
+def review(tmp_path, monkeypatch):
+    """An engine (SQLite, in-process worker) serving the pages, with one seeded draft."""
+    monkeypatch.setenv("CHARTBRIDGE_DEV_LOGIN", "1")
+    orgs = tmp_path / "orgs"
+    orgs.mkdir()
+    doc = yaml.safe_load((REPO_CONFIG / "demo-multi.yaml").read_text())
+    doc["org"], doc["name"] = ORG, "Demo Review Clinic"
+    doc["targets"] = {k: v for k, v in doc["targets"].items() if k in ("hl7_mdm", "athenaone")}
+    doc["policy"]["consent"] = {"capture": "assumed", "write_back": "assumed"}
+    (orgs / f"{ORG}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    other = dict(doc, org="demo-other", name="Other Clinic")
+    (orgs / "demo-other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+
+    writer = WritingAdapter()
+    registry.names()
+    monkeypatch.setitem(registry._specs, "hl7_mdm", dataclasses.replace(
+        registry.get("hl7_mdm"), factory=lambda org, settings, services: writer))
+    monkeypatch.setitem(registry._specs, "athenaone", dataclasses.replace(
+        registry.get("athenaone"), factory=lambda org, settings, services: RefusingAdapter()))
+
+    engine = bootstrap(database_url=f"sqlite:///{tmp_path / 'engine.db'}", config_dir=orgs)
+    rt = runtime.start(engine, in_process_worker=True, sweep_interval_s=0.5,
+                       queue=f"review-{uuid.uuid4().hex[:8]}")
+    from waitress.server import create_server
+    server = create_server(create_app(engine, jobs=rt.jobs), host="127.0.0.1", port=0, threads=6)
+    threading.Thread(target=server.run, daemon=True).start()
+    base = f"http://127.0.0.1:{server.effective_port}"
+    try:
+        yield type("Review", (), {"engine": engine, "base": base, "writer": writer,
+                                  "draft": seed_draft(engine, ORG),
+                                  "other_draft": seed_draft(engine, "demo-other")})
+    finally:
+        server.close()
+        rt.stop()
+        engine.db.dispose()
+
+
+def seed_draft(engine, org: str) -> NoteDraft:
+    store, clock = engine.store, engine.clock
+    session, _ = uc.open_session(
+        store, clock, org_id=org, source=SessionSource.API, external_id=f"VISIT-{uuid.uuid4().hex[:6]}",
+        user=Identifier(value="U1", type="EXTERNAL"),
+        patient_ids=[Identifier(value="Z4481", type="MRN")],
+        encounter_ids=[Identifier(value="300012345", type="CSN")],
+        allowed_sections=["10164-2", "51848-0"])
+    uc.announce_chunk(store, org_id=org, session=session, recording_id="R1", sequence=1, version=1,
+                      duration_ms=30_000)
+    segs = [TranscriptSegment(id="R1/1/0", session_id=session.id, recording_id="R1",
+                              chunk_sequence=1, start_ms=3_200, end_ms=7_900,
+                              text="The cough started three days ago.", confidence=-0.1),
+            TranscriptSegment(id="R1/1/1", session_id=session.id, recording_id="R1",
+                              chunk_sequence=1, start_ms=65_000, end_ms=69_400,
+                              text="Likely a viral bronchitis.", confidence=-0.2)]
+    store.chunk_transcribed(org, session.id, "R1", 1, segs, offset_ms=0)
+    draft = NoteDraft(id=uuid.uuid4().hex, session_id=session.id, version=1,
+                      sections=[NoteSection(code="10164-2", text="Cough for three days.",
+                                            segment_ids=["R1/1/0"]),
+                                NoteSection(code="51848-0", text="Viral bronchitis.",
+                                            segment_ids=["R1/1/1"])],
+                      provenance=Provenance(transcriber="fake", transcriber_model="0",
+                                            generator="fake", generator_version="1",
+                                            template_id="default", template_version="1"),
+                      created_at=datetime.now(timezone.utc))
+    return store.save_draft(org, draft)
+
+
+def sign_in(page, base, org=ORG, user="dr.rivera"):
+    page.goto(f"{base}/orgs/{org}/review/")
+    page.wait_for_url(f"**/orgs/{org}/review/login")
+    page.get_by_label("User id").fill(user)
+    page.get_by_label("Name shown on approvals").fill("Dr Rivera")
+    page.get_by_label("Role").select_option("physician")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"**/orgs/{org}/review/")
+
+
+def test_review_edit_approve_written(review, new_page, viewport):
+    name = "phone" if viewport == PHONE else "desktop"
+    page = new_page(viewport)
+    engine, draft = review.engine, review.draft
+    # Given a clinician signed in with the demo org's development login
+    page.goto(f"{review.base}/orgs/{ORG}/review/")
+    page.wait_for_url("**/review/login")
+    check_accessibility(page)
+    shot(page, f"review-login-{name}")
+    sign_in(page, review.base)
+    # When they open the list, the draft awaiting review is there (and only their org's)
+    items = page.locator("#drafts li")
+    assert items.count() == 1 and items.first.get_attribute("data-draft") == draft.id
+    check_accessibility(page)
+    shot(page, f"review-list-{name}")
+    items.first.locator("a").click()
+    # Then each section shows its transcript excerpt and audio time
+    hpi = page.locator("section[data-section='10164-2']")
+    assert "The cough started three days ago." in hpi.inner_text()
+    assert "at 0:03–0:07" in hpi.inner_text()
+    assert "at 1:05–1:09" in page.locator("section[data-section='51848-0']").inner_text()
+    check_accessibility(page)
+    shot(page, f"review-draft-{name}")
+    # When they edit the history section
+    hpi.locator("summary").click()
+    hpi.get_by_label("New text for History of present illness").fill(
+        "Dry cough for three days, no fever.")
+    hpi.get_by_role("button", name="Save edit").click()
+    page.wait_for_url("**notice=edited**")
+    # Then a new draft version holds the edit and the old one is superseded
+    (v2, v2_state), (v1, v1_state) = engine.store.drafts(ORG, session_id=draft.session_id)[:2]
+    assert (v2.version, v2_state, v1_state) == (2, "draft", "superseded")
+    assert v2.section("10164-2").text == "Dry cough for three days, no fever."
+    assert v2.edited_by == "dr.rivera" and f"/drafts/{v2.id}" in page.url
+    assert "Dry cough for three days" in page.locator("section[data-section='10164-2']").inner_text()
+    # When they approve
+    page.get_by_role("button", name="Approve and write").click()
+    page.wait_for_url("**notice=approved**")
+    # Then the approval binds to the edited version's exact content
+    approval = engine.store.approval(ORG, v2.id)
+    assert approval.content_hash == v2.content_hash() and approval.approver.value == "dr.rivera"
+    # And the write status updates live: one target written with its EHR id, one failed
+    written = page.wait_for_selector("tr[data-target='hl7_mdm'][data-status='succeeded']",
+                                     timeout=30_000)
+    assert "EHR id MDM-2-1" in written.inner_text()
+    failed = page.wait_for_selector("tr[data-target='athenaone'][data-status='failed']",
+                                    timeout=30_000)
+    assert "department is closed" in failed.inner_text()
+    (sent,) = review.writer.sent
+    assert sent.draft.id == v2.id and sent.approval.content_hash == v2.content_hash()
+    # And every view and action is in the audit trail under the clinician
+    actions = [(e.action, e.actor) for e in engine.store.audit_trail(ORG, draft.session_id)]
+    for action in ("review.draft_viewed", "review.section_edited", "draft.approved"):
+        assert (action, "user:dr.rivera") in actions, action
+    assert ("review.signed_in", "user:dr.rivera") in [(e.action, e.actor)
+                                                     for e in engine.store.audit_trail(ORG)]
+    check_accessibility(page)
+    shot(page, f"review-written-{name}")
+
+
+def test_reject_needs_a_reason_and_a_stale_version_cannot_be_approved(review, new_page, browser):
+    page = new_page(PHONE)
+    sign_in(page, review.base)
+    draft = review.draft
+    page.goto(f"{review.base}/orgs/{ORG}/review/drafts/{draft.id}")
+    # When they reject without a reason
+    page.get_by_role("button", name="Reject").click()
+    # Then the page says which field is missing, and nothing was decided
+    assert page.locator("#error-field").inner_text() == "reason"
+    assert review.engine.store.get_draft(ORG, draft.id)[1] == "draft"
+    # Given the same draft open in a second tab, and an edit saved in the first
+    page.goto(f"{review.base}/orgs/{ORG}/review/drafts/{draft.id}")
+    stale = page.context.new_page()
+    stale.goto(page.url)
+    page.locator("section[data-section='51848-0'] summary").click()
+    page.get_by_label("New text for Assessment").fill("Acute bronchitis.")
+    page.get_by_role("button", name="Save edit").click()
+    page.wait_for_url("**notice=edited**")
+    # When the stale tab approves what it shows
+    stale.get_by_role("button", name="Approve and write").click()
+    # Then it is refused: the approval can only bind to the newest content
+    assert "superseded" in stale.locator("#error-message").inner_text()
+    assert review.engine.store.approval(ORG, draft.id) is None
+    assert review.writer.sent == []
+
+
+def test_csrf_org_scope_and_dev_login_gate(review, new_page, monkeypatch):
+    page = new_page(PHONE)
+    sign_in(page, review.base)
+    draft = review.draft
+    # A POST without the session's CSRF token changes nothing
+    resp = page.request.post(f"{review.base}/orgs/{ORG}/review/drafts/{draft.id}/decision",
+                             form={"decision": "approved", "content_hash": draft.content_hash()})
+    assert resp.status == 400 and "csrf_token" in resp.text()
+    assert review.engine.store.approval(ORG, draft.id) is None
+    # Another org's draft is not found through this org's pages
+    page.goto(f"{review.base}/orgs/{ORG}/review/drafts/{review.other_draft.id}")
+    assert "no such draft" in page.locator("#error-message").inner_text()
+    # And this org's sign-in does not open the other org's pages
+    page.goto(f"{review.base}/orgs/demo-other/review/")
+    page.wait_for_url("**/orgs/demo-other/review/login")
+    # The development login is off unless CHARTBRIDGE_DEV_LOGIN=1
+    monkeypatch.delenv("CHARTBRIDGE_DEV_LOGIN")
+    page.goto(f"{review.base}/orgs/demo-other/review/login")
+    assert "no sign-in is configured" in page.locator("#error-message").inner_text()
