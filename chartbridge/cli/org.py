@@ -95,7 +95,12 @@ def init(org_id: str, targets: str, name: str | None, config_dir: str | None) ->
     """Write a commented ORG.yaml skeleton for TARGETS. Refuses an existing org."""
     from chartbridge.onboarding.templates import parse_targets, write_skeleton
 
-    path = write_skeleton(_config_dir(config_dir), org_id, parse_targets(targets), name)
+    from chartbridge.core.errors import ChartbridgeError
+
+    try:
+        path = write_skeleton(_config_dir(config_dir), org_id, parse_targets(targets), name)
+    except ChartbridgeError as exc:
+        raise click.ClickException(str(exc)) from None      # one line, exit 1
     click.echo(f"wrote {path}: fill the CHANGE ME lines, then `chartbridge org validate` and "
                f"`chartbridge org check {org_id}`")
 
