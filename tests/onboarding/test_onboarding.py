@@ -277,13 +277,15 @@ def test_check_tls_handshake_against_a_plain_receiver_fails(onboarded, tmp_path)
 
     def tls(doc):
         doc["targets"]["hl7_mdm"]["tls"] = {"enabled": True, "ca_file": str(ca)}
+        doc["targets"]["hl7_mdm"]["connect_timeout_s"] = 1   # the plain receiver never answers
     edit(config_dir / "acme.yaml", tls)
     # When org check runs
     code, report = _check(config_dir)
     # Then the connect passes and the handshake fails, named
     checks = {(c["target"], c["name"]): c for c in report["checks"]}
     assert checks[("hl7_mdm", "MLLP connect")]["ok"]
-    assert not checks[("hl7_mdm", "TLS handshake")]["ok"] and code == 1
+    shake = checks[("hl7_mdm", "TLS handshake")]
+    assert not shake["ok"] and code == 1 and "ca_file" in shake["fix"]
 
 
 def _self_signed(tmp_path: Path) -> Path:
