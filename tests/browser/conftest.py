@@ -16,6 +16,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+AXE = Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 
@@ -58,6 +59,7 @@ def new_page(browser):
     def make(viewport=PHONE):
         ctx = browser.new_context(viewport=viewport)
         ctx.set_default_timeout(15_000)
+        ctx.add_init_script(path=str(AXE))        # init scripts are not subject to the CSP
         contexts.append(ctx)
         return ctx.new_page()
     yield make
