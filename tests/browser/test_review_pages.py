@@ -238,3 +238,85 @@ def test_csrf_org_scope_and_dev_login_gate(review, new_page, monkeypatch):
     monkeypatch.delenv("CHARTBRIDGE_DEV_LOGIN")
     page.goto(f"{review.base}/orgs/demo-other/review/login")
     assert "no sign-in is configured" in page.locator("#error-message").inner_text()
+
+
+class FakeIdP:
+    """A minimal OpenID provider on loopback (authorization code + PKCE), for the test."""
+
+    def __init__(self):
+        import time
+        from flask import Flask, jsonify, redirect, request
+        from joserfc import jwt
+        from joserfc.jwk import RSAKey
+        from werkzeug.serving import make_server
+
+        from contract_tests.epic_haiku.smart import s256
+
+        self.key = RSAKey.generate_key(2048, private=True)
+        self.key.ensure_kid()
+        self.codes, self.tamper = {}, {}
+        app = Flask("fake-idp")
+
+        @app.get("/.well-known/openid-configuration")
+        def conf():
+            return jsonify(issuer=self.issuer, authorization_endpoint=self.issuer + "/authorize",
+                           token_endpoint=self.issuer + "/token", jwks_uri=self.issuer + "/jwks")
+
+        @app.get("/jwks")
+        def jwks():
+            return jsonify(keys=[self.key.as_dict(private=False)])
+
+        @app.get("/authorize")
+        def authorize():
+            a = request.args
+            assert a["code_challenge_method"] == "S256" and a["nonce"] and a["state"]
+            code = uuid.uuid4().hex
+            self.codes[code] = dict(a)
+            return redirect(f"{a['redirect_uri']}?code={code}&state={a['state']}")
+
+        @app.post("/token")
+        def token():
+            f = request.form
+            req = self.codes.pop(f["code"])
+            if s256(f["code_verifier"]) != req["code_challenge"]:
+                return jsonify(error="invalid_grant"), 400
+            now = int(time.time())
+            claims = {"iss": self.issuer, "sub": "clin-42", "aud": req["client_id"],
+                      "iat": now, "exp": now + 300, "nonce": req["nonce"],
+                      "name": "Dr Okafor", "role": "physician", **self.tamper}
+            idt = jwt.encode({"alg": "RS256", "kid": self.key.kid}, claims, self.key)
+            return jsonify(access_token="at", token_type="Bearer", id_token=idt, expires_in=300)
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.issuer = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_oidc_sign_in_from_the_org_identity_provider(review, new_page, monkeypatch):
+    idp = FakeIdP()
+    try:
+        # Given the org's identity provider configured (and the dev login off)
+        monkeypatch.delenv("CHARTBRIDGE_DEV_LOGIN")
+        monkeypatch.setenv("CHARTBRIDGE_OIDC_DEMO_REVIEW_ISSUER", idp.issuer)
+        monkeypatch.setenv("CHARTBRIDGE_OIDC_DEMO_REVIEW_CLIENT_ID", "review-pages")
+        page = new_page(PHONE)
+        # When the clinician opens the pages
+        page.goto(f"{review.base}/orgs/{ORG}/review/")
+        # Then they are signed in by the provider, as the ID token's subject and role
+        page.wait_for_url(f"**/orgs/{ORG}/review/")
+        assert "Dr Okafor" in page.locator("header.top").inner_text()
+        assert page.locator("#drafts li").count() == 1
+        trail = [(e.action, e.actor, e.detail.get("method"))
+                 for e in review.engine.store.audit_trail(ORG)]
+        assert ("review.signed_in", "user:clin-42", "oidc") in trail
+        # And an ID token for another sign-in (wrong nonce) is refused
+        other = new_page(PHONE)
+        idp.tamper = {"nonce": "not-this-sign-in"}
+        other.goto(f"{review.base}/orgs/{ORG}/review/login")
+        assert "nonce" in other.locator("#error-message").inner_text()
+        assert other.locator("header.top").count() == 0
+    finally:
+        idp.close()
