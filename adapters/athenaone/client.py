@@ -22,11 +22,11 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
+from chartbridge.adapters.http import retry_after_seconds
 from chartbridge.core.errors import PermanentError, TransientError
 from chartbridge.core.ports import Clock, TokenCache
 
@@ -81,18 +81,7 @@ def throttle_for(org_id: str, practice_id: str, rate: float) -> Throttle:
 
 # --------------------------------------------------------------------------- errors
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError, IndexError):
-        return None
+    return retry_after_seconds(response.headers.get("Retry-After"))
 
 
 def _error_text(response: httpx.Response) -> tuple[str, list[str]]:

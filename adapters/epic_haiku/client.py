@@ -22,8 +22,7 @@ import secrets
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
-from email.utils import parsedate_to_datetime
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -31,6 +30,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
+from chartbridge.adapters.http import retry_after_seconds
 from chartbridge.core.errors import ConfigError, PermanentError, TransientError
 from chartbridge.core.ports import Clock, TokenCache
 
@@ -42,24 +42,6 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME_S = 240        # <= 300 required; a little under for clock skew at Epic
 DEFAULT_TOKEN_TTL_S = 300         # the page: tokens live 5 minutes
 MAX_DETAIL = 200                  # characters of Epic's Detail kept in an error message
-
-
-def retry_after_seconds(value: str | None, now: datetime) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - now).total_seconds())
 
 
 def _vendor_error(resp: httpx.Response) -> tuple[str | None, str]:

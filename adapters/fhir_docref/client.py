@@ -19,14 +19,13 @@ carries ids, names or note text (FHIR paths carry patient ids: they are not logg
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 
+from chartbridge.adapters.http import retry_after_seconds
 from chartbridge.core.errors import PermanentError, TransientError
 
 from .auth import SmartBackendTokens
@@ -53,19 +52,6 @@ class FhirResponse:
     @property
     def etag(self) -> str | None:
         return self.headers.get("ETag")
-
-
-def retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 def outcome_issues(body: Any) -> list[dict[str, str]]:
@@ -149,11 +135,11 @@ class FhirClient:
                 body = None
         if status == 429:
             raise TransientError(f"FHIR {what}: rate limited (HTTP 429)", status=429,
-                                 retry_after=retry_after(resp.headers.get("Retry-After")),
+                                 retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
                                  maybe_delivered=False)
         if status >= 500:
             raise TransientError(f"FHIR {what}: server error (HTTP {status})", status=status,
-                                 retry_after=retry_after(resp.headers.get("Retry-After")),
+                                 retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
                                  maybe_delivered=writes)
         if status >= 400:
             raise self._refusal(resp, body, what=what, target=target)
