@@ -18,29 +18,21 @@ with a fresh `jti` each time.
 from __future__ import annotations
 
 import logging
-import secrets
-import threading
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import httpx
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, RSAKey
 
 from chartbridge.adapters.http import retry_after_seconds
-from chartbridge.core.errors import ConfigError, PermanentError, TransientError
+from chartbridge.adapters.smart_backend import ASSERTION_TYPE, SmartBackendTokens  # noqa: F401 (re-exported)
+from chartbridge.core.errors import PermanentError, TransientError
 from chartbridge.core.ports import Clock, TokenCache
 
 from . import schemas
 
 log = logging.getLogger("chartbridge.epic_haiku.client")
 
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_LIFETIME_S = 240        # <= 300 required; a little under for clock skew at Epic
-DEFAULT_TOKEN_TTL_S = 300         # the page: tokens live 5 minutes
 MAX_DETAIL = 200                  # characters of Epic's Detail kept in an error message
 
 
@@ -66,105 +58,28 @@ def _transport_error(what: str, exc: httpx.TransportError) -> TransientError:
     return TransientError(f"{what} {kind} ({name})", maybe_delivered=not not_sent)
 
 
-class BackendTokenSource:
-    """SMART Backend Services access tokens for one org, shared by every worker through
-    the TokenCache port (keyed per org and client id)."""
+class BackendTokenSource(SmartBackendTokens):
+    """SMART Backend Services access tokens for one org's Epic client, shared by every
+    worker through the TokenCache port (keyed per org and client id)."""
+
+    vendor = "Epic"
+    config_key = "targets.epic_haiku.private_key"
 
     def __init__(self, *, org_id: str, client_id: str, token_url: str, key_id: str,
                  algorithm: str, private_key: Callable[[], str] | str, cache: TokenCache,
                  clock: Clock, http: httpx.Client, timeout_s: float = 10.0,
                  scope: str | None = None) -> None:
-        if algorithm not in ("RS384", "ES384"):
-            raise ConfigError("algorithm must be RS384 or ES384", key="algorithm")
-        self.org_id, self.client_id, self.token_url = org_id, client_id, token_url
-        self.key_id, self.algorithm, self.scope = key_id, algorithm, scope
-        self._pem = private_key
-        self._key: RSAKey | ECKey | None = None
-        self.cache, self.clock, self.http, self.timeout = cache, clock, http, timeout_s
-        self.cache_key = f"epic_haiku:{client_id}"
-        self._lock = threading.Lock()
+        super().__init__(org_id=org_id, client_id=client_id, key_id=key_id,
+                         algorithm=algorithm, private_key=private_key, cache=cache,
+                         clock=clock, http=http, token_url=token_url,
+                         cache_key=f"epic_haiku:{client_id}", scope=scope,
+                         timeout_s=timeout_s)
 
-    # -- the signed client assertion ----------------------------------------------------
-    def _signing_key(self) -> RSAKey | ECKey:
-        if self._key is None:
-            try:
-                pem = self._pem() if callable(self._pem) else self._pem
-            except ConfigError as exc:
-                raise PermanentError(f"Epic private key unavailable: {exc.message}") from None
-            cls = RSAKey if self.algorithm == "RS384" else ECKey
-            try:
-                self._key = cls.import_key(pem)
-            except (JoseError, ValueError, TypeError):
-                raise PermanentError(f"Epic private key is not a {self.algorithm} PEM private key "
-                                     "(targets.epic_haiku.private_key)") from None
-        return self._key
-
-    def assertion(self) -> str:
-        """A fresh client assertion: iss = sub = client id, aud = token URL, a new jti,
-        exp a few minutes ahead (never more than 5)."""
-        now = int(self.clock.now().timestamp())
-        claims = {"iss": self.client_id, "sub": self.client_id, "aud": self.token_url,
-                  "iat": now, "nbf": now, "exp": now + ASSERTION_LIFETIME_S,
-                  "jti": secrets.token_urlsafe(24)}
-        header = {"alg": self.algorithm, "kid": self.key_id, "typ": "JWT"}
-        return jwt.encode(header, claims, self._signing_key(), algorithms=[self.algorithm])
-
-    # -- tokens ---------------------------------------------------------------------------
-    def token(self) -> str:
-        """A valid access token: the shared cached one, or a new one."""
-        cached = self.cache.get(self.org_id, self.cache_key)
-        if cached:
-            return cached
-        with self._lock:
-            cached = self.cache.get(self.org_id, self.cache_key)
-            return cached or self._fetch()
-
-    def refresh(self, rejected: str | None) -> str:
-        """After Epic refused `rejected` (401): a different token, fetched unless another
-        worker already replaced it in the shared cache."""
-        with self._lock:
-            cached = self.cache.get(self.org_id, self.cache_key)
-            if cached and cached != rejected:
-                return cached
-            self.cache.invalidate(self.org_id, self.cache_key)
-            return self._fetch()
-
-    def _fetch(self) -> str:
-        form = {"grant_type": "client_credentials",
-                "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": self.assertion()}
-        if self.scope:
-            form["scope"] = self.scope
-        try:
-            resp = self.http.post(self.token_url, data=form, timeout=self.timeout,
-                                  headers={"Accept": "application/json"})
-        except httpx.TransportError as exc:
-            err = _transport_error("Epic token request", exc)
-            err.maybe_delivered = False     # a token request changes nothing at Epic
-            raise err from None
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise TransientError(f"Epic token endpoint answered HTTP {resp.status_code}",
-                                 status=resp.status_code, maybe_delivered=False,
-                                 retry_after=retry_after_seconds(resp.headers.get("Retry-After"),
-                                                                 self.clock.now()))
-        if resp.status_code != 200:
-            code, detail = _vendor_error(resp)
-            raise PermanentError(f"Epic token endpoint refused the client ({resp.status_code}"
-                                 f"{' ' + code if code else ''}){': ' + detail if detail else ''}",
-                                 status=resp.status_code, vendor_code=code)
-        try:
-            body = resp.json()
-            token = body["access_token"]
-            ttl = float(body.get("expires_in") or DEFAULT_TOKEN_TTL_S)
-        except (ValueError, KeyError, TypeError):
-            raise PermanentError("Epic token response has no access_token",
-                                 status=resp.status_code) from None
-        if not isinstance(token, str) or not token:
-            raise PermanentError("Epic token response has no access_token", status=resp.status_code)
-        self.cache.put(self.org_id, self.cache_key, token,
-                       self.clock.now() + timedelta(seconds=ttl))
-        log.info("epic token fetched", extra={"org_id": self.org_id, "expires_in_s": ttl})
-        return token
+    def _refusal(self, resp: httpx.Response) -> PermanentError:
+        code, detail = _vendor_error(resp)
+        return PermanentError(f"Epic token endpoint refused the client ({resp.status_code}"
+                              f"{' ' + code if code else ''}){': ' + detail if detail else ''}",
+                              status=resp.status_code, vendor_code=code)
 
 
 class EpicClient:
