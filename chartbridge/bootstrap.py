@@ -107,12 +107,34 @@ class Engine:
             stage_preliminary=str(policy.approval) == "stage_preliminary",
             protected=list(self.store.protected(org_id, session.id)),
             write_back_consent=self.store.consents(org_id, session.id).get(ConsentScope.WRITE_BACK),
-            consent_required=str(policy.consent.write_back) == "required")
+            consent_required=str(policy.consent.write_back) == "required",
+            previous=self._notes_held(org_id, session.id, [t for t, _ in targets]),
+            correction={t: str(org.correction_for(t)) for t, _ in targets})
         keys = [self.ledger.prepare(c) for c in commands]
         if self.enqueue is not None:
             for key in keys:
                 self.enqueue("execute_write", org_id, key)
         return keys
+
+    def _notes_held(self, org_id: str, session_id: str, targets: list[str]) -> dict:
+        """Per target, the (EHR id, approval state) of the newest note this session already
+        wrote there. A write still unsettled blocks a new version: it could become a second
+        original."""
+        from chartbridge.core.errors import StateConflict
+        from chartbridge.core.models import WriteKind, WriteStatus
+
+        held: dict = {}
+        for rec in self.ledger.list(org_id, session_id=session_id):
+            if rec.target not in targets or rec.kind == WriteKind.CANCEL:
+                continue
+            if rec.status in (WriteStatus.PENDING, WriteStatus.IN_FLIGHT,
+                              WriteStatus.NEEDS_RECONCILIATION):
+                raise StateConflict(f"an earlier write to {rec.target} for this session is "
+                                    f"{rec.status.value}; settle it before sending a new version")
+            if rec.status == WriteStatus.SUCCEEDED:
+                held[rec.target] = (rec.external_id,
+                                    self.ledger.command_of(org_id, rec.key).approval_state)
+        return held
 
     # -- processing ports ------------------------------------------------------------------
     def transcriber(self, org_id: str) -> Transcriber:

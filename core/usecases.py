@@ -178,10 +178,14 @@ def draft_note(store, clock: Clock, generator: NoteGenerator, transcriber: Trans
 
 def edit_draft(store, clock: Clock, *, org_id: str, draft_id: str, section_code: str,
                text: str, editor: str) -> NoteDraft:
-    """A clinician's edit in the review page: a new draft version; approvals bind to it."""
+    """A clinician's edit in the review page: a new draft version; approvals bind to it.
+    Only the session's newest version can be edited; editing an approved one starts a
+    correction (written later as an edit, replacement or addendum of what the EHR holds)."""
     draft, state = store.get_draft(org_id, draft_id)
-    if state != "draft":
-        raise StateConflict(f"this draft is {state}; edit the newest open draft")
+    newest = store.drafts(org_id, session_id=draft.session_id)[0][0]
+    if state == "superseded" or newest.id != draft.id:
+        raise StateConflict(f"this draft is {state if state == 'superseded' else 'not the newest'}; "
+                            "edit the newest version")
     if draft.section(section_code) is None:
         raise RuleViolation("the draft has no such section", rule="unknown_section",
                             section=section_code)
@@ -235,22 +239,46 @@ def write_command(session: Session, draft: NoteDraft, *, target: str, resource_k
                         extra=extra or {}, **_identities(session))
 
 
+def correction_kind(previous_state: ApprovalState | None, *, policy: str) -> WriteKind:
+    """What a new version of a note is at a target that already holds an earlier one: an
+    edit in place while the earlier one is only staged (preliminary, not yet available), else
+    a replacement or an addendum per the org's policy — never a second original."""
+    if previous_state is None:
+        return WriteKind.CREATE
+    if previous_state == ApprovalState.PRELIMINARY:
+        return WriteKind.EDIT
+    return WriteKind.REPLACE if policy == "replace" else WriteKind.APPEND
+
+
 def approved_write_commands(session: Session, draft: NoteDraft, approval: Approval | None, *,
                             targets: Sequence[tuple[str, str]], stage_preliminary: bool,
                             protected: Sequence[str] = (),
                             write_back_consent: bool | None = None,
-                            consent_required: bool = False) -> list[WriteCommand]:
+                            consent_required: bool = False,
+                            previous: dict[str, tuple[str, ApprovalState]] | None = None,
+                            correction: str | dict[str, str] = "append") -> list[WriteCommand]:
     """On approval (or staging), one write command per configured target that needs an
-    approval; `targets` are (target name, resource kind). Consent to write back is checked
-    first: without it nothing is written, and the reason is visible."""
+    approval; `targets` are (target name, resource kind); `previous` maps a target to the
+    (EHR id, approval state) of the note it already holds for this session, so a new version
+    becomes a correction of it. Consent to write back is checked first: without it nothing
+    is written, and the reason is visible."""
     check_consent({} if write_back_consent is None else
                   {ConsentScope.WRITE_BACK: write_back_consent}, ConsentScope.WRITE_BACK,
                   required=consent_required)
     note_type = session.note_type.code if session.note_type else None
-    return [write_command(session, draft, target=name, resource_kind=kind, needs_approval=True,
-                          stage_preliminary=stage_preliminary, approval=approval,
-                          protected=protected, extra={"note_type": note_type} if note_type else None)
-            for name, kind in targets]
+    commands = []
+    for name, resource_kind in targets:
+        parent_id, parent_state = (previous or {}).get(name, (None, None))
+        extra: dict = {"note_type": note_type} if note_type else {}
+        if parent_id is not None:
+            extra["parent_available"] = parent_state == ApprovalState.APPROVED
+        commands.append(write_command(
+            session, draft, target=name, resource_kind=resource_kind, needs_approval=True,
+            stage_preliminary=stage_preliminary, approval=approval, protected=protected,
+            kind=correction_kind(parent_state, policy=correction if isinstance(correction, str)
+                                 else correction.get(name, "append")),
+            parent_external_id=parent_id, extra=extra or None))
+    return commands
 
 
 def handoff_command(session: Session, draft: NoteDraft, recording: Recording, *,

@@ -278,3 +278,27 @@ def test_approval_turns_into_one_write_per_target_only_with_write_back_consent(s
         ("fhir_docref", "DocumentReference", "approved"), ("hl7_mdm", "MDM", "approved")]
     assert len({c.idempotency_key() for c in cmds}) == 2
     assert cmds[0].patient_ids == s.patient_ids              # identifiers travel with the write
+
+
+def test_a_new_version_at_a_target_that_holds_a_note_is_a_correction_never_a_second_original(store, clock):
+    from chartbridge.core.models import ApprovalState, WriteKind
+    s, _ = begin(store, clock)
+    (rec,) = _announce_and_transcribe(store, clock, s, WordsTranscriber(), 1, order=[1])
+    draft = uc.draft_note(store, clock, KeywordGenerator(), WordsTranscriber(), org_id=ORG, session=s, recording=rec)
+    approval = uc.decide(store, clock, org_id=ORG, draft_id=draft.id, content_hash=draft.content_hash(),
+                         approver=Identifier(value="E1", type="EXTERNAL"), role="physician",
+                         decision=Decision.APPROVED)
+    targets = [("fhir_docref", "DocumentReference"), ("hl7_mdm", "MDM"), ("athenaone", "clinicaldocument")]
+    cmds = uc.approved_write_commands(
+        s, draft, approval, targets=targets, stage_preliminary=False,
+        previous={"fhir_docref": ("DocumentReference/1", ApprovalState.APPROVED),
+                  "hl7_mdm": ("DOC-1", ApprovalState.PRELIMINARY)},
+        correction={"fhir_docref": "replace", "hl7_mdm": "append", "athenaone": "append"})
+    by_target = {c.target: c for c in cmds}
+    # a final note is replaced (per the org's policy), a staged one edited in place
+    assert by_target["fhir_docref"].kind == WriteKind.REPLACE
+    assert by_target["fhir_docref"].parent_external_id == "DocumentReference/1"
+    assert by_target["fhir_docref"].extra["parent_available"] is True
+    assert by_target["hl7_mdm"].kind == WriteKind.EDIT and by_target["hl7_mdm"].extra["parent_available"] is False
+    assert by_target["athenaone"].kind == WriteKind.CREATE and by_target["athenaone"].parent_external_id is None
+    assert uc.correction_kind(ApprovalState.APPROVED, policy="append") == WriteKind.APPEND
