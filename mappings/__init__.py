@@ -15,16 +15,16 @@ so `chartbridge org validate` reports them with file and line).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import yaml
-from pydantic import ValidationError
-
 from chartbridge.config.schema import Coding, NoteTypeOverride, Obx3, SectionOverride
 from chartbridge.config.types import Id, Name, Settings
-from chartbridge.core.errors import ConfigError, InputError, NotFound
+from chartbridge.core.errors import ChartbridgeError, ConfigError, InputError, NotFound
+from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from chartbridge.config.schema import OrgConfig
@@ -250,3 +250,12 @@ def check_org(org: OrgConfig, tables_dir: Path = TABLES_DIR) -> list[Problem]:
             problems.append((loc, f"no {what} mapping for this note type (needed by target "
                                   f"{target}); add it under mappings.overrides.note_types"))
     return problems
+
+
+def section_titles(org) -> Callable[[str], str] | None:
+    """The org's section titles by LOINC code, or None when the org has no usable table
+    (an adapter then takes titles from the draft)."""
+    try:
+        return section_table(org).title
+    except (ChartbridgeError, AttributeError, TypeError):
+        return None

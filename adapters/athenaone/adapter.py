@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-
 from chartbridge.core.errors import PermanentError
 from chartbridge.core.models import WriteCommand, WriteOutcome
 from chartbridge.core.ports import AdapterCapabilities
+from chartbridge.mappings import section_titles
 
 from .client import AthenaClient, TokenSource, throttle_for
 from .config import AthenaOneConfig
@@ -100,14 +100,6 @@ def _subclass_resolver(org_config: Any, cfg: AthenaOneConfig) -> Callable[[str |
     return resolve
 
 
-def _titles(org_config: Any) -> Callable[[str], str] | None:
-    try:
-        from chartbridge.mappings import section_table
-        return section_table(org_config).title
-    except Exception:  # noqa: BLE001 - no tables: titles come from the draft
-        return None
-
-
 def build(org_config: Any, target_config: AthenaOneConfig, services: Any, *,
           throttle=None) -> AthenaOneAdapter:
     """The adapter of ONE org: its credentials, its practice, its token cache entry. The
@@ -131,7 +123,7 @@ def build(org_config: Any, target_config: AthenaOneConfig, services: Any, *,
                                                             cfg.requests_per_second))
     return AthenaOneAdapter(org_id=org_id, config=cfg, client=client, timezone=timezone,
                             subclass_for=_subclass_resolver(org_config, cfg),
-                            titles=_titles(org_config))
+                            titles=section_titles(org_config))
 
 
 def demo_target_settings(sim: Any, *, secret_env: str = "ATHENA_CLIENT_SECRET",

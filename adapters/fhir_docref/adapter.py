@@ -23,17 +23,25 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-
 from chartbridge.core.errors import OutcomeUnknown, PermanentError
 from chartbridge.core.models import WriteCommand, WriteKind, WriteOutcome
 from chartbridge.core.ports import AdapterCapabilities
+from chartbridge.mappings import section_titles
 
 from .auth import SmartBackendTokens
 from .client import FhirClient, FhirResponse
 from .config import FhirDocRefConfig
-from .mapping import (content_hash, fhir_id, identifier_query, parent_reference, render,
-                      transaction_bundle, write_identifier)
-from .profiles import Profile, profile as profile_of
+from .mapping import (
+    content_hash,
+    fhir_id,
+    identifier_query,
+    parent_reference,
+    render,
+    transaction_bundle,
+    write_identifier,
+)
+from .profiles import Profile
+from .profiles import profile as profile_of
 
 log = logging.getLogger("chartbridge.fhir_docref")
 
@@ -318,14 +326,6 @@ def _note_type_resolver(org_config: Any) -> Callable[[str | None], dict | None]:
     return resolve
 
 
-def _titles(org_config: Any) -> Callable[[str], str] | None:
-    try:
-        from chartbridge.mappings import section_table
-        return section_table(org_config).title
-    except Exception:  # noqa: BLE001 - no tables: titles come from the draft
-        return None
-
-
 def build(org_config: Any, target_config: FhirDocRefConfig, services: Any) -> FhirDocRefAdapter:
     """The adapter of ONE org. The private key is read when a token is needed."""
     cfg = target_config
@@ -346,7 +346,7 @@ def build(org_config: Any, target_config: FhirDocRefConfig, services: Any) -> Fh
                         timeout_s=cfg.timeout_s, profile=cfg.profile)
     return FhirDocRefAdapter(org_id=org_id, config=cfg, client=client,
                              note_type_for=_note_type_resolver(org_config),
-                             titles=_titles(org_config))
+                             titles=section_titles(org_config))
 
 
 def demo_target_settings(sim: Any, *, key_ref: str = "env:CHARTBRIDGE_FHIR_SIM_KEY",
