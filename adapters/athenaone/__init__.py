@@ -4,7 +4,7 @@ from chartbridge.adapters.registry import AdapterSpec
 
 
 def _build(org_config, target_config, services):
-    from chartbridge.adapters.athenaone.adapter import build     # httpx etc. on first use
+    from chartbridge.adapters.athenaone.adapter import build  # httpx etc. on first use
     return build(org_config, target_config, services)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from chartbridge.core.errors import PermanentError
+from chartbridge.core.errors import ChartbridgeError, PermanentError
 from chartbridge.core.models import WriteCommand, WriteOutcome
 from chartbridge.core.ports import AdapterCapabilities
 from chartbridge.mappings import section_titles
@@ -82,7 +82,7 @@ def _subclass_resolver(org_config: Any, cfg: AthenaOneConfig) -> Callable[[str |
             entry = note_type(org_config, note_type_code)
         except (ImportError, AttributeError, TypeError):
             entry = None
-        except Exception as exc:  # InputError: a note type the tables do not know
+        except ChartbridgeError as exc:     # a note type the tables do not know
             if cfg.fallback_subclass:
                 return cfg.fallback_subclass
             raise PermanentError(f"note type has no athena mapping ({exc})",

@@ -25,7 +25,6 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-
 from chartbridge.adapters.http import retry_after_seconds
 from chartbridge.core.errors import PermanentError, TransientError
 from chartbridge.core.ports import Clock, TokenCache

@@ -4,9 +4,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, Field, StringConstraints
-
 from chartbridge.config.types import Id, Scopes, SecretRef, Settings, TimeoutS, Url
+from pydantic import AfterValidator, Field, StringConstraints
 
 # athena names the subclasses of the CLINICALDOCUMENT class CLINICALDOCUMENT_<NAME>
 # (docs.athenahealth.com/api/workflows/document-classification-guide).

@@ -17,9 +17,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
-from chartbridge.core.errors import PermanentError
-from chartbridge.core.models import (SECTION_CODES, ApprovalState, Decision, Identifier,
-                                     WriteCommand, WriteKind, find_identifier)
+from chartbridge.core.errors import ChartbridgeError, PermanentError
+from chartbridge.core.models import (
+    SECTION_CODES,
+    ApprovalState,
+    Decision,
+    Identifier,
+    WriteCommand,
+    WriteKind,
+    find_identifier,
+)
 
 from .config import AthenaOneConfig
 from .pdf import render_pdf
@@ -82,7 +89,7 @@ def _section_title(code: str, given: str | None, titles: Callable[[str], str] | 
     if titles is not None:
         try:
             return titles(code)
-        except Exception:  # noqa: BLE001 - a code the table lacks: fall back below
+        except ChartbridgeError:        # a code the table lacks: fall back below
             pass
     return given or SECTION_CODES.get(code) or code
 

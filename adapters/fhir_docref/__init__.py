@@ -4,13 +4,17 @@ from chartbridge.adapters.registry import AdapterSpec
 
 
 def _build(org_config, target_config, services):
-    from chartbridge.adapters.fhir_docref.adapter import build      # httpx, fhir.resources on first use
+    from chartbridge.adapters.fhir_docref.adapter import (
+        build,  # httpx, fhir.resources on first use
+    )
     return build(org_config, target_config, services)
 
 
 def demo_target_settings(sim, **kwargs) -> dict:
     """The org-config `targets.fhir_docref` block for a running FhirSimulator."""
-    from chartbridge.adapters.fhir_docref.adapter import demo_target_settings as settings
+    from chartbridge.adapters.fhir_docref.adapter import (
+        demo_target_settings as settings,
+    )
     return settings(sim, **kwargs)
 
 

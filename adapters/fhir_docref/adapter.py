@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from chartbridge.core.errors import OutcomeUnknown, PermanentError
+from chartbridge.core.errors import ChartbridgeError, OutcomeUnknown, PermanentError
 from chartbridge.core.models import WriteCommand, WriteKind, WriteOutcome
 from chartbridge.core.ports import AdapterCapabilities
 from chartbridge.mappings import section_titles
@@ -316,7 +316,7 @@ def _note_type_resolver(org_config: Any) -> Callable[[str | None], dict | None]:
         try:
             from chartbridge.mappings import note_type
             entry = note_type(org_config, code)
-        except Exception:  # noqa: BLE001 - no tables / unknown type: LOINC progress note
+        except (ChartbridgeError, AttributeError, TypeError):  # no tables / unknown type
             return None
         if entry.fhir_type is None:
             return None

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-
-from chartbridge.adapters.smart_backend import SmartBackendTokens as SharedSmartBackendTokens
+from chartbridge.adapters.smart_backend import (
+    SmartBackendTokens as SharedSmartBackendTokens,
+)
 from chartbridge.adapters.smart_backend import transport_error
 from chartbridge.core.errors import PermanentError, TransientError
 from chartbridge.core.ports import Clock, TokenCache

@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-
 from chartbridge.adapters.http import retry_after_seconds
 from chartbridge.core.errors import PermanentError, TransientError
 

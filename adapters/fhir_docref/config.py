@@ -3,9 +3,16 @@ from __future__ import annotations
 
 from typing import Literal
 
+from chartbridge.config.types import (
+    Name,
+    Scopes,
+    SecretRef,
+    Settings,
+    TimeoutS,
+    Uri,
+    Url,
+)
 from pydantic import Field
-
-from chartbridge.config.types import Name, Scopes, SecretRef, Settings, TimeoutS, Uri, Url
 
 
 class Coding(Settings):

@@ -26,14 +26,21 @@ from datetime import datetime
 from html.parser import HTMLParser
 from typing import Any
 
+from chartbridge.core.errors import ChartbridgeError, PermanentError
+from chartbridge.core.models import (
+    SECTION_CODES,
+    ApprovalState,
+    Identifier,
+    WriteCommand,
+    WriteKind,
+    find_identifier,
+)
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.provenance import Provenance
+from pydantic import ValidationError
 
 from chartbridge import __version__
-from chartbridge.core.errors import PermanentError
-from chartbridge.core.models import (SECTION_CODES, ApprovalState, Identifier, WriteCommand,
-                                     WriteKind, find_identifier)
 
 from .config import FhirDocRefConfig
 
@@ -113,7 +120,7 @@ def _title(code: str, given: str | None, titles: Callable[[str], str] | None) ->
     if titles is not None:
         try:
             return titles(code)
-        except Exception:  # noqa: BLE001 - a code the tables lack: fall back below
+        except ChartbridgeError:        # a code the tables lack: fall back below
             pass
     return given or SECTION_CODES.get(code, code)
 
@@ -276,7 +283,7 @@ def dump(model: type, data: dict[str, Any]) -> dict[str, Any]:
     """Validate through the fhir.resources R4B model and return its JSON form."""
     try:
         resource = model.model_validate(data)
-    except Exception as exc:  # pydantic ValidationError: name the elements, not the values
+    except (ValidationError, ValueError) as exc:   # name the elements, never the values
         where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in
                           getattr(exc, "errors", lambda: [])()[:5])
         raise PermanentError(f"the {data.get('resourceType')} would not be valid R4 "
