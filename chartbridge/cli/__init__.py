@@ -3,6 +3,7 @@ below; a command module that is not part of this build yet is simply not listed.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -62,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: the database is unreachable or not migrated ({type(exc).__name__}); "
                    "check CHARTBRIDGE_DATABASE_URL and run `chartbridge db upgrade`", err=True)
         return 1
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if os.environ.get("CHARTBRIDGE_DEBUG"):
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}; run again with CHARTBRIDGE_DEBUG=1 "
+                   "to see where", err=True)
+        return 2
     return rv if isinstance(rv, int) else 0
 
 

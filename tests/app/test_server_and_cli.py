@@ -96,3 +96,15 @@ def test_serve_runs_a_production_server(tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_an_unexpected_cli_failure_is_one_line(monkeypatch, capsys):
+    import chartbridge.cli.ledger as ledger_cmd
+
+    def boom(url):
+        raise RuntimeError("something internal")
+    monkeypatch.setattr(ledger_cmd, "_ledger", boom)
+    monkeypatch.delenv("CHARTBRIDGE_DEBUG", raising=False)
+    assert main(["ledger", "show", "--org", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RuntimeError" in err and "something internal" not in err
