@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
 import time
 import wave
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 def run_demo(*, workdir: Path, audio: Path | None = None, chunk_seconds: float = 10.0,
              progress: Callable[[str], None] = lambda msg: None,
              on_chunks: Callable[[int, int], None] = lambda done, total: None,
-             timeout: float = 300.0) -> DemoResult:
+             timeout: float = 300.0, hold: bool = False) -> DemoResult:
     from contract_tests.epic_haiku.stack import ORG, EpicStack
 
     audio = Path(audio or DEFAULT_AUDIO)
@@ -94,6 +95,9 @@ def run_demo(*, workdir: Path, audio: Path | None = None, chunk_seconds: float =
         progress(f"Epic begins ambient session {session_id}")
         sim.begin_session(ORG, session_id=session_id)
         session = stack.session(session_id)
+        launch = (f"{stack.engine_url}/orgs/{ORG}/epic/haiku/launch?session={session_id}"
+                  f"&iss={sim.base_url}/api/FHIR/R4&launch=<from Epic>")
+        progress(f"embedded Haiku page (opened by Haiku with a launch token): {launch}")
 
         # -- recording 1: chunks arrive while the clinician talks ---------------------------
         rec = sim.record(session_id, wav, chunk_seconds=chunk_seconds, status="Stopped",
@@ -150,10 +154,12 @@ def run_demo(*, workdir: Path, audio: Path | None = None, chunk_seconds: float =
                                   else last.status.value, "external_id": last.external_id}}
         failed = [r for r in rows if r.status != WriteStatus.SUCCEEDED]
         problems += [f"{r.target} write {r.kind} ended {r.status.value}: {r.last_error}" for r in failed]
-        pages = {"epic_haiku_launch": f"{stack.engine_url}/orgs/{ORG}/epic/haiku/launch?session={session_id}"}
+        pages = {"epic_haiku_launch": launch}
 
         # -- the second organization: a non-Epic site ----------------------------------------
         from chartbridge.demo_sites import ORG as SITE, run_multi_site
+        progress(f"review page for the second site (dev login: CHARTBRIDGE_DEV_LOGIN=1): "
+                 f"{stack.engine_url}/orgs/{SITE}/review/")
         site = run_multi_site(stack, wav, chunk_seconds=chunk_seconds, progress=progress,
                               timeout=timeout)
         targets.update(site["targets"])
@@ -161,9 +167,15 @@ def run_demo(*, workdir: Path, audio: Path | None = None, chunk_seconds: float =
         for name, t in site["targets"].items():
             if t["status"] != "written":
                 problems.append(f"{name} write ended {t['status']}: {t.get('error')}")
-        pages["review"] = f"{stack.engine_url}/orgs/{SITE}/review"
+        pages["review"] = f"{stack.engine_url}/orgs/{SITE}/review/"
         second_site = {"org": SITE, "session_id": site["session_id"],
                        "draft_version": site["draft_version"], "sections": site["sections"]}
+        if hold:
+            progress("done; the engine and simulators stay up for the pages above until Ctrl-C")
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                pass
     timings["total"] = int((time.monotonic() - started) * 1000)
     return DemoResult(ok=not problems, session_id=session_id, recording_version=2,
                       sections=sections, second_sections=second_sections,

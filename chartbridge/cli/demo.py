@@ -12,7 +12,9 @@ import click
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("var/demo"), show_default=True,
               help="Where the demo's database and keys live (recreated each run).")
-def demo(audio, as_json: bool, workdir: Path) -> None:
+@click.option("--hold", is_flag=True,
+              help="Keep the engine and simulators up after the visit (Ctrl-C ends) so the pages can be opened.")
+def demo(audio, as_json: bool, workdir: Path, hold: bool) -> None:
     """Run one whole Epic Haiku visit in-process against the Epic simulator."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
@@ -29,7 +31,7 @@ def demo(audio, as_json: bool, workdir: Path) -> None:
             bar.update(task, completed=done, total=total)
 
         result = run_demo(workdir=workdir, audio=audio, progress=lambda m: err.print(f"• {m}"),
-                          on_chunks=on_chunks)
+                          on_chunks=on_chunks, hold=hold)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:

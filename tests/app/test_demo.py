@@ -34,6 +34,10 @@ def test_demo_json_reports_sections_drafted_from_the_visit(tmp_path):
     assert "pneumonia" in result["second_site"]["sections"]["51848-0"].lower()
     assert "x-ray" in result["second_site"]["sections"]["18776-5"].lower()
     assert result["timings_ms"]["stop_to_documentation_ready"] > 0
+    # the embedded page and the review page, printed while it runs
+    assert "/orgs/demo-epic/epic/haiku/launch?session=AMB-DEMO-0001" in result["pages"]["epic_haiku_launch"]
+    assert result["pages"]["review"].endswith("/orgs/demo-multi/review/")
+    assert result["pages"]["review"] in out.stderr.replace("\n", "")
 
 
 def test_demo_refuses_a_missing_audio_file_in_one_line(tmp_path):
