@@ -7,7 +7,6 @@ import os
 import uuid
 
 import pytest
-
 from chartbridge.core.clock import FrozenClock
 from chartbridge.ledger.db import Database, make_engine
 from chartbridge.ledger.migrate import upgrade
@@ -76,3 +75,16 @@ def db(database_url):
 @pytest.fixture
 def clock():
     return FrozenClock()
+
+
+@pytest.fixture
+def services(db, clock):
+    """What adapter factories get, on the test's database and clock."""
+    from chartbridge.bootstrap import make_services
+    return make_services(db, clock)
+
+
+@pytest.fixture
+def ledger(db, clock):
+    from chartbridge.ledger.writes import WriteLedger
+    return WriteLedger(db, clock)

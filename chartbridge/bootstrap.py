@@ -157,6 +157,14 @@ def _resolve_secret(ref: str, base: Path | None = None) -> str:
     return resolve(ref, base_dir=base) if base is not None else resolve(ref)
 
 
+def make_services(db: Database, clock: Clock, *,
+                  http: Callable[..., httpx.Client] | None = None) -> Services:
+    """The shared pieces adapter factories get (also what tests hand them)."""
+    return Services(clock=clock, token_cache=DbTokenCache(db, clock),
+                    replay_guard=DbReplayGuard(db, clock),
+                    http=http or (lambda **kw: httpx.Client(**kw)), secrets=_resolve_secret)
+
+
 def default_config_dir() -> Path:
     return Path(os.environ.get("CHARTBRIDGE_CONFIG_DIR", "config/orgs"))
 
@@ -169,10 +177,7 @@ def bootstrap(*, database_url: str | None = None, db: Database | None = None,
     db = db or Database.from_url(database_url)
     if migrate:
         upgrade(db.engine)
-    services = Services(clock=clock, token_cache=DbTokenCache(db, clock),
-                        replay_guard=DbReplayGuard(db, clock),
-                        http=http or (lambda **kw: httpx.Client(**kw)),
-                        secrets=_resolve_secret)
+    services = make_services(db, clock, http=http)
     return Engine(db=db, clock=clock, store=SqlStore(db, clock), ledger=WriteLedger(db, clock),
                   services=services,
                   config_dir=Path(config_dir) if config_dir else default_config_dir(),

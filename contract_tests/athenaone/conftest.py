@@ -22,15 +22,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
-
 from chartbridge.config.loader import load_org_file
-from chartbridge.core.models import (Approval, ApprovalState, Decision, Identifier, NoteDraft,
-                                     NoteSection, Provenance, WriteCommand)
-from chartbridge.ledger.tokens import DbReplayGuard, DbTokenCache
-from chartbridge.ledger.writes import WriteLedger
+from chartbridge.core.models import (
+    Approval,
+    ApprovalState,
+    Decision,
+    Identifier,
+    NoteDraft,
+    NoteSection,
+    Provenance,
+    WriteCommand,
+)
 
 LIVE_URL = os.environ.get("CHARTBRIDGE_CONTRACT_BASE_URL")
 SECRET_ENV = "CHARTBRIDGE_ATHENA_CLIENT_SECRET_FOR_TESTS"
@@ -67,6 +71,7 @@ def athena(monkeypatch):
         yield Athena(None, settings, os.environ.get("CHARTBRIDGE_ATHENA_PATIENT_ID", "1"))
         return
     from chartbridge.adapters.athenaone.adapter import demo_target_settings
+
     from contract_tests.athenaone.simulator import AthenaSimulator
 
     with AthenaSimulator() as sim:
@@ -88,29 +93,6 @@ def org_config(tmp_path: Path, settings: dict, *, org: str = "athena-org",
     path = tmp_path / f"{org}.yaml"
     path.write_text(yaml.safe_dump(body), encoding="utf-8")
     return load_org_file(path)
-
-
-class Services:
-    """What the factory gets (chartbridge.bootstrap.Services has the same attributes)."""
-
-    def __init__(self, db, clock, http_factory=None) -> None:
-        from chartbridge.bootstrap import _resolve_secret
-
-        self.clock = clock
-        self.token_cache = DbTokenCache(db, clock)
-        self.replay_guard = DbReplayGuard(db, clock)
-        self.http = http_factory or (lambda **kw: httpx.Client(**kw))
-        self.secrets = _resolve_secret
-
-
-@pytest.fixture
-def services(db, clock):
-    return Services(db, clock)
-
-
-@pytest.fixture
-def ledger(db, clock):
-    return WriteLedger(db, clock)
 
 
 def make_command(*, org: str = "athena-org", patient: str | None = "7",

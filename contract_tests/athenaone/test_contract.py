@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from chartbridge.adapters.athenaone import SPEC, demo_target_settings
 from chartbridge.adapters.athenaone.client import Throttle, _retry_after
 from chartbridge.adapters.athenaone.config import AthenaOneConfig
@@ -22,7 +21,9 @@ from chartbridge.adapters.athenaone.pdf import render_pdf
 from chartbridge.core.errors import PermanentError, TransientError
 from chartbridge.core.models import Identifier, WriteStatus
 
-from .conftest import Services, make_command, org_config
+from chartbridge.bootstrap import make_services
+
+from .conftest import make_command, org_config
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 PRACTICE = "195900"
@@ -294,8 +295,8 @@ def test_token_is_shared_between_adapter_instances(tmp_path, athena, db, clock, 
     sim = athena.need_sim("counts token requests")
     # Given two workers, each building its own adapter for the same org, one database
     org = org_config(tmp_path, athena.settings)
-    one = SPEC.factory(org, org.targets["athenaone"], Services(db, clock))
-    two = SPEC.factory(org, org.targets["athenaone"], Services(db, clock))
+    one = SPEC.factory(org, org.targets["athenaone"], make_services(db, clock))
+    two = SPEC.factory(org, org.targets["athenaone"], make_services(db, clock))
     # When each files a note
     ledger.execute(make_command(patient="1"), one)
     ledger.execute(make_command(patient="2"), two)

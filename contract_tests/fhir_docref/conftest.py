@@ -23,15 +23,20 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
-
 from chartbridge.config.loader import load_org_file
-from chartbridge.core.models import (Approval, ApprovalState, Decision, Identifier, NoteDraft,
-                                     NoteSection, Provenance, WriteCommand, WriteKind)
-from chartbridge.ledger.tokens import DbReplayGuard, DbTokenCache
-from chartbridge.ledger.writes import WriteLedger
+from chartbridge.core.models import (
+    Approval,
+    ApprovalState,
+    Decision,
+    Identifier,
+    NoteDraft,
+    NoteSection,
+    Provenance,
+    WriteCommand,
+    WriteKind,
+)
 
 LIVE_URL = os.environ.get("CHARTBRIDGE_CONTRACT_BASE_URL")
 KEY_ENV = "CHARTBRIDGE_FHIR_SIM_KEY"
@@ -74,6 +79,7 @@ def fhir(request, monkeypatch, clock):
         return
     from chartbridge.adapters.fhir_docref import demo_target_settings
     from chartbridge.adapters.fhir_docref.adapter import SIM_SCOPES, demo_keypair
+
     from contract_tests.fhir_docref.simulator import FhirSimulator
 
     pem, jwk = demo_keypair("ES384")
@@ -95,28 +101,6 @@ def org_config(tmp_path: Path, settings: dict, *, org: str = "fhir-org"):
     path = tmp_path / f"{org}.yaml"
     path.write_text(yaml.safe_dump(body), encoding="utf-8")
     return load_org_file(path)
-
-
-class Services:
-    """What the factory gets (chartbridge.bootstrap.Services has the same attributes)."""
-
-    def __init__(self, db, clock) -> None:
-        from chartbridge.bootstrap import _resolve_secret
-        self.clock = clock
-        self.token_cache = DbTokenCache(db, clock)
-        self.replay_guard = DbReplayGuard(db, clock)
-        self.http = lambda **kw: httpx.Client(**kw)
-        self.secrets = _resolve_secret
-
-
-@pytest.fixture
-def services(db, clock):
-    return Services(db, clock)
-
-
-@pytest.fixture
-def ledger(db, clock):
-    return WriteLedger(db, clock)
 
 
 @pytest.fixture
