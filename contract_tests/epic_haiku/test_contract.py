@@ -42,10 +42,16 @@ class ThreeSections:
 AUDIO = synth_wav(25)           # three chunks of 10 s
 
 
+LIVE_URL = os.environ.get("CHARTBRIDGE_CONTRACT_BASE_URL")
+
+
 @pytest.fixture
 def stack(tmp_path, database_url):
     """SQLite with the in-process broker (the embedded default); PostgreSQL with Redis (the
     production pairing), each job on a queue of its own test."""
+    if LIVE_URL:
+        pytest.skip("this scenario needs Epic to deliver callbacks, which only the simulator "
+                    "can be made to do; against a site's sandbox the live checks below run")
     broker_url = "" if database_url.startswith("sqlite") else redis_url()
     with EpicStack(tmp_path, database_url, broker_url=broker_url,
                    queue=f"epic-contract-{uuid.uuid4().hex[:8]}",
@@ -260,3 +266,42 @@ def test_unknown_session_and_unknown_org_are_404_and_contradiction_is_409(stack)
     other = {**BEGIN, "PatientIDs": [{"ID": "Z2", "Type": "MRN"}]}
     assert _post(stack, "AmbientSessionBegin", other).status_code == 409
     assert [i.value for i in stack.session("AMB-X").patient_ids] == ["Z1"]
+
+
+# -- live mode: a site's Epic sandbox (chartbridge contract-test --vendor epic_haiku --base-url)
+def _live(name: str) -> str:
+    value = os.environ.get(f"CHARTBRIDGE_CONTRACT_{name}")
+    if not value:
+        pytest.skip(f"live Epic check needs CHARTBRIDGE_CONTRACT_{name} (--{name.lower().replace('_', '-')})")
+    return value
+
+
+@pytest.mark.skipif(not LIVE_URL, reason="live mode only: give --base-url to check a site's Epic")
+def test_live_backend_token_is_issued_for_our_assertion():
+    """Our SMART Backend Services assertion is accepted by the site's token endpoint."""
+    from chartbridge.adapters.epic_haiku.client import BackendTokenSource
+    from chartbridge.config.secrets import resolve
+    from chartbridge.core.clock import SystemClock
+
+    class NoCache:                      # a live check never reuses or stores a token
+        def get(self, org_id, key): return None
+        def put(self, org_id, key, token, expires_at): pass
+        def invalidate(self, org_id, key): pass
+
+    token_url = os.environ.get("CHARTBRIDGE_CONTRACT_TOKEN_URL") or LIVE_URL.rstrip("/") + "/oauth2/token"
+    key_ref = _live("KEY")
+    with httpx.Client(timeout=15) as http:
+        source = BackendTokenSource(org_id="contract", client_id=_live("CLIENT_ID"), token_url=token_url,
+                                    key_id=os.environ.get("CHARTBRIDGE_CONTRACT_KEY_ID", "chartbridge"),
+                                    algorithm=os.environ.get("CHARTBRIDGE_CONTRACT_ALG", "RS384"),
+                                    private_key=lambda: resolve(key_ref), cache=NoCache(),
+                                    clock=SystemClock(), http=http)
+        assert source.token()
+
+
+@pytest.mark.skipif(not LIVE_URL, reason="live mode only: give --base-url to check a site's Epic")
+def test_live_epic_signing_keys_are_published():
+    """Epic's JWKS (what verifies its calls to us) is reachable and holds RS384/ES384 keys."""
+    url = os.environ.get("CHARTBRIDGE_CONTRACT_JWKS_URL") or LIVE_URL.rstrip("/") + "/.well-known/jwks.json"
+    keys = httpx.get(url, timeout=15).json()["keys"]
+    assert keys and all(k.get("kty") in ("RSA", "EC") and k.get("kid") for k in keys)
