@@ -21,7 +21,6 @@ from chartbridge.adapters.hl7_mdm.builder import Vocabulary
 from chartbridge.adapters.hl7_mdm.config import Hl7MdmConfig
 from chartbridge.core.models import (Approval, ApprovalState, Identifier, NoteDraft,
                                      NoteSection, Provenance, WriteCommand, WriteKind)
-from chartbridge.ledger.writes import WriteLedger
 
 from .simulator import HL7MDMSimulator
 
@@ -98,9 +97,33 @@ def adapter(make_adapter):
     return make_adapter()
 
 
-@pytest.fixture
-def ledger(db, clock):
-    return WriteLedger(db, clock)
+def self_signed_cert(directory) -> tuple[str, str]:
+    """A throwaway EC certificate for 127.0.0.1 (cert.pem, key.pem in `directory`), made at
+    test time so no key lives in git."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
 
 
 def draft(text: str = "Community acquired pneumonia.\nStart amoxicillin.", *, version: int = 1,

@@ -4,18 +4,16 @@ python-hl7; the adapter builds with hl7apy, so the two libraries check each othe
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import ipaddress
 from pathlib import Path
 
 import hl7
 import pytest
 
-from chartbridge.adapters.hl7_mdm.builder import build, control_id_for
+from chartbridge.adapters.hl7_mdm.builder import control_id_for
 from chartbridge.core.errors import OutcomeUnknown, TransientError
 from chartbridge.core.models import Identifier, WriteKind, WriteStatus
 
-from .conftest import VOCAB, command, make_config, needs_simulator
+from .conftest import VOCAB, command, make_config, needs_simulator, self_signed_cert
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -311,33 +309,9 @@ def test_enhanced_mode_waits_for_the_application_ack_when_asked(make_adapter, le
 
 
 # -- TLS -------------------------------------------------------------------------------------------
-def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_tls_write_and_untrusted_certificate_refused(tmp_path, ledger, make_adapter):
     from .simulator import HL7MDMSimulator
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     with HL7MDMSimulator(certfile=str(cert), keyfile=str(key)) as s:
         # Given the receiver's self-signed cert as our CA: the write goes over TLS
         adapter = make_adapter(host=s.host, port=s.port,
@@ -346,7 +320,7 @@ def test_tls_write_and_untrusted_certificate_refused(tmp_path, ledger, make_adap
         assert len(s.documents()) == 1
         # Given no trust in that cert: the handshake fails, nothing is sent (transient)
         (tmp_path / "other").mkdir()
-        other_ca, _ = _self_signed(tmp_path / "other")
+        other_ca, _ = self_signed_cert(tmp_path / "other")
         untrusting = make_adapter(host=s.host, port=s.port,
                                   tls={"enabled": True, "ca_file": str(other_ca)})
         with pytest.raises(TransientError) as caught:

@@ -6,7 +6,6 @@ standard's segment definitions, not produced by the adapter.
 """
 from __future__ import annotations
 
-import datetime
 import socket
 import ssl
 import time
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from chartbridge.core.errors import InputError
+from contract_tests.hl7_mdm.conftest import self_signed_cert
 from contract_tests.hl7_mdm.simulator import HL7MDMSimulator, MLLPEchoServer
 
 SB, EB = b"\x0b", b"\x1c\x0d"
@@ -309,34 +309,9 @@ def test_http_controls(sim, conn):
     assert httpx.get(f"{base}/documents").json() == {"documents": {}}
 
 
-def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
-
-
 def test_tls_mllp(tmp_path):
     # Given a simulator serving TLS with a self-signed certificate
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     with HL7MDMSimulator(certfile=cert, keyfile=key) as sim:
         assert sim.base_url.startswith("mllps://")
         ctx = ssl.create_default_context(cafile=cert)
