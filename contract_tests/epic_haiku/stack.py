@@ -26,6 +26,17 @@ EPIC_ISSUER = "demo-epic-interconnect"
 REPO = Path(__file__).resolve().parents[2]
 
 
+class ChunkTranscriber:
+    """A stand-in transcriber for scenarios about the Epic contract, not about speech: the
+    simulator's chunks are synthetic tones. One segment per chunk, at the chunk's offset."""
+
+    name, model_id = "fake", "0"
+
+    def transcribe(self, audio, *, offset_ms=0, hotwords=(), lead_in=None, final=False):
+        from chartbridge.core.ports import SpokenSegment
+        return [SpokenSegment(offset_ms, offset_ms + 900, f"words at {offset_ms}", -0.1)]
+
+
 def write_org_config(config_dir: Path, keys_dir: Path, sim: EpicSimulator, *,
                      base_file: Path | None = None) -> Path:
     """The example org pointed at a running simulator, with a freshly generated key

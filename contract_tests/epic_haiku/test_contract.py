@@ -13,17 +13,10 @@ import httpx
 import pytest
 
 from chartbridge.core.models import (NoteSection, SessionStatus, VersionState, WriteStatus)
-from chartbridge.core.ports import GeneratedNote, SpokenSegment
+from chartbridge.core.ports import GeneratedNote
 
 from .simulator import synth_wav
-from .stack import ORG, EpicStack
-
-
-class ChunkTranscriber:
-    name, model_id = "fake", "0"
-
-    def transcribe(self, audio, *, offset_ms=0, hotwords=(), lead_in=None, final=False):
-        return [SpokenSegment(offset_ms, offset_ms + 900, f"words at {offset_ms}", -0.1)]
+from .stack import ORG, ChunkTranscriber, EpicStack
 
 
 class ThreeSections:

@@ -5,14 +5,13 @@ protected. Transcription and drafting are the contract suite's small fakes."""
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from chartbridge.core.models import NoteSection, WriteStatus
-from chartbridge.core.ports import GeneratedNote, SpokenSegment
+from chartbridge.core.ports import GeneratedNote
 from contract_tests.epic_haiku.simulator import synth_wav
-from contract_tests.epic_haiku.stack import ORG, EpicStack
+from contract_tests.epic_haiku.stack import ORG, ChunkTranscriber, EpicStack
 
 from .a11y import check_accessibility
 from .conftest import PHONE, shot, wait_until
@@ -20,13 +19,6 @@ from .conftest import PHONE, shot, wait_until
 pytestmark = pytest.mark.browser
 CLIENT = "demo-epic-haiku-page"          # launch_client_id in config/orgs/demo-epic.yaml
 AUDIO = synth_wav(25)                    # three chunks of 10 s
-
-
-class ChunkTranscriber:
-    name, model_id = "fake", "0"
-
-    def transcribe(self, audio, *, offset_ms=0, hotwords=(), lead_in=None, final=False):
-        return [SpokenSegment(offset_ms, offset_ms + 900, f"words at {offset_ms}", -0.1)]
 
 
 class ThreeSections:
