@@ -92,7 +92,10 @@ class Engine:
     # -- writes after approval ----------------------------------------------------------------
     def submit_approved(self, org_id: str, draft_id: str) -> list[str]:
         """Turn an approved (or, by policy, staged) draft into one ledger write per target
-        that needs approval, recorded as pending before any is enqueued. Returns the keys."""
+        that needs approval, recorded as pending before any is enqueued. Returns the keys.
+        Calling it again for the same draft (a double-click, a retried request, many
+        threads) returns the same keys and records nothing new: each write's identity, kind
+        and parent were decided when it was first recorded."""
         from chartbridge.core import usecases as uc
         from chartbridge.core.models import ConsentScope
 
@@ -108,33 +111,12 @@ class Engine:
             protected=list(self.store.protected(org_id, session.id)),
             write_back_consent=self.store.consents(org_id, session.id).get(ConsentScope.WRITE_BACK),
             consent_required=str(policy.consent.write_back) == "required",
-            previous=self._notes_held(org_id, session.id, [t for t, _ in targets]),
             correction={t: str(org.correction_for(t)) for t, _ in targets})
         keys = [self.ledger.prepare(c) for c in commands]
         if self.enqueue is not None:
             for key in keys:
                 self.enqueue("execute_write", org_id, key)
         return keys
-
-    def _notes_held(self, org_id: str, session_id: str, targets: list[str]) -> dict:
-        """Per target, the (EHR id, approval state) of the newest note this session already
-        wrote there. A write still unsettled blocks a new version: it could become a second
-        original."""
-        from chartbridge.core.errors import StateConflict
-        from chartbridge.core.models import WriteKind, WriteStatus
-
-        held: dict = {}
-        for rec in self.ledger.list(org_id, session_id=session_id):
-            if rec.target not in targets or rec.kind == WriteKind.CANCEL:
-                continue
-            if rec.status in (WriteStatus.PENDING, WriteStatus.IN_FLIGHT,
-                              WriteStatus.NEEDS_RECONCILIATION):
-                raise StateConflict(f"an earlier write to {rec.target} for this session is "
-                                    f"{rec.status.value}; settle it before sending a new version")
-            if rec.status == WriteStatus.SUCCEEDED:
-                held[rec.target] = (rec.external_id,
-                                    self.ledger.command_of(org_id, rec.key).approval_state)
-        return held
 
     # -- processing ports ------------------------------------------------------------------
     def transcriber(self, org_id: str) -> Transcriber:

@@ -122,8 +122,11 @@ def run_multi_site(epic_stack, wav: bytes, *, chunk_seconds: float,
                               sequence=seq, version=1, duration_ms=ms)
             store.store_audio(ORG, session.id, "R1", seq, audio, "audio/wav")
             jobs.enqueue("process_chunk", ORG, session.id, "R1", seq)
-        uc.announce_version(store, engine.clock, org_id=ORG, session=session, recording_id="R1",
-                            version=1, chunk_count=len(pieces), status=RecordingStatus.STOPPED)
+        ready = uc.recording_available(store, engine.clock, org_id=ORG, session=session,
+                                       recording_id="R1", version=1, chunk_count=len(pieces),
+                                       status=RecordingStatus.STOPPED)
+        if ready is not None:
+            jobs.enqueue("finish_version", ORG, session.id, "R1", ready.version)
         _wait(lambda: store.recordings(ORG, session.id)[0].state in (VersionState.DONE, VersionState.FAILED),
               timeout, "the second site's draft")
         drafts = store.drafts(ORG, session_id=session.id)

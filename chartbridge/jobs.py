@@ -90,8 +90,8 @@ class Jobs:
                 consent_required=_consent_required(org, "capture"))
         except TransientError as exc:
             if attempt >= MAX_CHUNK_ATTEMPTS:
-                e.store.chunk_failed(org_id, session_id, recording_id, sequence,
-                                     f"gave up after {attempt} attempts: {exc.message}")
+                self._chunk_failed(session, recording_id, sequence,
+                                   f"gave up after {attempt} attempts: {exc.message}")
                 return
             delay = backoff_seconds(attempt, base=0.5, cap=60, retry_after=exc.retry_after)
             log.info("chunk retry scheduled", extra={"correlation_id": session.correlation_id,
@@ -99,10 +99,25 @@ class Jobs:
             self.enqueue("process_chunk", org_id, session_id, recording_id, sequence, delay_s=delay)
             return
         except ChartbridgeError as exc:      # permanent, a rule, or the org's config: no retry
-            e.store.chunk_failed(org_id, session_id, recording_id, sequence, exc.message)
+            self._chunk_failed(session, recording_id, sequence, exc.message)
             return
         if ready is not None:
             self.enqueue("finish_version", org_id, session_id, recording_id, ready.version)
+
+    def _chunk_failed(self, session, recording_id: str, sequence: int, reason: str) -> None:
+        """Recorded with its reason (the versions that need it fail with it) and logged at
+        WARNING, so a chunk that cannot progress is never silent."""
+        self.engine.store.chunk_failed(session.org_id, session.id, recording_id, sequence,
+                                       reason)
+        log.warning("chunk failed; its reason is on the chunk (chartbridge sessions show)",
+                    extra={"correlation_id": session.correlation_id, "status": "failed"})
+
+    def _version_failed(self, session, recording, reason: str) -> None:
+        uc.version_finished(self.engine.store, org_id=session.org_id, recording=recording,
+                            ok=False, error=reason)
+        log.warning("recording version failed; its reason is on the version "
+                    "(chartbridge sessions show)",
+                    extra={"correlation_id": session.correlation_id, "status": "failed"})
 
     def _download(self, session, recording_id: str, sequence: int, content_type: str) -> bytes:
         e = self.engine
@@ -134,8 +149,8 @@ class Jobs:
         if recording is None or recording.state != VersionState.READY:
             return
         if session.status != SessionStatus.OPEN:     # closed: nothing more is sent for it
-            uc.version_finished(e.store, org_id=org_id, recording=recording, ok=False,
-                                error="the session was closed before this version finished")
+            self._version_failed(session, recording,
+                                 "the session was closed before this version finished")
             return
         try:
             if recording.status == RecordingStatus.PAUSED:
@@ -153,8 +168,8 @@ class Jobs:
             uc.version_finished(e.store, org_id=org_id, recording=recording, ok=True)
         except TransientError as exc:
             if attempt >= MAX_STEP_ATTEMPTS:
-                uc.version_finished(e.store, org_id=org_id, recording=recording, ok=False,
-                                    error=f"gave up after {attempt} attempts: {exc.message}")
+                self._version_failed(session, recording,
+                                     f"gave up after {attempt} attempts: {exc.message}")
                 return
             delay = backoff_seconds(attempt, base=0.5, cap=60, retry_after=exc.retry_after)
             self.finish_version.send_with_options(
@@ -162,8 +177,7 @@ class Jobs:
         except WriteInProgress:
             pass        # another worker holds the write; the sweeper checks on it
         except ChartbridgeError as exc:      # permanent, a rule, unknown outcome, config
-            uc.version_finished(e.store, org_id=org_id, recording=recording, ok=False,
-                                error=exc.message)
+            self._version_failed(session, recording, exc.message)
 
     def _draft_for(self, org_id: str, session, recording):
         """Reuse this version's draft on a retry, so a resend carries the same body."""
@@ -186,11 +200,17 @@ class Jobs:
     # -- a ledger write by key (approvals, sweeper) ------------------------------------------
     def _execute_write(self, org_id: str, key: str) -> None:
         e = self.engine
-        command = e.ledger.command_of(org_id, key)
+        record = e.ledger.get(org_id, key)
+        if record is None:
+            log.warning("execute_write: no such write", extra={"key": key})
+            return
         try:
-            e.ledger.execute(command, e.adapter(org_id, command.target))
+            record = e.ledger.execute_key(org_id, key, e.adapter(org_id, record.target))
         except (TransientError, WriteInProgress, OutcomeUnknown):
-            pass        # the row records it; the sweeper drives it again when due
+            return      # the row records it; the sweeper drives it again when due
+        if record.status == WriteStatus.SUCCEEDED:
+            for child in e.ledger.waiting_on(org_id, key):     # corrections that waited
+                self.enqueue("execute_write", org_id, child)
 
 
 def _hotwords(org) -> list[str]:
@@ -227,6 +247,12 @@ class Sweeper:
         versions = e.store.stuck_versions(older_than=cutoff)
         for org_id, session_id, recording_id, version in versions:
             self.jobs.enqueue("finish_version", org_id, session_id, recording_id, version)
+        for org_id, session_id, recording_id in e.store.waiting_versions(older_than=cutoff):
+            ready = e.store.claim_ready_version(org_id, session_id, recording_id)
+            if ready is not None:
+                versions.append((org_id, session_id, recording_id, ready.version))
+                self.jobs.enqueue("finish_version", org_id, session_id, recording_id,
+                                  ready.version)
         writes = e.ledger.due()
         for org_id, key in writes:
             self.jobs.enqueue("execute_write", org_id, key)

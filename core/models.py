@@ -9,7 +9,7 @@ import hashlib
 import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -137,6 +137,8 @@ class Chunk(Model):
     offset_ms: int | None = None              # start within the whole recording
     state: ChunkState = ChunkState.ANNOUNCED
     final: bool = False                       # transcribed as a recording's last chunk
+    lead_in: bool = False                     # transcribed with the audio before it (or
+                                              # needing none); False: the final pass redoes it
     attempts: int = 0
     error: str | None = None                  # a reason a person can read; never PHI
 
@@ -240,7 +242,13 @@ class WriteKind(StrEnum):
 
 
 class WriteCommand(Model):
-    """One outbound write, enough for an adapter to render its vendor payload."""
+    """One outbound write, enough for an adapter to render its vendor payload.
+
+    Its identity (the idempotency key) is decided once, from immutable facts — org, target,
+    session, the draft (or recording version) and approval state — and never from what the
+    ledger holds when it is sent. Where a write is one of a note's lineage at a target
+    (`correction_policy` set), the ledger decides its kind and parent once, when it records
+    it, and stores them with it (`WriteLedger.prepare`)."""
 
     org_id: str
     target: str                # configured target name (an adapter name)
@@ -257,24 +265,45 @@ class WriteCommand(Model):
     user: Identifier | None = None
     draft: NoteDraft | None = None
     approval: Approval | None = None
+    # "append" / "replace": this write is one of the note's lineage at this target; the
+    # ledger decides kind and parent when it records it. None: kind and parent are as given.
+    correction_policy: str | None = None
+    parent_key: str | None = None           # the ledger write this one corrects, if any
     parent_external_id: str | None = None   # the EHR id this write corrects, if any
+    parent_version: str | None = None       # the EHR version the engine's own parent write got
     extra: dict = Field(default_factory=dict)
 
+    # What the ledger decides or fills in: not part of "the same request".
+    LINEAGE_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"correlation_id", "kind", "parent_key", "parent_external_id", "parent_version"})
+
     def request_hash(self) -> str:
-        """What "the same request" means: everything but the correlation id."""
-        body = self.model_dump(mode="json", exclude={"correlation_id"})
+        """What "the same request" means: everything but the correlation id and what the
+        ledger decides about the write's place in its lineage (kind, parent)."""
+        body = self.model_dump(mode="json", exclude=set(self.LINEAGE_FIELDS)
+                               if self.correction_policy else {"correlation_id"})
+        if self.correction_policy:
+            body["extra"] = {k: v for k, v in body["extra"].items() if k != "parent_available"}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     def idempotency_key(self) -> str:
-        return idempotency_key(self.org_id, self.target, self.encounter_key, self.note_version,
-                               self.resource_kind, self.approval_state, self.kind)
+        # A lineage write's kind is decided by the ledger, so it is not part of its identity;
+        # any other write's kind is (a cancel and a create of the same draft differ).
+        intent = "note" if self.correction_policy else str(self.kind)
+        return idempotency_key(self.org_id, self.target, self.session_id, self.encounter_key,
+                               self.note_version, self.resource_kind, self.approval_state,
+                               intent)
 
 
-def idempotency_key(org_id: str, target: str, encounter_key: str, note_version: int,
-                    resource_kind: str, approval_state: str, kind: str = "create") -> str:
-    """Deterministic, org-scoped, PHI-free: the encounter id is hashed, never shown."""
-    material = "|".join([org_id, target, encounter_key, str(note_version), resource_kind,
-                         str(approval_state), str(kind)])
+def idempotency_key(org_id: str, target: str, session_id: str, encounter_key: str,
+                    note_version: int, resource_kind: str, approval_state: str,
+                    intent: str = "create") -> str:
+    """Deterministic, org-scoped, PHI-free (the material is hashed, never shown), and made
+    only of facts that never change for one write: the session and the draft version (or,
+    for Epic, the recording version) within it — so a second session in the same encounter
+    is a new write, and the same approval sent again is the same one."""
+    material = "|".join([org_id, target, session_id, encounter_key, str(note_version),
+                         resource_kind, str(approval_state), str(intent)])
     digest = hashlib.sha256(material.encode()).hexdigest()[:32]
     return f"{org_id}:{target}:{digest}"
 
@@ -284,6 +313,8 @@ class WriteStatus(StrEnum):
     IN_FLIGHT = "in_flight"
     SUCCEEDED = "succeeded"
     FAILED = "failed"                         # permanent: recorded with its reason
+    STALE = "stale"                           # the EHR's copy changed since the engine wrote it:
+                                              # nothing was overwritten; a person decides
     NEEDS_RECONCILIATION = "needs_reconciliation"
 
 

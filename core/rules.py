@@ -5,7 +5,7 @@ from collections.abc import Iterable, Mapping
 
 from .errors import InputError, RuleViolation
 from .models import (SECTION_CODES, Approval, ApprovalState, ChunkState, ConsentScope,
-                     Decision, NoteDraft, NoteSection, SessionStatus)
+                     Decision, NoteDraft, NoteSection, SessionStatus, WriteKind)
 
 SESSION_TRANSITIONS: dict[SessionStatus, set[SessionStatus]] = {
     SessionStatus.OPEN: {SessionStatus.SIGNED, SessionStatus.CANCELLED},
@@ -66,6 +66,17 @@ def write_approval_state(draft: NoteDraft, approval: Approval | None, *,
         return ApprovalState.PRELIMINARY
     raise RuleViolation("this target needs a clinician's approval of the exact draft",
                         rule="approval_required")
+
+
+def correction_kind(previous_state: ApprovalState | None, *, policy: str) -> WriteKind:
+    """What a new version of a note is at a target that already holds an earlier one: an
+    edit in place while the earlier one is only staged (preliminary, not yet available), else
+    a replacement or an addendum per the org's policy — never a second original."""
+    if previous_state is None:
+        return WriteKind.CREATE
+    if previous_state == ApprovalState.PRELIMINARY:
+        return WriteKind.EDIT
+    return WriteKind.REPLACE if policy == "replace" else WriteKind.APPEND
 
 
 def check_consent(granted: Mapping[ConsentScope, bool], scope: ConsentScope, *,

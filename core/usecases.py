@@ -11,13 +11,13 @@ import json
 import uuid
 from collections.abc import Sequence
 
-from .errors import RuleViolation, StateConflict
+from .errors import NotFound, RuleViolation, StateConflict
 from .models import (Approval, ApprovalState, CareContext, Chunk, ConsentScope, Decision,
                      Identifier, NoteDraft, NoteSection, NoteType, Protection, Provenance,
                      Recording, RecordingStatus, Session, SessionSource, SessionStatus,
                      TranscriptSegment, VersionState, WriteCommand, WriteKind)
 from .ports import Clock, NoteGenerator, Transcriber
-from .rules import (check_consent, check_no_protected, check_section_codes,
+from .rules import (check_consent, check_no_protected, check_section_codes, correction_kind,
                     sendable_sections, write_approval_state)
 
 
@@ -86,12 +86,31 @@ def announce_version(store, clock: Clock, *, org_id: str, session: Session, reco
     return store.announce_version(rec, org_id=org_id, event=event, key=_event_key(event, body))
 
 
+def recording_available(store, clock: Clock, *, org_id: str, session: Session,
+                        recording_id: str, version: int, chunk_count: int,
+                        status: RecordingStatus, event: str = "version",
+                        event_body: dict | None = None) -> Recording | None:
+    """A recording version was announced. Returns the version if it is complete now (every
+    chunk may already be done: the announcement can come last, or its commit can overtake
+    the last chunk's claim) — claimed exactly once; enqueue its next step after this
+    returns. Every entry point (Epic's callback, the capture API, the demo) goes through
+    this, so no announcement leaves a complete version waiting."""
+    announce_version(store, clock, org_id=org_id, session=session, recording_id=recording_id,
+                     version=version, chunk_count=chunk_count, status=status, event=event,
+                     event_body=event_body)
+    return store.claim_ready_version(org_id, session.id, recording_id)
+
+
 def transcribe_chunk(store, transcriber: Transcriber, *, org_id: str, session: Session,
                      recording_id: str, sequence: int, audio: bytes,
                      hotwords: Sequence[str] = (), consent_required: bool = False
                      ) -> Recording | None:
     """Transcribe one stored chunk and record its segments. Returns the recording version
-    this chunk completed, if it did (claimed exactly once across all workers)."""
+    this chunk completed, if it did (claimed exactly once across all workers).
+
+    Nothing waits on a neighbour: a chunk whose predecessor has not arrived yet is heard on
+    its own now and flagged, and the version's final pass (`finalize_recording`) hears it
+    again with its lead-in once every chunk is there."""
     check_consent(store.consents(org_id, session.id), ConsentScope.CAPTURE,
                   required=consent_required)
     chunk = store.get_chunk(org_id, session.id, recording_id, sequence)
@@ -99,49 +118,75 @@ def transcribe_chunk(store, transcriber: Transcriber, *, org_id: str, session: S
     if offset is None:
         offset = (sequence - 1) * (chunk.duration_ms or 0)
     final = store.is_last_of_stopped(org_id, session.id, recording_id, sequence)
-    segments = _transcribe(store, transcriber, org_id=org_id, session=session,
-                           recording_id=recording_id, sequence=sequence, audio=audio,
-                           offset=offset, hotwords=hotwords, final=final)
+    segments, lead_in = _transcribe(store, transcriber, org_id=org_id, session=session,
+                                    recording_id=recording_id, sequence=sequence, audio=audio,
+                                    offset=offset, hotwords=hotwords, final=final)
     store.chunk_transcribed(org_id, session.id, recording_id, sequence, segments,
-                            offset_ms=offset, final=final)
+                            offset_ms=offset, final=final, lead_in=lead_in)
     return store.claim_ready_version(org_id, session.id, recording_id)
+
+
+def _lead_in(store, org_id: str, session: Session, recording_id: str,
+             sequence: int) -> tuple[bytes | None, bool]:
+    """(the audio to hear before this chunk, whether the boundary is whole). The first
+    chunk and a chunk after a final one (which kept its own tail) need none; a predecessor
+    not announced or not downloaded yet leaves the boundary to the final pass."""
+    if sequence == 1:
+        return None, True
+    try:
+        previous = store.get_chunk(org_id, session.id, recording_id, sequence - 1)
+    except NotFound:
+        return None, False
+    if previous.final:          # a final chunk kept its tail: handing it on would double it
+        return None, True
+    audio = store.get_audio(org_id, session.id, recording_id, sequence - 1)
+    return audio, audio is not None
 
 
 def _transcribe(store, transcriber: Transcriber, *, org_id: str, session: Session,
                 recording_id: str, sequence: int, audio: bytes, offset: int,
-                hotwords: Sequence[str], final: bool) -> list[TranscriptSegment]:
-    lead_in = None
-    if sequence > 1:
-        previous = store.get_chunk(org_id, session.id, recording_id, sequence - 1)
-        if not previous.final:      # a final chunk kept its tail: handing it on would double it
-            lead_in = store.get_audio(org_id, session.id, recording_id, sequence - 1)
+                hotwords: Sequence[str], final: bool) -> tuple[list[TranscriptSegment], bool]:
+    lead_in, whole = _lead_in(store, org_id, session, recording_id, sequence)
     spoken = transcriber.transcribe(audio, offset_ms=offset, hotwords=hotwords,
                                     lead_in=lead_in, final=final)
     return [TranscriptSegment(id=f"{recording_id}/{sequence}/{i}", session_id=session.id,
                               recording_id=recording_id, chunk_sequence=sequence,
                               start_ms=s.start_ms, end_ms=s.end_ms, text=s.text,
                               confidence=s.confidence)
-            for i, s in enumerate(spoken)]
+            for i, s in enumerate(spoken)], whole
 
 
 def finalize_recording(store, transcriber: Transcriber, *, org_id: str, session: Session,
-                       recording: Recording, hotwords: Sequence[str] = ()) -> bool:
-    """A stopped version's last chunk may have been transcribed before the stop was known,
-    keeping its tail back for a successor that will not come: transcribe it once more as
-    final. Returns True if it did."""
-    chunk = store.get_chunk(org_id, session.id, recording.recording_id, recording.chunk_count)
-    if chunk.final or recording.status != RecordingStatus.STOPPED:
-        return False
-    audio = store.get_audio(org_id, session.id, recording.recording_id, chunk.sequence)
-    if audio is None:
-        return False
-    offset = chunk.offset_ms or 0
-    segments = _transcribe(store, transcriber, org_id=org_id, session=session,
-                           recording_id=recording.recording_id, sequence=chunk.sequence,
-                           audio=audio, offset=offset, hotwords=hotwords, final=True)
-    store.chunk_transcribed(org_id, session.id, recording.recording_id, chunk.sequence,
-                            segments, offset_ms=offset, final=True, replace=True)
-    return True
+                       recording: Recording, hotwords: Sequence[str] = ()) -> int:
+    """The final pass over a complete, stopped version, so its transcript is the one an
+    in-order delivery would have given, whatever order chunks arrived, downloaded and were
+    transcribed in: a chunk heard without its lead-in, or at a guessed offset, is heard
+    again now that every chunk is there; and the last chunk, if it was transcribed before
+    the stop was known (keeping its tail back for a successor that will not come), once more
+    as final. Returns how many chunks it transcribed again."""
+    if recording.status != RecordingStatus.STOPPED:
+        return 0
+    redone = 0
+    for sequence in range(1, recording.chunk_count + 1):
+        chunk = store.get_chunk(org_id, session.id, recording.recording_id, sequence)
+        last = sequence == recording.chunk_count
+        offset = store.chunk_offset(org_id, session.id, recording.recording_id, sequence)
+        offset = chunk.offset_ms or 0 if offset is None else offset
+        if chunk.lead_in and chunk.offset_ms == offset and (chunk.final or not last):
+            continue
+        audio = store.get_audio(org_id, session.id, recording.recording_id, sequence)
+        if audio is None:
+            continue
+        final = chunk.final or last
+        segments, lead_in = _transcribe(store, transcriber, org_id=org_id, session=session,
+                                        recording_id=recording.recording_id,
+                                        sequence=sequence, audio=audio, offset=offset,
+                                        hotwords=hotwords, final=final)
+        store.chunk_transcribed(org_id, session.id, recording.recording_id, sequence,
+                                segments, offset_ms=offset, final=final, replace=True,
+                                lead_in=lead_in)
+        redone += 1
+    return redone
 
 
 # -- drafting ------------------------------------------------------------------------------
@@ -239,45 +284,30 @@ def write_command(session: Session, draft: NoteDraft, *, target: str, resource_k
                         extra=extra or {}, **_identities(session))
 
 
-def correction_kind(previous_state: ApprovalState | None, *, policy: str) -> WriteKind:
-    """What a new version of a note is at a target that already holds an earlier one: an
-    edit in place while the earlier one is only staged (preliminary, not yet available), else
-    a replacement or an addendum per the org's policy — never a second original."""
-    if previous_state is None:
-        return WriteKind.CREATE
-    if previous_state == ApprovalState.PRELIMINARY:
-        return WriteKind.EDIT
-    return WriteKind.REPLACE if policy == "replace" else WriteKind.APPEND
-
-
 def approved_write_commands(session: Session, draft: NoteDraft, approval: Approval | None, *,
                             targets: Sequence[tuple[str, str]], stage_preliminary: bool,
                             protected: Sequence[str] = (),
                             write_back_consent: bool | None = None,
                             consent_required: bool = False,
-                            previous: dict[str, tuple[str, ApprovalState]] | None = None,
                             correction: str | dict[str, str] = "append") -> list[WriteCommand]:
     """On approval (or staging), one write command per configured target that needs an
-    approval; `targets` are (target name, resource kind); `previous` maps a target to the
-    (EHR id, approval state) of the note it already holds for this session, so a new version
-    becomes a correction of it. Consent to write back is checked first: without it nothing
-    is written, and the reason is visible."""
+    approval; `targets` are (target name, resource kind). Each command is one of the note's
+    lineage at its target: when the ledger records it, it becomes the original or a
+    correction of the write before it (`correction_kind`), decided once and stored — never
+    from what the ledger holds when it is sent. Consent to write back is checked first:
+    without it nothing is written, and the reason is visible."""
     check_consent({} if write_back_consent is None else
                   {ConsentScope.WRITE_BACK: write_back_consent}, ConsentScope.WRITE_BACK,
                   required=consent_required)
     note_type = session.note_type.code if session.note_type else None
     commands = []
     for name, resource_kind in targets:
-        parent_id, parent_state = (previous or {}).get(name, (None, None))
-        extra: dict = {"note_type": note_type} if note_type else {}
-        if parent_id is not None:
-            extra["parent_available"] = parent_state == ApprovalState.APPROVED
-        commands.append(write_command(
+        policy = correction if isinstance(correction, str) else correction.get(name, "append")
+        command = write_command(
             session, draft, target=name, resource_kind=resource_kind, needs_approval=True,
             stage_preliminary=stage_preliminary, approval=approval, protected=protected,
-            kind=correction_kind(parent_state, policy=correction if isinstance(correction, str)
-                                 else correction.get(name, "append")),
-            parent_external_id=parent_id, extra=extra or None))
+            extra={"note_type": note_type} if note_type else None)
+        commands.append(command.model_copy(update={"correction_policy": str(policy)}))
     return commands
 
 

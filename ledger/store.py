@@ -235,7 +235,8 @@ class SqlStore:
 
     def chunk_transcribed(self, org_id: str, session_id: str, recording_id: str, sequence: int,
                           segments: list[TranscriptSegment], *, offset_ms: int | None,
-                          final: bool = False, replace: bool = False) -> bool:
+                          final: bool = False, replace: bool = False,
+                          lead_in: bool = True) -> bool:
         """Store the chunk's segments and mark it done, once (False if it was done
         already), or with `replace` swap in a final re-transcription of a done chunk."""
         now = self.clock.now()
@@ -254,7 +255,7 @@ class SqlStore:
                                   start_ms=s.start_ms, end_ms=s.end_ms, text=s.text,
                                   confidence=s.confidence))
             row.state, row.error, row.updated_at = ChunkState.TRANSCRIBED, None, now
-            row.final = final
+            row.final, row.lead_in = final, lead_in
             if offset_ms is not None:
                 row.offset_ms = offset_ms
             return True
@@ -374,6 +375,17 @@ class SqlStore:
                                      RecordingRow.recording_id, RecordingRow.version).where(
                 RecordingRow.state == VersionState.READY,
                 RecordingRow.announced_at < older_than).limit(limit)).all()
+            return [tuple(r) for r in rows]
+
+    def waiting_versions(self, *, older_than: datetime, limit: int = 100) -> list[tuple[str, str, str]]:
+        """(org, session, recording) with a version still waiting since before `older_than`:
+        the sweeper asks each to be claimed, so a claim that lost a race with its
+        announcement never leaves a complete version waiting."""
+        with self.db.transaction() as tx:
+            rows = tx.execute(select(RecordingRow.org_id, RecordingRow.session_id,
+                                     RecordingRow.recording_id).where(
+                RecordingRow.state == VersionState.WAITING,
+                RecordingRow.announced_at < older_than).distinct().limit(limit)).all()
             return [tuple(r) for r in rows]
 
     def touch_chunk(self, org_id: str, session_id: str, recording_id: str, sequence: int) -> None:
@@ -516,7 +528,7 @@ def _chunk(row: ChunkRow) -> Chunk:
     return Chunk(session_id=row.session_id, recording_id=row.recording_id, sequence=row.sequence,
                  version=row.version, content_type=row.content_type, duration_ms=row.duration_ms,
                  offset_ms=row.offset_ms, state=ChunkState(row.state), final=bool(row.final),
-                 attempts=row.attempts,
+                 lead_in=bool(row.lead_in), attempts=row.attempts,
                  error=row.error)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer,
-                        LargeBinary, String, Text, TypeDecorator, UniqueConstraint, false)
+                        LargeBinary, String, Text, TypeDecorator, UniqueConstraint, false, true)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -79,6 +79,9 @@ class ChunkRow(Base):
     offset_ms: Mapped[int | None] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), index=True)
     final: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # transcribed with the audio before it (or needing none): False means the version's
+    # final pass must transcribe it again, so no words are lost at the boundary
+    lead_in: Mapped[bool] = mapped_column(default=False, server_default=true())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     enqueued_at: Mapped[datetime | None]

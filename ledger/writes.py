@@ -27,16 +27,18 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from chartbridge.core.errors import (ChartbridgeError, IdempotencyConflict, NotFound,
                                      OutcomeUnknown, PermanentError, StateConflict,
                                      TransientError, WriteInProgress, error_class_name)
-from chartbridge.core.models import WriteCommand, WriteOutcome, WriteStatus
+from chartbridge.core.models import (ApprovalState, WriteCommand, WriteKind, WriteOutcome,
+                                     WriteStatus)
 from chartbridge.core.ports import Clock, EhrAdapter
+from chartbridge.core.rules import correction_kind
 
 from . import audit
 from .db import Database
-from .tables import WriteRow
+from .tables import SessionRow, WriteRow
 
 log = logging.getLogger("chartbridge.ledger")
 
-FINISHED = {WriteStatus.SUCCEEDED, WriteStatus.FAILED}
+FINISHED = {WriteStatus.SUCCEEDED, WriteStatus.FAILED, WriteStatus.STALE}
 
 
 @dataclass(frozen=True)
@@ -92,17 +94,37 @@ def backoff_seconds(attempt: int, *, base: float = 1.0, cap: float = 300.0,
     return max(delay, retry_after or 0.0)
 
 
+class WaitingForParent(WriteInProgress):
+    """A correction whose parent write has not settled yet: it waits, visibly."""
+
+    code = "waiting_for_parent"
+
+
+MAX_WRITE_ATTEMPTS = 12
+
+
 class WriteLedger:
-    def __init__(self, db: Database, clock: Clock, *, lease_seconds: float = 120.0) -> None:
+    def __init__(self, db: Database, clock: Clock, *, lease_seconds: float = 120.0,
+                 max_attempts: int = MAX_WRITE_ATTEMPTS, parent_wait_s: float = 2.0) -> None:
         self.db = db
         self.clock = clock
         self.lease = timedelta(seconds=lease_seconds)
+        self.max_attempts = max_attempts
+        self.parent_wait_s = parent_wait_s
 
     # -- the one entry point -------------------------------------------------------------
     def execute(self, command: WriteCommand, adapter: EhrAdapter) -> WriteRecord:
-        """Perform `command` through `adapter` at most once. Returns the finished record
-        (succeeded, or failed with its permanent reason). Raises TransientError (retry
-        later), WriteInProgress, IdempotencyConflict or OutcomeUnknown."""
+        """Record `command` (once: `prepare`) and perform it through `adapter` at most once.
+        Returns the finished record (succeeded, stale, or failed with its permanent reason).
+        Raises TransientError (retry later), WriteInProgress (incl. WaitingForParent),
+        IdempotencyConflict or OutcomeUnknown."""
+        key = self.prepare(command)
+        return self.execute_key(command.org_id, key, adapter)
+
+    def execute_key(self, org_id: str, key: str, adapter: EhrAdapter) -> WriteRecord:
+        """Perform the write recorded under `key` — exactly as it was recorded (kind, parent,
+        body): nothing about its identity is recomputed here."""
+        command = self._resolved(org_id, key)
         owner = uuid.uuid4().hex
         claim = self._claim(command, owner)
         if isinstance(claim, WriteRecord):
@@ -144,9 +166,29 @@ class WriteLedger:
     def prepare(self, command: WriteCommand) -> str:
         """Record a write as pending (durably, before anything is enqueued) and return its
         key; the queue then carries only the key. Same key and body again: no change.
-        Same key, different body: IdempotencyConflict."""
+        Same key, different body: IdempotencyConflict.
+
+        This is where a lineage write's identity is decided, once: the first time its key is
+        recorded, it becomes the original (create) or a correction (edit / replace / append)
+        of the newest write of the same session at the same target, and that kind and parent
+        are stored with it. Recording it again — a double-click, 50 threads, a retried job —
+        finds the stored row and changes nothing."""
         key, rhash, now = command.idempotency_key(), command.request_hash(), self.clock.now()
         with self.db.transaction() as tx:
+            row = tx.get(WriteRow, key)
+            if row is None and command.correction_policy:
+                # serialise lineage decisions per session (SQLite: BEGIN IMMEDIATE already)
+                tx.execute(select(SessionRow.id).where(SessionRow.id == command.session_id)
+                           .with_for_update())
+                row = tx.get(WriteRow, key, populate_existing=True)
+                if row is None:
+                    command = self._place_in_lineage(tx, command)
+            if row is not None:
+                if row.request_hash != rhash:
+                    raise IdempotencyConflict(
+                        "this idempotency key was used with a different request; a changed "
+                        "note is a new version with a new key", key=key)
+                return key
             insert = pg_insert if tx.bind.dialect.name == "postgresql" else sqlite_insert
             got = tx.execute(insert(WriteRow.__table__).values(
                 key=key, org_id=command.org_id, target=command.target,
@@ -157,15 +199,77 @@ class WriteLedger:
                 updated_at=now).on_conflict_do_nothing(index_elements=["key"])
                 .returning(WriteRow.__table__.c.key)).first()
             if got is None:
-                row = tx.get(WriteRow, key)
+                row = tx.get(WriteRow, key, populate_existing=True)
                 if row.request_hash != rhash:
                     raise IdempotencyConflict(
                         "this idempotency key was used with a different request", key=key)
             else:
                 audit.record(tx, at=now, org_id=command.org_id, session_id=command.session_id,
                              correlation_id=command.correlation_id, action="write.prepared",
-                             key=key, target=command.target, kind=str(command.kind))
+                             key=key, target=command.target, kind=str(command.kind),
+                             parent=command.parent_key)
         return key
+
+    def _place_in_lineage(self, tx, command: WriteCommand) -> WriteCommand:
+        """Kind and parent of a new lineage write: a correction of the newest write of this
+        session at this target that may have reached the EHR (a write that failed or went
+        stale never did, or holds the EHR's own change: its own parent is the one)."""
+        rows = {r.key: r for r in tx.scalars(select(WriteRow).where(
+            WriteRow.org_id == command.org_id, WriteRow.session_id == command.session_id,
+            WriteRow.target == command.target))
+            if (r.command or {}).get("correction_policy")}
+        named = {(r.command or {}).get("parent_key") for r in rows.values()}
+        tails = sorted((r for k, r in rows.items() if k not in named),
+                       key=lambda r: r.created_at)
+        parent = tails[-1] if tails else None
+        while parent is not None and parent.status in (WriteStatus.FAILED, WriteStatus.STALE) \
+                and parent.kind == WriteKind.CREATE:
+            parent = rows.get((parent.command or {}).get("parent_key"))
+        if parent is None:
+            return command.model_copy(update={"kind": WriteKind.CREATE, "parent_key": None})
+        parent_state = ApprovalState(parent.command["approval_state"])
+        extra = dict(command.extra, parent_available=parent_state == ApprovalState.APPROVED)
+        return command.model_copy(update={
+            "kind": correction_kind(parent_state, policy=command.correction_policy),
+            "parent_key": parent.key, "extra": extra})
+
+    def _resolved(self, org_id: str, key: str) -> WriteCommand:
+        """The stored command, with the EHR id and version its parent write got (facts the
+        ledger recorded when the parent succeeded). A parent not yet settled makes this one
+        wait (WaitingForParent, retried when due); a parent that never reached the EHR, or
+        went stale, settles this one with that reason."""
+        now = self.clock.now()
+        with self.db.transaction() as tx:
+            row = tx.get(WriteRow, key)
+            if row is None or row.org_id != org_id:
+                raise NotFound("no such write in this organization", key=key)
+            command = WriteCommand.model_validate(row.command)
+            if not command.parent_key or WriteStatus(row.status) in FINISHED:
+                return command
+            parent = tx.get(WriteRow, command.parent_key)
+            status = WriteStatus(parent.status) if parent is not None else WriteStatus.FAILED
+            if status == WriteStatus.SUCCEEDED:
+                return command.model_copy(update={"parent_external_id": parent.external_id,
+                                                  "parent_version": parent.external_version})
+            row = tx.get(WriteRow, key, with_for_update=True)
+            if WriteStatus(row.status) != WriteStatus.PENDING:
+                return command
+            if status in (WriteStatus.FAILED, WriteStatus.STALE):
+                row.status = status
+                row.last_error_class = "ParentNotWritten"
+                row.last_error = (f"the earlier write this one corrects is {status.value}; "
+                                  "nothing was sent")
+                row.next_attempt_at, row.updated_at = None, now
+                audit.record(tx, at=now, org_id=row.org_id, session_id=row.session_id,
+                             correlation_id=row.correlation_id, action=f"write.{status.value}",
+                             outcome="failure", key=key, parent=command.parent_key)
+                return command
+            row.last_error_class = "WaitingForParent"
+            row.last_error = (f"waiting for the earlier write it corrects ({status.value}) "
+                              "to settle")
+            row.next_attempt_at = now + timedelta(seconds=self.parent_wait_s)
+            row.updated_at = now
+        raise WaitingForParent(row.last_error, key=key)
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, org_id: str, key: str) -> WriteRecord | None:
@@ -189,6 +293,17 @@ class WriteLedger:
             if row is None or row.org_id != org_id:
                 raise NotFound("no such write in this organization", key=key)
             return WriteCommand.model_validate(row.command)
+
+    def waiting_on(self, org_id: str, key: str) -> list[str]:
+        """Keys of pending writes whose parent is `key` (to drive them once it settles)."""
+        with self.db.transaction() as tx:
+            parent = tx.get(WriteRow, key)
+            if parent is None or parent.org_id != org_id:
+                return []
+            rows = tx.scalars(select(WriteRow).where(
+                WriteRow.org_id == org_id, WriteRow.session_id == parent.session_id,
+                WriteRow.status == WriteStatus.PENDING))
+            return [r.key for r in rows if (r.command or {}).get("parent_key") == key]
 
     def due(self, *, limit: int = 100) -> list[tuple[str, str]]:
         """(org_id, key) of writes the sweeper should drive again: pending ones whose
@@ -225,28 +340,13 @@ class WriteLedger:
 
     # -- state changes -------------------------------------------------------------------
     def _claim(self, command: WriteCommand, owner: str) -> bool | WriteRecord:
-        """True/False = claimed (reconcile first or not); a WriteRecord = finished already."""
+        """Take the lease on a recorded write. True/False = claimed (reconcile first or
+        not); a WriteRecord = finished already."""
         key, rhash, now = command.idempotency_key(), command.request_hash(), self.clock.now()
         with self.db.transaction() as tx:
-            values = dict(
-                key=key, org_id=command.org_id, target=command.target,
-                session_id=command.session_id, resource_kind=command.resource_kind,
-                kind=str(command.kind), request_hash=rhash, status=WriteStatus.IN_FLIGHT,
-                attempts=1, maybe_sent=False, command=command.model_dump(mode="json"),
-                lease_owner=owner, lease_expires_at=now + self.lease,
-                correlation_id=command.correlation_id, created_at=now, updated_at=now)
-            insert = pg_insert if tx.bind.dialect.name == "postgresql" else sqlite_insert
-            inserted = tx.execute(insert(WriteRow.__table__).values(**values)
-                                  .on_conflict_do_nothing(index_elements=["key"])
-                                  .returning(WriteRow.__table__.c.key)).first()
-            if inserted is not None:
-                audit.record(tx, at=now, org_id=command.org_id, session_id=command.session_id,
-                             correlation_id=command.correlation_id, action="write.claimed",
-                             key=key, target=command.target, kind=str(command.kind))
-                return False
-            row = tx.scalars(select(WriteRow).where(WriteRow.key == key).with_for_update()).one()
-            if row.org_id != command.org_id:      # cannot happen: keys embed the org
-                raise StateConflict("idempotency key belongs to another organization")
+            row = tx.scalars(select(WriteRow).where(WriteRow.key == key).with_for_update()).first()
+            if row is None or row.org_id != command.org_id:
+                raise NotFound("no such write in this organization", key=key)
             if row.request_hash != rhash:
                 raise IdempotencyConflict(
                     "this idempotency key was used with a different request; a changed "
@@ -259,14 +359,16 @@ class WriteLedger:
                                      "person to reconcile it", key=key)
             if status == WriteStatus.IN_FLIGHT and row.lease_expires_at > now:
                 raise WriteInProgress("this write is in progress", key=key)
-            # A dead claimant's lease, or a retry after a transient error.
+            # First claim, a dead claimant's lease, or a retry after a transient error.
             reconcile = bool(row.maybe_sent) or status == WriteStatus.IN_FLIGHT
             row.status, row.lease_owner = WriteStatus.IN_FLIGHT, owner
             row.lease_expires_at, row.updated_at = now + self.lease, now
             row.attempts += 1
             audit.record(tx, at=now, org_id=row.org_id, session_id=row.session_id,
-                         correlation_id=row.correlation_id, action="write.reclaimed",
-                         key=key, attempt=row.attempts, reconcile=reconcile)
+                         correlation_id=row.correlation_id,
+                         action="write.claimed" if row.attempts == 1 else "write.reclaimed",
+                         key=key, target=row.target, kind=row.kind, attempt=row.attempts,
+                         reconcile=reconcile)
             return reconcile
 
     def _guarded(self, tx, command: WriteCommand, owner: str) -> WriteRow:
@@ -309,8 +411,13 @@ class WriteLedger:
                             acknowledged_at=self.clock.now(), next_attempt_at=None)
 
     def _failed(self, command, owner, exc: PermanentError) -> WriteRecord:
-        return self._finish(command, owner, "write.failed", result="failure",
-                            status=WriteStatus.FAILED, last_error_class=error_class_name(exc),
+        """A permanent refusal. The EHR's copy having changed since the engine wrote it (an
+        If-Match precondition failed) is `stale`: nothing was overwritten, a person decides."""
+        stale = getattr(exc, "vendor_code", None) == "stale"
+        return self._finish(command, owner, "write.stale" if stale else "write.failed",
+                            result="failure",
+                            status=WriteStatus.STALE if stale else WriteStatus.FAILED,
+                            last_error_class=error_class_name(exc),
                             last_error=exc.message, outcome=_error_outcome(exc),
                             next_attempt_at=None)
 
@@ -323,7 +430,9 @@ class WriteLedger:
 
     def _transient(self, command, owner, exc: BaseException, *, maybe_delivered: bool) -> None:
         """Back to pending with a backoff. Earlier attempts were either reconciled away or
-        never delivered, so whether a reconcile is owed next time depends on this attempt."""
+        never delivered, so whether a reconcile is owed next time depends on this attempt.
+        Attempts are bounded: the last one settles the write — needs_reconciliation if the
+        EHR may hold it, failed (with the reason) if it certainly does not."""
         now = self.clock.now()
         with self.db.transaction() as tx:
             try:
@@ -331,17 +440,29 @@ class WriteLedger:
             except LeaseLost:
                 return
             retry_after = getattr(exc, "retry_after", None)
-            row.status = WriteStatus.PENDING
-            row.maybe_sent = maybe_delivered
             row.last_error_class = error_class_name(exc)
-            row.last_error = getattr(exc, "message", None) or error_class_name(exc)
-            row.next_attempt_at = now + timedelta(
-                seconds=backoff_seconds(row.attempts, retry_after=retry_after))
+            message = getattr(exc, "message", None) or error_class_name(exc)
             row.lease_owner, row.lease_expires_at, row.updated_at = None, None, now
+            if row.attempts >= self.max_attempts:
+                row.status = (WriteStatus.NEEDS_RECONCILIATION if maybe_delivered
+                              else WriteStatus.FAILED)
+                row.last_error = f"gave up after {row.attempts} attempts: {message}"
+                row.next_attempt_at = None
+                action = f"write.{row.status}"
+            else:
+                row.status = WriteStatus.PENDING
+                row.maybe_sent = maybe_delivered
+                row.last_error = message
+                row.next_attempt_at = now + timedelta(
+                    seconds=backoff_seconds(row.attempts, retry_after=retry_after))
+                action = "write.retry_scheduled"
             audit.record(tx, at=now, org_id=row.org_id, session_id=row.session_id,
-                         correlation_id=row.correlation_id, action="write.retry_scheduled",
+                         correlation_id=row.correlation_id, action=action,
                          outcome="failure", key=row.key, error_class=row.last_error_class,
                          attempt=row.attempts)
+        if action != "write.retry_scheduled":
+            log.warning("write %s", action, extra={"key": command.idempotency_key(),
+                                                   "correlation_id": command.correlation_id})
 
 
 def _error_outcome(exc: PermanentError) -> dict:

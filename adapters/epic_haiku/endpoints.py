@@ -52,12 +52,11 @@ def make_blueprint(engine, jobs) -> Blueprint:
 
     def recording(org, adapter, body: schemas.RecordingAvailable, raw: dict) -> None:
         session = session_of(org, body.SessionID)
-        uc.announce_version(engine.store, engine.clock, org_id=org, session=session,
-                            recording_id=body.RecordingID, version=body.RecordingVersion,
-                            chunk_count=body.ChunkCount, status=RecordingStatus(body.Status),
-                            event="RecordingAvailable", event_body=raw)
-        # Every chunk may already be done (this event can come last, or overtake one).
-        ready = engine.store.claim_ready_version(org, session.id, body.RecordingID)
+        ready = uc.recording_available(
+            engine.store, engine.clock, org_id=org, session=session,
+            recording_id=body.RecordingID, version=body.RecordingVersion,
+            chunk_count=body.ChunkCount, status=RecordingStatus(body.Status),
+            event="RecordingAvailable", event_body=raw)
         if ready is not None:
             enqueue("finish_version", org, session.id, ready.recording_id, ready.version)
 

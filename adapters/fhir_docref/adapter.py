@@ -123,7 +123,7 @@ class FhirDocRefAdapter:
             updates = []
             if command.kind == WriteKind.REPLACE:
                 parent, version = self._read_own(parent_reference(command))
-                updates = [self._superseded(parent, version)]
+                updates = [self._superseded(parent, self._expected_version(command, version))]
             resp = self.client.transaction(transaction_bundle(rendered, updates=updates))
             return self._from_transaction(resp, detail)
         if self.profile.conditional_create:
@@ -196,9 +196,11 @@ class FhirDocRefAdapter:
                    for i in doc.get("identifier") or [])
 
     def _expected_version(self, command: WriteCommand, current: str) -> str:
-        """The version the engine last wrote (command.extra["parent_version"]); the one just
-        read only when the engine did not record one."""
-        known = command.extra.get("parent_version")
+        """The version the engine's own parent write got (the ledger stored it and hands it
+        over as `parent_version`), so a change made at the EHR since answers 412 (stale)
+        and is never overwritten. The version just read only where the engine has none (a
+        correction of a document it did not write through the ledger)."""
+        known = command.parent_version or command.extra.get("parent_version")
         return str(known) if known else current
 
     def _edit(self, command: WriteCommand) -> WriteOutcome:

@@ -572,6 +572,15 @@ class FhirSimulator:
         with self._lock:
             return copy.deepcopy(self._store.get(rtype, {}).get(rid, []))
 
+    def ehr_update(self, rtype: str, rid: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """A change made at the EHR itself (a clinician editing the document in its own UI):
+        a new version of the resource, as any update makes (FHIR R4 3.1.0.1.2 versioning)."""
+        with self._lock:
+            current = copy.deepcopy(self._store[rtype][rid][-1])
+            current.update(changes)
+            return copy.deepcopy(self._put_version(rtype, rid, current,
+                                                   int(current["meta"]["versionId"]) + 1))
+
     def creates(self, rtype: str | None = "DocumentReference") -> int:
         """How many resources were created (all types when rtype is None)."""
         with self._lock:

@@ -225,7 +225,7 @@ def test_stale_if_match_is_a_permanent_stale_conflict(fhir, adapter, ledger):
                          encounter_key="CSN-st", extra={"parent_version": "1"})
     record = ledger.execute(stale, adapter)
     # Then 412 -> failed with code "stale", and the server's version 2 survives
-    assert record.status == WriteStatus.FAILED
+    assert record.status == WriteStatus.STALE
     assert record.outcome["status"] == 412 and record.outcome["vendor_code"] == "stale"
     rid = r1.external_id.split("/")[1]
     assert len(sim.history("DocumentReference", rid)) == 2

@@ -250,8 +250,8 @@ def test_last_chunk_of_a_stopped_recording_is_transcribed_final_exactly_once(sto
                                  chunk_count=2, status=RecordingStatus.STOPPED)
     ready = store.claim_ready_version(ORG, s.id, "R1")
     # When the version is finished
-    assert uc.finalize_recording(store, t, org_id=ORG, session=s, recording=ready) is True
-    assert uc.finalize_recording(store, t, org_id=ORG, session=s, recording=ready) is False
+    assert uc.finalize_recording(store, t, org_id=ORG, session=s, recording=ready) == 1
+    assert uc.finalize_recording(store, t, org_id=ORG, session=s, recording=ready) == 0
     # Then chunk 2 was heard once more as final, with chunk 1 as its lead-in
     assert t.log == [("c1", None, False), ("c2", b"c1", False), ("c2", b"c1", True)]
     # And a chunk after a final one gets no lead-in (its tail was already kept)
@@ -280,7 +280,7 @@ def test_approval_turns_into_one_write_per_target_only_with_write_back_consent(s
     assert cmds[0].patient_ids == s.patient_ids              # identifiers travel with the write
 
 
-def test_a_new_version_at_a_target_that_holds_a_note_is_a_correction_never_a_second_original(store, clock):
+def test_approved_writes_carry_their_lineage_policy_and_an_identity_made_of_immutable_facts(store, clock):
     from chartbridge.core.models import ApprovalState, WriteKind
     s, _ = begin(store, clock)
     (rec,) = _announce_and_transcribe(store, clock, s, WordsTranscriber(), 1, order=[1])
@@ -289,16 +289,23 @@ def test_a_new_version_at_a_target_that_holds_a_note_is_a_correction_never_a_sec
                          approver=Identifier(value="E1", type="EXTERNAL"), role="physician",
                          decision=Decision.APPROVED)
     targets = [("fhir_docref", "DocumentReference"), ("hl7_mdm", "MDM"), ("athenaone", "clinicaldocument")]
-    cmds = uc.approved_write_commands(
-        s, draft, approval, targets=targets, stage_preliminary=False,
-        previous={"fhir_docref": ("DocumentReference/1", ApprovalState.APPROVED),
-                  "hl7_mdm": ("DOC-1", ApprovalState.PRELIMINARY)},
-        correction={"fhir_docref": "replace", "hl7_mdm": "append", "athenaone": "append"})
-    by_target = {c.target: c for c in cmds}
-    # a final note is replaced (per the org's policy), a staged one edited in place
-    assert by_target["fhir_docref"].kind == WriteKind.REPLACE
-    assert by_target["fhir_docref"].parent_external_id == "DocumentReference/1"
-    assert by_target["fhir_docref"].extra["parent_available"] is True
-    assert by_target["hl7_mdm"].kind == WriteKind.EDIT and by_target["hl7_mdm"].extra["parent_available"] is False
-    assert by_target["athenaone"].kind == WriteKind.CREATE and by_target["athenaone"].parent_external_id is None
+    policy = {"fhir_docref": "replace", "hl7_mdm": "append", "athenaone": "append"}
+    cmds = uc.approved_write_commands(s, draft, approval, targets=targets, stage_preliminary=False,
+                                      correction=policy)
+    again = uc.approved_write_commands(s, draft, approval, targets=targets, stage_preliminary=False,
+                                       correction=policy)
+    # kind and parent are left to the ledger, which decides them once when it records each
+    assert all(c.kind == WriteKind.CREATE and c.parent_key is None for c in cmds)
+    assert {c.target: c.correction_policy for c in cmds} == policy
+    # the same approval computed twice is the same writes
+    assert [c.idempotency_key() for c in cmds] == [c.idempotency_key() for c in again]
+    assert [c.request_hash() for c in cmds] == [c.request_hash() for c in again]
+    # and what the ledger decides (kind, parent) does not change "the same request"
+    decided = cmds[0].model_copy(update={"kind": WriteKind.REPLACE, "parent_key": "k",
+                                         "parent_external_id": "DocumentReference/1",
+                                         "extra": dict(cmds[0].extra, parent_available=True)})
+    assert decided.idempotency_key() == cmds[0].idempotency_key()
+    assert decided.request_hash() == cmds[0].request_hash()
+    # a staged preliminary and the approved note of the same draft are two writes
+    assert uc.correction_kind(ApprovalState.PRELIMINARY, policy="append") == WriteKind.EDIT
     assert uc.correction_kind(ApprovalState.APPROVED, policy="append") == WriteKind.APPEND

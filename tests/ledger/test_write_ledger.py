@@ -191,6 +191,7 @@ def test_killed_claimant_is_reconciled_not_resent(database_url, db, tmp_path, fi
     else:
         # Given a worker killed after claiming but before it sent anything
         ledger = WriteLedger(db, clock, lease_seconds=5)
+        ledger.prepare(make_command())
         ledger._claim(make_command(), owner="dead-worker")
     row = WriteLedger(db, clock).list("org-a")[0]
     assert row.status == WriteStatus.IN_FLIGHT
@@ -209,6 +210,7 @@ def test_killed_claimant_is_reconciled_not_resent(database_url, db, tmp_path, fi
 
 def test_unknowable_outcome_needs_a_person_and_is_never_resent(db, clock, tmp_path):
     ledger = WriteLedger(db, clock, lease_seconds=5)
+    ledger.prepare(make_command())
     ledger._claim(make_command(), owner="dead-worker")
     clock.advance(60)
     ehr = FileEhr(tmp_path / "ehr.jsonl", can_look_up=False)
@@ -230,7 +232,7 @@ def test_every_change_is_audited(db, clock, tmp_path):
     with db.transaction() as tx:
         actions = [e.action for e in audit.entries(tx, "org-a")]
         event = audit.as_fhir_audit_event(audit.entries(tx, "org-a")[-1])
-    assert actions == ["write.claimed", "write.succeeded"]
+    assert actions == ["write.prepared", "write.claimed", "write.succeeded"]
     assert event["resourceType"] == "AuditEvent" and event["outcome"] == "0"
 
 
