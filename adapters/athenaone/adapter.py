@@ -4,6 +4,10 @@ send():      render the form (mapping.py) and POST it once.
 reconcile(): list the patient's clinical documents in that department and look for the
              write id in `internalnote`; athena takes no client idempotency key, so this
              look-up is what keeps a resend after a lost answer from filing a second copy.
+             A list that fails transiently (5xx, 429, timeout) is retried; a list answer
+             that cannot be read (AthenaUnexpectedAnswer) cannot tell whether the note is
+             filed, so it raises OutcomeUnknown and the write waits at
+             needs_reconciliation for a person — never a retry loop, never a resend.
 """
 from __future__ import annotations
 
@@ -11,12 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from chartbridge.core.errors import ChartbridgeError, PermanentError
+from chartbridge.core.errors import ChartbridgeError, OutcomeUnknown, PermanentError
 from chartbridge.core.models import WriteCommand, WriteOutcome
 from chartbridge.core.ports import AdapterCapabilities
 from chartbridge.mappings import section_titles
 
-from .client import AthenaClient, TokenSource, throttle_for
+from .client import AthenaClient, AthenaUnexpectedAnswer, TokenSource, throttle_for
 from .config import AthenaOneConfig
 from .mapping import find_written, render_form, target_of, write_id
 
@@ -62,7 +66,14 @@ class AthenaOneAdapter:
         self._check_org(command)
         target = target_of(command, self.config)
         wid = write_id(command)
-        docs = self.client.list_clinical_documents(target.patient_id, target.department_id)
+        try:
+            docs = self.client.list_clinical_documents(target.patient_id, target.department_id)
+        except AthenaUnexpectedAnswer as exc:
+            raise OutcomeUnknown(
+                f"{exc.message}, so whether athena holds this note cannot be told; it is not "
+                f"resent: look for the write id in the internal note of the patient's "
+                f"clinical documents, then resolve the write", vendor_code=exc.vendor_code
+            ) from None
         found = find_written(docs, wid)
         if found is None:
             return None

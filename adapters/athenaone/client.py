@@ -12,8 +12,10 @@ translation of athena's answers into Chartbridge errors.
   process (a token bucket of depth 1), so a busy site stays under its per-second quota.
 - Errors: 429 -> TransientError(maybe_delivered=False, retry_after); 5xx, timeouts and lost
   answers after the body went out -> TransientError(maybe_delivered=True); 401 twice, 400,
-  403, 404 and other 4xx -> PermanentError keeping athena's `error` text. Nothing logged
-  carries ids, names or note text.
+  403, 404 and other 4xx -> PermanentError keeping athena's `error` text; a 2xx read whose
+  body is not the documented shape (HTML, not JSON, other fields) -> AthenaUnexpectedAnswer,
+  a PermanentError (asking again gets the same answer). Nothing logged carries ids, names
+  or note text.
 """
 from __future__ import annotations
 
@@ -112,6 +114,76 @@ class AthenaAuthError(PermanentError):
     """The token endpoint refused our client credentials or scopes."""
 
     code = "athena_auth"
+
+
+class AthenaUnexpectedAnswer(PermanentError):
+    """athena answered a read with a success status but a body this client cannot read:
+    not JSON (an HTML page from a proxy), or JSON of a shape the API reference does not
+    describe (another wrapper key, entries that are not documents, a document without an
+    id). Asking again gets the same answer, so it is never a TransientError; the adapter
+    decides what it means (reconcile: the outcome is unknown)."""
+
+    code = "athena_unexpected_answer"
+
+
+def _media_type(response: httpx.Response) -> str:
+    """The answer's media type for a message (no parameters, bounded), never the body."""
+    media = response.headers.get("Content-Type", "").split(";")[0].strip()[:60]
+    return media or "no content type"
+
+
+def _document_page(response: httpx.Response) -> tuple[list[dict[str, Any]], int | None, bool]:
+    """(documents, totalcount, has next) of one page of a clinical document list, or
+    AthenaUnexpectedAnswer naming what was wrong with it (never echoing a value)."""
+    what = "athena's clinical document list"
+    try:
+        body = response.json()
+    except ValueError:
+        raise AthenaUnexpectedAnswer(f"{what} was not JSON ({_media_type(response)}, HTTP "
+                                     f"{response.status_code})", status=response.status_code,
+                                     vendor_code="unexpected_answer") from None
+    total: Any = None
+    if isinstance(body, list):                # the single-document answer's shape
+        page, has_next = body, False
+    elif isinstance(body, dict):
+        total, has_next = body.get("totalcount"), "next" in body
+        if "clinicaldocuments" in body:
+            page = body["clinicaldocuments"]
+        elif total in (0, "0"):               # an empty list may omit the array
+            page = []
+        else:
+            raise AthenaUnexpectedAnswer(f"{what} had no clinicaldocuments field",
+                                         status=response.status_code,
+                                         vendor_code="unexpected_answer")
+    else:
+        raise AthenaUnexpectedAnswer(f"{what} was a JSON {type(body).__name__}, not an "
+                                     f"object or a list", status=response.status_code,
+                                     vendor_code="unexpected_answer")
+    if not isinstance(page, list):
+        raise AthenaUnexpectedAnswer(f"{what}'s clinicaldocuments field was a JSON "
+                                     f"{type(page).__name__}, not a list",
+                                     status=response.status_code,
+                                     vendor_code="unexpected_answer")
+    odd = sum(1 for d in page if not isinstance(d, dict))
+    if odd:
+        raise AthenaUnexpectedAnswer(f"{odd} of the {len(page)} entries of {what} were not "
+                                     f"documents (JSON objects)", status=response.status_code,
+                                     vendor_code="unexpected_answer")
+    unnamed = sum(1 for d in page
+                  if d.get("clinicaldocumentid") is None and d.get("documentid") is None)
+    if unnamed:
+        raise AthenaUnexpectedAnswer(f"{unnamed} of the {len(page)} documents in {what} had "
+                                     f"neither clinicaldocumentid nor documentid",
+                                     status=response.status_code,
+                                     vendor_code="unexpected_answer")
+    if total is not None:
+        try:
+            total = int(total)
+        except (TypeError, ValueError):
+            raise AthenaUnexpectedAnswer(f"{what}'s totalcount was not a number",
+                                         status=response.status_code,
+                                         vendor_code="unexpected_answer") from None
+    return page, total, has_next
 
 
 # --------------------------------------------------------------------------- tokens
@@ -268,21 +340,14 @@ class AthenaClient:
                 params["documentsubclass"] = subclass
             response = self._call("GET", f"patients/{patient_id}/documents/clinicaldocument",
                                   what="clinical document list", writes=False, params=params)
-            try:
-                body = response.json()
-                page = body["clinicaldocuments"] if isinstance(body, dict) else body
-                assert isinstance(page, list)
-            except (ValueError, KeyError, TypeError, AssertionError):
-                raise TransientError("athena document list answer was not understood",
-                                     status=response.status_code, maybe_delivered=False) from None
-            docs.extend(d for d in page if isinstance(d, dict))
-            total = body.get("totalcount") if isinstance(body, dict) else None
+            page, total, has_next = _document_page(response)
+            docs.extend(page)
             offset += len(page)
-            if not page or not isinstance(body, dict) or (
-                    "next" not in body and (total is None or offset >= int(total))):
+            if not page or (not has_next and (total is None or offset >= total)):
                 return docs
-        raise TransientError("athena document list is longer than this adapter pages through",
-                             maybe_delivered=False)
+        raise AthenaUnexpectedAnswer(f"athena's clinical document list did not end within "
+                                     f"{max_pages} pages of {page_size}",
+                                     vendor_code="unexpected_answer")
 
     def ping(self) -> bool:
         response = self._call("GET", "ping", what="ping", writes=False)

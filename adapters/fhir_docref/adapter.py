@@ -248,7 +248,9 @@ class FhirDocRefAdapter:
         rendered = self.render(command)
         ident = rendered.identifier
         patient = fhir_id(command.patient_ids, "patient")
-        params = {"patient": patient,
+        # typed references: the spec also allows a bare id, but servers that match
+        # references strictly only find `Patient/<id>`, and every server accepts it
+        params = {"patient": f"Patient/{patient}",
                   "identifier": f"{ident['system']}|{ident['value']}"}
         found = [d for d in self.client.search("DocumentReference", params)
                  if any(i == ident or (isinstance(i, dict) and i.get("system") == ident["system"]
@@ -272,11 +274,11 @@ class FhirDocRefAdapter:
         when = datetime.fromisoformat(doc["date"].replace("Z", "+00:00"))
         window = timedelta(seconds=self.config.reconcile_window_s)
         type_code = doc["type"]["coding"][0]
-        params = {"patient": patient,
+        params = {"patient": f"Patient/{patient}",
                   "type": f"{type_code['system']}|{type_code['code']}",
                   "date": f"ge{(when - window).isoformat()}"}
         if encounter:
-            params["encounter"] = encounter
+            params["encounter"] = f"Encounter/{encounter}"
         want = content_hash(doc["content"][0]["attachment"]["data"])
         hits = []
         for cand in self.client.search("DocumentReference", params):

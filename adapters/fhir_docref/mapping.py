@@ -66,6 +66,19 @@ def identifier_query(ident: dict[str, str]) -> str:
     return urlencode({"identifier": f"{ident['system']}|{ident['value']}"})
 
 
+def write_tag(ident: dict[str, str]) -> dict[str, str]:
+    """The meta.tag that marks a resource without a business identifier (Provenance) as
+    this write's: system = the target's identifier system, code = the idempotency key."""
+    return {"system": ident["system"], "code": ident["value"]}
+
+
+def tag_query(tag: dict[str, str]) -> str:
+    """`_tag=system|code`, form-encoded: the common search parameter on Resource.meta.tag,
+    as a transaction entry's ifNoneExist takes it."""
+    from urllib.parse import urlencode
+    return urlencode({"_tag": f"{tag['system']}|{tag['code']}"})
+
+
 def fhir_id(ids: list[Identifier], what: str, *, required: bool = True) -> str | None:
     found = find_identifier(ids, "FHIR")
     if found is None:
@@ -273,8 +286,11 @@ def render(command: WriteCommand, config: FhirDocRefConfig, *, profile: str,
                            "who": _person(command.user)})
         agents.append({"type": {"coding": [{"system": PARTICIPANT_SYSTEM, "code": "assembler"}]},
                        "who": {"display": f"Chartbridge {__version__}"}})
-        prov = {"resourceType": "Provenance", "target": [{"reference": doc_uuid}],
-                "recorded": _instant(when), "agent": agents}
+        # tagged with the write's key, so a replayed transaction's conditional create
+        # (ifNoneExist _tag=...) matches this Provenance instead of filing a second one
+        prov = {"resourceType": "Provenance", "meta": {"tag": [write_tag(ident)]},
+                "target": [{"reference": doc_uuid}], "recorded": _instant(when),
+                "agent": agents}
         provenance = dump(Provenance, prov)
     return Rendered(document, provenance, ident, doc_uuid, prov_uuid)
 
@@ -316,15 +332,18 @@ def check_r4_codes(resource: dict[str, Any]) -> None:
 def transaction_bundle(rendered: Rendered, *, conditional: bool = True,
                        updates: list[tuple[dict[str, Any], str]] = ()) -> dict[str, Any]:
     """The us-core transaction: the DocumentReference (conditional on our identifier), its
-    Provenance, and any PUTs of earlier documents (with their If-Match)."""
+    Provenance (conditional on the write's tag), and any PUTs of earlier documents (with
+    their If-Match). Sent again, both creates match what the first one filed (200)."""
     doc_req: dict[str, Any] = {"method": "POST", "url": "DocumentReference"}
+    prov_req: dict[str, Any] = {"method": "POST", "url": "Provenance"}
     if conditional:
         doc_req["ifNoneExist"] = identifier_query(rendered.identifier)
+        prov_req["ifNoneExist"] = tag_query(write_tag(rendered.identifier))
     entries: list[dict[str, Any]] = [
         {"fullUrl": rendered.doc_uuid, "resource": rendered.document, "request": doc_req}]
     if rendered.provenance is not None:
         entries.append({"fullUrl": rendered.prov_uuid, "resource": rendered.provenance,
-                        "request": {"method": "POST", "url": "Provenance"}})
+                        "request": prov_req})
     for resource, if_match in updates:
         entries.append({"resource": resource,
                         "request": {"method": "PUT", "url": f"DocumentReference/{resource['id']}",

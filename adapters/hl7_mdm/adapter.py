@@ -7,9 +7,11 @@ ACK discipline (HL7 v2.5.1 ch. 2):
 - AE / CE -> PermanentError with the receiver's MSA-3/ERR text (vendor_code = ERR-3);
 - AR / CR -> PermanentError, unless the receiver says to retry (ERR-7 `retry_after=N`, or
   "retry" in the text) -> TransientError(retry_after=N, maybe_delivered=False);
-- no ACK in `timeout_s`, or the connection broke after sending -> resend the SAME bytes
-  (same MSH-10 and TXA-12) up to `max_resends` times, then OutcomeUnknown (the ledger
-  marks the write needs_reconciliation). A new control id is never made for a write.
+- no ACK in `timeout_s`, or the connection broke after sending (the message may have
+  arrived): with `receiver_dedupes: true` resend the SAME bytes (same MSH-10 and TXA-12)
+  up to `max_resends` times, then OutcomeUnknown; with `receiver_dedupes: false` a second
+  copy could be filed twice, so OutcomeUnknown at once, nothing resent. Either way the
+  ledger marks the write needs_reconciliation. A new control id is never made for a write.
 `reconcile()`: MLLP has no look-up. If the receiver dedupes on MSH-10/TXA-12
 (`receiver_dedupes: true`), resending is safe, so "not known to be there" (None) lets the
 ledger resend the identical message; otherwise OutcomeUnknown (a person checks).
@@ -86,6 +88,17 @@ class Hl7MdmAdapter:
                 continue
             except (AckTimeout, ConnectionLost) as exc:
                 maybe_delivered, last = True, exc
+                if not self.config.receiver_dedupes:
+                    log.warning("mdm: no acknowledgement; the receiver does not dedupe, so "
+                                "nothing is resent", extra={"control_id": rendered.control_id,
+                                                            "attempt": attempt,
+                                                            "reason": type(exc).__name__})
+                    raise OutcomeUnknown(
+                        f"no acknowledgement for MSH-10 ({type(exc).__name__}) and this "
+                        f"receiver does not dedupe on MSH-10/TXA-12, so it is not resent; "
+                        f"check the EHR for the document, then resolve the write",
+                        control_id=rendered.control_id,
+                        document_number=rendered.document_number) from None
                 log.warning("mdm: no acknowledgement; resending the same message",
                             extra={"control_id": rendered.control_id, "attempt": attempt,
                                    "reason": type(exc).__name__})

@@ -15,7 +15,7 @@ It models what Chartbridge's athenaOne adapter touches:
 - one practice per client (a token on another practice's route gets 401 "Incorrect
   permissions."), a per-practice requests-per-second quota (429, with or without Retry-After);
 - fault injection (5xx, 429 storms, slow answers, expired token, success=false, lost
-  response after storing, dropped connection) in process and under ``/_sim/...`` over HTTP.
+  response after storing, dropped connection, an unexpected body) in process and under ``/_sim/...`` over HTTP.
 
 Usage in a test::
 
@@ -71,7 +71,8 @@ DEFAULT_SCOPE = "athena/service/Athenanet.MDP.*"
 TOKEN_RATE_PER_MIN = {"production": 50, "preview": 5}
 
 CALLS = ("token", "upload", "list", "get", "ping", "any")
-FAULT_KINDS = ("status", "slow", "expired_token", "success_false", "lose_response", "drop")
+FAULT_KINDS = ("status", "slow", "expired_token", "success_false", "lose_response", "drop",
+               "unexpected_body")
 
 _API_ROUTE = re.compile(
     r"^/v1/(?P<practiceid>[^/]+)/patients/(?P<patientid>[^/]+)/documents/clinicaldocument"
@@ -123,6 +124,8 @@ class Fault:
     retry_after: float | None = None
     delay_s: float = 0.0
     errormessage: str | None = None
+    body: str | None = None
+    content_type: str = "application/json"
     fired: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -139,7 +142,8 @@ class Faults:
 
     def add(self, call: str = "any", status: int | None = None, times: int | None = 1, *,
             kind: str | None = None, retry_after: float | None = None, delay_s: float = 0.0,
-            errormessage: str | None = None) -> Fault:
+            errormessage: str | None = None, body: str | None = None,
+            content_type: str = "application/json") -> Fault:
         """Queue a fault. ``kind`` defaults to ``status`` when a status is given, else ``slow``
         when only a delay is given. Kinds:
 
@@ -151,6 +155,10 @@ class Faults:
         - ``lose_response``: process and store normally, then answer ``status`` (default 502),
           or drop the connection when ``status`` is 0.
         - ``drop``: close the connection without answering and without processing.
+        - ``unexpected_body``: answer ``status`` (default 200) with ``body`` verbatim as
+          ``content_type`` (an HTML error page, a truncated or differently shaped JSON
+          document: what a proxy or an API change puts in front of a client); nothing is
+          processed.
         """
         if call not in CALLS:
             raise InputError(f"call must be one of {', '.join(CALLS)}", field="call")
@@ -162,13 +170,20 @@ class Faults:
             raise InputError("a status fault needs a 4xx/5xx status", field="status")
         if kind == "lose_response" and status is None:
             status = 502
+        if kind == "unexpected_body":
+            if body is None:
+                raise InputError("an unexpected_body fault needs a body", field="body")
+            status = 200 if status is None else status
+            if not 200 <= int(status) <= 599:
+                raise InputError("an unexpected_body status must be 200..599", field="status")
         if times is not None and int(times) < 1:
             raise InputError("times must be at least 1 (or null for unlimited)", field="times")
         if delay_s < 0 or delay_s > 120:
             raise InputError("delay_s must be between 0 and 120", field="delay_s")
         fault = Fault(call=call, kind=kind, status=None if status is None else int(status),
                       times=None if times is None else int(times),
-                      retry_after=retry_after, delay_s=float(delay_s), errormessage=errormessage)
+                      retry_after=retry_after, delay_s=float(delay_s), errormessage=errormessage,
+                      body=None if body is None else str(body), content_type=str(content_type))
         with self._lock:
             if len(self._queue) >= 1000:
                 raise InputError("too many queued faults (1000)", field="faults")
@@ -659,6 +674,9 @@ class AthenaSimulator:
             return _json({"success": False,
                           "errormessage": fault.errormessage or "The document could not be "
                                                                 "created."})
+        if fault and fault.kind == "unexpected_body":
+            self._log(request, call, practiceid, fault.status, fault, unexpected_body=True)
+            return Response(fault.body, status=fault.status, content_type=fault.content_type)
         if call == "ping":
             response, stored = _json({"pong": "true"}), None
         elif call == "upload":
@@ -890,7 +908,7 @@ class AthenaSimulator:
                 return _json({"cleared": True})
             if method == "POST":
                 allowed = {"call", "status", "times", "kind", "retry_after", "delay_s",
-                           "errormessage"}
+                           "errormessage", "body", "content_type"}
                 unknown = sorted(set(body) - allowed)
                 if unknown:
                     return _json({"error": "unknown fault option", "field": unknown[0]}, 400)

@@ -71,10 +71,20 @@ SCOPE_RE = re.compile(r"^(system|user|patient)/([A-Za-z]+|\*)\.([a-z]+|\*)(\?.*)
 IGNORED_SEARCH_PARAMS = ("_count", "_sort", "_format", "_elements", "_summary", "_total")
 DOCREF_SEARCH_PARAMS = ("_id", "identifier", "patient", "subject", "encounter", "type", "date",
                         "status", "category")
+# common search parameters (search.html "Parameters for all resources") this server supports
+# on every resource type besides _id: _tag, a token on Resource.meta.tag
+COMMON_SEARCH_PARAMS = ("_id", "_tag")
+# reference search parameters -> the types their references may point to (R4 search
+# parameter registry: DocumentReference-patient, clinical-patient, DocumentReference-subject,
+# clinical-encounter)
+REFERENCE_TARGETS = {"patient": ("Patient",),
+                     "subject": ("Patient", "Practitioner", "Group", "Device"),
+                     "encounter": ("Encounter", "EpisodeOfCare")}
+TYPE_NAME_RE = re.compile(r"^[A-Z][A-Za-z]+$")
 FAULT_CALLS = ("*", "token", "metadata", "create", "read", "vread", "search", "update",
                "transaction")
 FAULT_KINDS = ("status", "slow", "lose_response", "expired_token", "forbidden_scope",
-               "not_registered")
+               "not_registered", "stale_search")
 
 
 # ---------------------------------------------------------------- answers and OperationOutcome
@@ -171,6 +181,8 @@ class Faults:
                              f"{', '.join(FAULT_KINDS)}", field="kind")
         if kind == "status" and status is None:
             raise InputError("a status fault needs a status", field="status")
+        if kind == "stale_search" and call != "search":
+            raise InputError("a stale_search fault applies to call=search", field="call")
         if status is not None and (not isinstance(status, int) or not 100 <= status <= 599):
             raise InputError("status must be an HTTP status code", field="status")
         if times is not None and (not isinstance(times, int) or times < 1):
@@ -397,6 +409,7 @@ class FhirSimulator:
                  require_if_match: bool = True, max_resources: int = 10_000,
                  max_calls: int = 2_000, max_jti: int = 100_000,
                  max_body_bytes: int = 10 * 1024 * 1024,
+                 strict_references: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
         if profile not in PROFILES:
             raise InputError("profile must be 'us-core' or 'epic'", field="profile")
@@ -407,6 +420,10 @@ class FhirSimulator:
         self.token_ttl_s = token_ttl_s
         self.require_auth = require_auth
         self.require_if_match = require_if_match
+        # a reference search value must name its type: `patient=Patient/p1` matches,
+        # `patient=p1` finds nothing (servers that match references strictly do this,
+        # although the spec defines the bare [id] form); a plain attribute, set it any time
+        self.strict_references = strict_references
         self.max_resources, self.max_calls, self.max_jti = max_resources, max_calls, max_jti
         self.max_body_bytes = max_body_bytes
         self.clock = clock
@@ -698,6 +715,11 @@ class FhirSimulator:
             record["fault"] = fault.kind
             if fault.delay_s:
                 time.sleep(fault.delay_s)  # the fault IS the delay (server side)
+            if fault.kind == "stale_search":
+                # a search index that lags the writes: nothing written yet is found
+                return self._render(FhirAnswer(200, {
+                    "resourceType": "Bundle", "type": "searchset", "total": 0,
+                    "link": [{"relation": "self", "url": request.url}], "entry": []}))
             early = self._fault_answer(fault, call)
             if early is not None:
                 return early
@@ -804,15 +826,18 @@ class FhirSimulator:
                                      "conditionalCreate": us and rtype in WRITABLE_TYPES,
                                      "conditionalUpdate": False, "conditionalDelete": "not-supported"}
             if params:
-                entry["searchParam"] = [{"name": p, "type": "token"} for p in params]
+                entry["searchParam"] = [
+                    {"name": p, "type": "reference" if p in REFERENCE_TARGETS else
+                     "date" if p == "date" else "token"} for p in params]
             return entry
 
         write = ["create", "read", "vread", "update", "search-type"] if us else ["create", "read",
                                                                                 "search-type"]
-        resources = [res("DocumentReference", write, DOCREF_SEARCH_PARAMS),
+        resources = [res("DocumentReference", write, DOCREF_SEARCH_PARAMS + ("_tag",)),
                      res("Patient", ["read"]), res("Encounter", ["read"])]
         if us:
-            resources += [res("Provenance", ["create", "read", "vread"]),
+            resources += [res("Provenance", ["create", "read", "vread", "search-type"],
+                              COMMON_SEARCH_PARAMS),
                           res("Binary", ["create", "read", "vread"])]
         return {
             "resourceType": "CapabilityStatement", "status": "active",
@@ -1391,18 +1416,27 @@ class FhirSimulator:
 
     def _search(self, rtype: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """Current versions matching every parameter (AND); comma-separated values are OR."""
-        allowed = DOCREF_SEARCH_PARAMS if rtype == "DocumentReference" else ("_id", "identifier")
+        allowed = (DOCREF_SEARCH_PARAMS if rtype == "DocumentReference" else ("identifier",)
+                   ) + COMMON_SEARCH_PARAMS
         tests: list[Callable[[dict[str, Any]], bool]] = []
         for name, raw in params:
             if name in IGNORED_SEARCH_PARAMS:
                 continue
-            base_name = name.split(":")[0]
-            if base_name not in allowed or ":" in name:
+            base_name, _, modifier = name.partition(":")
+            # the only modifier supported is a reference's [type] (`subject:Patient=23`)
+            if base_name not in allowed or (modifier and not (
+                    base_name in REFERENCE_TARGETS and TYPE_NAME_RE.match(modifier))):
                 raise fail(400, "not-supported", "unknown or unsupported search parameter",
+                           name)
+            if modifier and modifier not in REFERENCE_TARGETS[base_name]:
+                raise fail(400, "invalid", "the type modifier is not a target of this parameter",
                            name)
             if raw == "":
                 raise fail(400, "invalid", "empty search parameter value", name)
-            tests.append(self._search_test(base_name, raw))
+            if base_name in REFERENCE_TARGETS:
+                tests.append(self._reference_test(base_name, raw, modifier or None))
+            else:
+                tests.append(self._search_test(base_name, raw))
         out = []
         for versions in self._store.get(rtype, {}).values():
             res = versions[-1]
@@ -1417,26 +1451,14 @@ class FhirSimulator:
         def any_of(pred: Callable[[dict[str, Any], str], bool]) -> Callable[[dict[str, Any]], bool]:
             return lambda res: any(pred(res, val) for val in values)
 
-        def ref_is(target_type: str) -> Callable[[Any, str], bool]:
-            def pred(ref_value: Any, val: str) -> bool:
-                want = val if "/" in val else f"{target_type}/{val}"
-                got = self._ref(ref_value)
-                return got is not None and f"{got[0]}/{got[1]}" == want
-            return pred
-
         if name == "_id":
             return any_of(lambda r, val: r.get("id") == val)
+        if name == "_tag":
+            return any_of(lambda r, val: _token_match(
+                [t for t in ((r.get("meta") or {}).get("tag") or []) if isinstance(t, dict)], val))
         if name == "identifier":
             return any_of(lambda r, val: _token_match(
                 [i for i in r.get("identifier", []) if isinstance(i, dict)], val))
-        if name in ("patient", "subject"):
-            pred = ref_is("Patient")
-            return any_of(lambda r, val: pred((r.get("subject") or {}).get("reference"), val))
-        if name == "encounter":
-            pred = ref_is("Encounter")
-            return any_of(lambda r, val: any(
-                pred(e.get("reference"), val) for e in ((r.get("context") or {}).get("encounter") or [])
-                if isinstance(e, dict)))
         if name == "type":
             return any_of(lambda r, val: _token_match((r.get("type") or {}).get("coding", []), val))
         if name == "category":
@@ -1459,6 +1481,49 @@ class FhirSimulator:
                         "lt": t < lo, "le": t < hi}[prefix]
             return date_test
         raise fail(400, "not-supported", "unsupported search parameter", name)
+
+    def _reference_test(self, name: str, raw: str, type_modifier: str | None
+                        ) -> Callable[[dict[str, Any]], bool]:
+        """A reference parameter (search.html#reference). Each comma-separated value is
+        `[id]` (a local reference to any of the parameter's target types with that id; with
+        `strict_references` it matches nothing), `[type]/[id]` (a local reference of that
+        type), or `[url]` (an absolute URL: one of this server's own resources is the local
+        reference; any other URL matches a reference written exactly so). `name:[type]=[id]`
+        is the same as `name=[type]/[id]`."""
+        targets = REFERENCE_TARGETS[name]
+
+        def wanted(val: str) -> Callable[[str], bool]:
+            if type_modifier:
+                if "/" in val:
+                    raise fail(400, "invalid", "with a [type] modifier the value is an id", name)
+                val = f"{type_modifier}/{val}"
+            if "://" in val:
+                local = self._ref(val)   # own base stripped; None for another server's URL
+                if local is None:
+                    return lambda stored: stored == val
+                val = f"{local[0]}/{local[1]}"
+            parts = val.split("/")
+            if len(parts) == 1:
+                if self.strict_references:
+                    return lambda stored: False
+                return lambda stored: (self._ref(stored) or ("", ""))[1] == val and (
+                    self._ref(stored) or ("", ""))[0] in targets
+            if len(parts) == 2 and TYPE_NAME_RE.match(parts[0]):
+                want = (parts[0], parts[1])
+                return lambda stored: self._ref(stored) == want
+            return lambda stored: False
+
+        wants = [wanted(v) for v in raw.split(",")]
+
+        def references(res: dict[str, Any]) -> list[str]:
+            if name == "encounter":
+                found = [e.get("reference") for e in
+                         ((res.get("context") or {}).get("encounter") or []) if isinstance(e, dict)]
+            else:
+                found = [(res.get("subject") or {}).get("reference")]
+            return [r for r in found if isinstance(r, str)]
+
+        return lambda res: any(w(ref) for ref in references(res) for w in wants)
 
     # ------------------------------------------------------------ transaction (us-core)
     def _transaction(self, request: Request, token: _Token | None) -> Response:
