@@ -230,7 +230,10 @@ class Sweeper:
         writes = e.ledger.due()
         for org_id, key in writes:
             self.jobs.enqueue("execute_write", org_id, key)
-        return {"chunks": len(chunks), "versions": len(versions), "writes": len(writes)}
+        # expired rows of every kind: cached tokens, page sessions, seen JWT ids
+        purged = e.services.token_cache.purge_expired() + e.services.replay_guard.purge_expired()
+        return {"chunks": len(chunks), "versions": len(versions), "writes": len(writes),
+                "purged": purged}
 
     def start(self, interval_s: float = 15.0) -> None:
         def loop():

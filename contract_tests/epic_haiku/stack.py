@@ -102,9 +102,10 @@ class EpicStack:
         self.rt = runtime.start(self.engine, broker_url=self.broker_url, in_process_worker=True,
                                 sweep_interval_s=self.sweep_interval_s, queue=self.queue)
         from waitress.server import create_server
-        self._server = create_server(create_app(self.engine, jobs=self.rt.jobs),
-                                     host="127.0.0.1", port=0, threads=8)
+        app = create_app(self.engine, jobs=self.rt.jobs)
+        self._server = create_server(app, host="127.0.0.1", port=0, threads=8)
         self.engine_url = f"http://127.0.0.1:{self._server.effective_port}"
+        app.config["CHARTBRIDGE_PUBLIC_URL"] = self.engine_url
         self._thread = threading.Thread(target=self._server.run, name="engine-http", daemon=True)
         self._thread.start()
         self.sim.engine_url = self.engine_url
