@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -67,6 +68,10 @@ def token_sealer(environ=None) -> MultiFernet:
     with _process_lock:
         if _process_key is None:
             _process_key = Fernet.generate_key()
+            logging.getLogger("chartbridge.tokens").warning(
+                "no CHARTBRIDGE_TOKEN_KEYS or CHARTBRIDGE_SECRET_KEY: cached tokens are sealed "
+                "with a key of this process only (set one when several processes share the "
+                "database, or each refetches its tokens)")
     return MultiFernet([Fernet(_process_key)])
 
 

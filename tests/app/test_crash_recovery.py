@@ -21,23 +21,12 @@ from chartbridge import recovery
 from chartbridge.core.models import VersionState, WriteStatus
 from contract_tests.epic_haiku.simulator import synth_wav
 from contract_tests.epic_haiku.stack import ORG, EpicStack
+from contract_tests.epic_haiku.test_contract import redis_url
 
 REPO = Path(__file__).resolve().parents[2]
 AUDIO = synth_wav(25)               # three chunks of 10 s
 WITHIN_S = 15.0
 RESULTS: dict[str, float] = {}
-
-
-def redis_url() -> str:
-    import redis
-    url = "redis://127.0.0.1:6379/13"
-    try:
-        redis.Redis.from_url(url).ping()
-    except redis.exceptions.ConnectionError as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            raise
-        pytest.skip(f"No connection to Redis: {exc}")
-    return url
 
 
 def wait_until(predicate, timeout: float, what: str) -> float:

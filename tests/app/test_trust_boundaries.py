@@ -185,3 +185,14 @@ def test_smart_launch_keeps_the_clinicians_token_sealed(hostile):
         stored = [r for (r,) in tx.execute(text("SELECT token FROM access_tokens"))]
     assert stored and all(s.startswith("gAAAA") for s in stored)      # Fernet tokens only
     assert all("access_token" not in s and "phase" not in s for s in stored)
+
+
+def test_serve_public_url_defaults_to_the_bind_address_and_refuses_junk():
+    import click
+    import pytest
+
+    from chartbridge.cli.serve import _public_url
+    assert _public_url(None, "0.0.0.0", 8080) == "http://127.0.0.1:8080"
+    assert _public_url("https://cb.example.org/", "0.0.0.0", 8080) == "https://cb.example.org"
+    with pytest.raises(click.BadParameter):
+        _public_url("evil.example", "127.0.0.1", 8080)
