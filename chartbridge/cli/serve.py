@@ -34,7 +34,10 @@ def serve(host: str, port: int, threads: int, worker_threads: int, public_url: s
     engine = bootstrap()
     rt = runtime.start(engine, worker_threads=worker_threads)
     app = create_app(engine, jobs=rt.jobs, trusted_proxies=trusted_proxies)
-    server = create_server(app, host=host, port=port, threads=threads)
+    from chartbridge.web import MAX_BODY_BYTES
+    server = create_server(app, host=host, port=port, threads=threads,
+                           max_request_header_size=64 * 1024,     # waitress's default: 256 KB
+                           max_request_body_size=MAX_BODY_BYTES)
     app.config["CHARTBRIDGE_PUBLIC_URL"] = _public_url(public_url, host,
                                                        server.effective_port)
     click.echo(f"chartbridge serving on http://{host}:{server.effective_port} "
