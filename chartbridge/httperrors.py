@@ -6,7 +6,7 @@ Surfaces register a renderer for their paths (`register_error_shape`): Epic's ro
 `{"Error","Detail"}`, the pages answer an HTML page, everything else the API's
 `{"error","detail"}`. The status is chosen here, once:
 
-- ChartbridgeError: its own 4xx; TransientError / Unavailable -> 503 with Retry-After;
+- ChartbridgeError: its own 4xx; TransientError (or any 503 error) -> 503 with Retry-After;
 - werkzeug's HTTPException (404, 405, 413 ...): its code;
 - the database unreachable (SQLAlchemy OperationalError, InterfaceError, pool timeout) ->
   503 with Retry-After: nothing was stored, the caller should deliver again;

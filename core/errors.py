@@ -57,15 +57,6 @@ class TooLarge(InputError):
     http_status = 413
 
 
-class Unavailable(ChartbridgeError):
-    """Our own dependency (the database) cannot be reached: answered 503 with Retry-After,
-    so the caller delivers again later. Nothing was stored."""
-
-    code = "unavailable"
-    http_status = 503
-    retry_after_s = 5
-
-
 class NotFound(ChartbridgeError):
     code = "not_found"
     http_status = 404
