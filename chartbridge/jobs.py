@@ -232,19 +232,25 @@ def _drafting_settings(org) -> dict:
 class Sweeper:
     """Finds work the database says is unfinished and enqueues it again."""
 
-    def __init__(self, jobs: Jobs, *, stale_after_s: float = 60.0) -> None:
+    def __init__(self, jobs: Jobs, *, stale_after_s: float = 60.0, leases=None) -> None:
         self.jobs, self.stale_after = jobs, timedelta(seconds=stale_after_s)
+        self.leases = leases            # ledger.leases.JobLeases: jobs a live worker holds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sweep_once(self) -> dict:
         e = self.jobs.engine
         cutoff = e.clock.now() - self.stale_after
-        chunks = e.store.pending_chunks(older_than=cutoff)
+        from chartbridge.ledger.leases import job_key
+        from chartbridge.recovery import busy_jobs
+        busy = busy_jobs(self.leases)
+        chunks = [c for c in e.store.pending_chunks(older_than=cutoff)
+                  if job_key("process_chunk", *c) not in busy]
         for org_id, session_id, recording_id, seq in chunks:
             e.store.touch_chunk(org_id, session_id, recording_id, seq)
             self.jobs.enqueue("process_chunk", org_id, session_id, recording_id, seq)
-        versions = e.store.stuck_versions(older_than=cutoff)
+        versions = [v for v in e.store.stuck_versions(older_than=cutoff)
+                    if job_key("finish_version", *v) not in busy]
         for org_id, session_id, recording_id, version in versions:
             self.jobs.enqueue("finish_version", org_id, session_id, recording_id, version)
         for org_id, session_id, recording_id in e.store.waiting_versions(older_than=cutoff):
@@ -256,7 +262,11 @@ class Sweeper:
         writes = e.ledger.due()
         for org_id, key in writes:
             self.jobs.enqueue("execute_write", org_id, key)
-        return {"chunks": len(chunks), "versions": len(versions), "writes": len(writes)}
+        # expired rows of every kind: cached tokens, page sessions, seen JWT ids
+        purged = e.services.token_cache.purge_expired() + e.services.replay_guard.purge_expired()
+        purged += self.leases.purge_expired() if self.leases is not None else 0
+        return {"chunks": len(chunks), "versions": len(versions), "writes": len(writes),
+                "purged": purged}
 
     def start(self, interval_s: float = 15.0) -> None:
         def loop():

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
+from chartbridge import recovery
 from chartbridge.bootstrap import Engine
 from chartbridge.jobs import Jobs, Sweeper, make_broker
+from chartbridge.ledger.leases import JobLeases
 
 log = logging.getLogger("chartbridge")
 
@@ -45,9 +48,14 @@ class Runtime:
 
 
 def start(engine: Engine, *, broker_url: str | None = None, in_process_worker: bool | None = None,
-          worker_threads: int = 2, sweep_interval_s: float = 15.0,
-          sweeper_stale_s: float = 60.0, queue: str = "chartbridge") -> Runtime:
+          worker_threads: int = 2, sweep_interval_s: float = recovery.SWEEP_INTERVAL_S,
+          sweeper_stale_s: float = recovery.STALE_S, queue: str = "chartbridge") -> Runtime:
     broker = make_broker(broker_url)
+    recovery.tune_broker(broker)
+    # Short leases, renewed by the heartbeat of the process doing the work (recovery.py).
+    engine.ledger.lease = timedelta(seconds=recovery.LEASE_S)
+    leases = JobLeases(engine.db, engine.clock, lease_s=recovery.LEASE_S)
+    broker.add_middleware(recovery.JobLeaseMiddleware(leases, engine.ledger.lease))
     jobs = Jobs(engine, broker, queue=queue)
     if in_process_worker is None:
         in_process_worker = isinstance(broker, StubBroker)
@@ -55,6 +63,6 @@ def start(engine: Engine, *, broker_url: str | None = None, in_process_worker: b
     if in_process_worker:
         worker = Worker(broker, worker_threads=worker_threads, worker_timeout=100)
         worker.start()
-    sweeper = Sweeper(jobs, stale_after_s=sweeper_stale_s)
+    sweeper = Sweeper(jobs, stale_after_s=sweeper_stale_s, leases=leases)
     sweeper.start(sweep_interval_s)
     return Runtime(engine, jobs, worker, sweeper)

@@ -3,22 +3,34 @@ status chosen from the error hierarchy; a traceback never reaches a client."""
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
 
+from chartbridge import httperrors
 from chartbridge.bootstrap import Engine
-from chartbridge.core.errors import ChartbridgeError
 
 log = logging.getLogger("chartbridge.web")
 
+MAX_BODY_BYTES = 2 * 1024 * 1024     # any request; each surface has its own, smaller limits
 
-def create_app(engine: Engine, *, jobs=None) -> Flask:
+
+def create_app(engine: Engine, *, jobs=None, public_url: str | None = None,
+               trusted_proxies: int | None = None) -> Flask:
     app = Flask("chartbridge")
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.secret_key = _secret_key()
     app.extensions["chartbridge"] = engine
     app.extensions["chartbridge.jobs"] = jobs
+    # -- hardening (issue 20): public URL and proxies -------------------------------------
+    app.config["CHARTBRIDGE_PUBLIC_URL"] = (public_url
+                                            or os.environ.get("CHARTBRIDGE_PUBLIC_URL") or None)
+    proxies = trusted_proxies if trusted_proxies is not None else int(
+        os.environ.get("CHARTBRIDGE_TRUSTED_PROXIES", "0") or 0)
+    if proxies > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies,
+                                x_host=proxies, x_port=proxies, x_prefix=proxies)
 
     @app.get("/healthz")
     def healthz():
@@ -33,21 +45,13 @@ def create_app(engine: Engine, *, jobs=None) -> Flask:
             return jsonify(status="unavailable", database="unreachable"), 503
         return jsonify(status="ready", database=engine.db.engine.dialect.name)
 
-    @app.errorhandler(ChartbridgeError)
-    def _domain_error(exc: ChartbridgeError):
-        status = exc.http_status if 400 <= exc.http_status < 600 else 500
-        return jsonify(exc.as_dict()), status
+    def api_error(answer: httperrors.Answer):
+        resp = jsonify({"error": answer.code, "detail": answer.detail, **answer.fields})
+        resp.status_code = answer.status
+        resp.headers.update(answer.headers)
+        return resp
 
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        return jsonify(error=exc.name.lower().replace(" ", "_"), detail=exc.description), exc.code
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        log.exception("unexpected error", exc_info=exc)
-        return jsonify(error="internal_error",
-                       detail="the engine hit an unexpected error; nothing stored was lost"), 500
-
+    httperrors.install(app, api_error)
     _register_adapter_endpoints(app, engine, jobs)
     return app
 

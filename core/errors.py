@@ -3,6 +3,7 @@ the web app, CLI and worker translate these into answers, exit codes and retry d
 
     ChartbridgeError
     ├── InputError            bad input: names the field (HTTP 400 / CLI exit 1)
+    │   └── TooLarge          over a documented size/count limit (HTTP 413)
     ├── NotFound              unknown org, session, draft (HTTP 404)
     ├── StateConflict         contradicts stored state (HTTP 409)
     ├── ConfigError           bad org config: file, key path, line
@@ -46,6 +47,14 @@ class InputError(ChartbridgeError):
     def __init__(self, message: str, *, field: str | None = None, **fields: Any) -> None:
         super().__init__(message, field=field, **fields)
         self.field = field
+
+
+class TooLarge(InputError):
+    """Over a size or count limit (body bytes, identifiers, nesting): names the field and
+    the limit, never the value."""
+
+    code = "too_large"
+    http_status = 413
 
 
 class NotFound(ChartbridgeError):

@@ -28,6 +28,9 @@ def _normalise(url: str) -> str:
 
 def make_engine(url: str | None = None, **kwargs) -> Engine:
     url = _normalise(database_url(url))
+    # An error's message never carries bound parameters (note text, identifiers): they
+    # would reach a log or a traceback. See chartbridge/logs.py.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         return _sqlite_engine(url, **kwargs)
     kwargs.setdefault("pool_pre_ping", True)

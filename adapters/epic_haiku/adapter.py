@@ -153,7 +153,7 @@ def build(org_config: Any, target_config: EpicHaikuConfig, services: Services) -
     verifier = InboundVerifier(org_id=org_id, issuer=cfg.inbound.issuer,
                                replay_guard=services.replay_guard, clock=services.clock,
                                jwks_url=cfg.inbound.jwks_url, jwks_file=cfg.inbound.jwks_file,
-                               http=http)
+                               http=http, max_token_bytes=cfg.limits.max_token_bytes)
     section_id, section_code = _section_mapping(org_config)
     return EpicHaikuAdapter(org_id=org_id, config=cfg, tokens=tokens, http=http,
                             clock=services.clock, verifier=verifier, section_id=section_id,

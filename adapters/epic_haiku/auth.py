@@ -36,6 +36,9 @@ MAX_LIFETIME_S = 300          # `exp` at most 5 minutes ahead
 DEFAULT_SKEW_S = 30           # clock skew tolerated on exp/iat
 JWKS_TTL_S = 3600             # a fetched JWKS is trusted this long
 MIN_REFETCH_S = 30            # an unknown kid refetches at most this often (no fetch storms)
+MAX_TOKEN_BYTES = 8 * 1024    # a bearer JWT larger than this is refused unread
+MAX_HEADER_BYTES = 1024       # its JOSE header segment (base64), before any decoding
+MAX_JTI_CHARS = 200           # the replay table's column
 
 
 class Unauthorized(InputError):
@@ -60,14 +63,21 @@ class KeysUnavailable(TransientError):
         super().__init__(message, maybe_delivered=False)
 
 
-def _segment(token: str, index: int) -> dict[str, Any]:
+def _segment(token: str, index: int, *, max_bytes: int | None = None) -> dict[str, Any]:
+    """One JOSE segment as a flat JSON object. Size is checked before decoding, and the
+    value must be an object of plain values (a header never nests): a hostile `[[[[...`
+    is refused without recursion."""
     try:
         part = token.split(".")[index]
+        if max_bytes is not None and len(part) > max_bytes:
+            raise Unauthorized("bearer token header is too large", check="format")
         value = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    except (IndexError, ValueError, binascii.Error, UnicodeDecodeError):
+    except (IndexError, ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise Unauthorized("bearer token is not a JWT", check="format") from None
     if not isinstance(value, dict):
         raise Unauthorized("bearer token is not a JWT", check="format")
+    if any(isinstance(v, (dict, list)) and k not in ("jwk", "crit", "x5c") for k, v in value.items()):
+        raise Unauthorized("bearer token header is not a flat JOSE header", check="format")
     return value
 
 
@@ -84,7 +94,7 @@ class InboundVerifier:
     def __init__(self, *, org_id: str, issuer: str, replay_guard: ReplayGuard, clock: Clock,
                  jwks_url: str | None = None, jwks_file: Path | str | None = None,
                  http: httpx.Client | None = None, skew_s: float = DEFAULT_SKEW_S,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, max_token_bytes: int = MAX_TOKEN_BYTES) -> None:
         if (jwks_url is None) == (jwks_file is None):
             raise ValueError("give exactly one of jwks_url or jwks_file")
         if jwks_url is not None and http is None:
@@ -94,6 +104,7 @@ class InboundVerifier:
         self.jwks_url = jwks_url
         self.jwks_file = Path(jwks_file) if jwks_file is not None else None
         self.http, self.skew, self.timeout = http, float(skew_s), timeout_s
+        self.max_token_bytes = max_token_bytes
         self._lock = threading.Lock()
         self._keys: KeySet | None = None
         self._loaded_at: datetime | None = None
@@ -159,13 +170,15 @@ class InboundVerifier:
     def verify(self, authorization: str | None, url: str) -> dict[str, Any]:
         """The verified claims of the bearer token in `authorization` for a call to `url`.
         Raises Unauthorized (-> 401) naming the failed check, KeysUnavailable (-> 503)."""
+        if authorization is not None and len(authorization) > self.max_token_bytes:
+            raise Unauthorized("bearer token is too large", check="format")
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("a bearer token is required", check="missing")
         if token.count(".") != 2:
             raise Unauthorized("bearer token is not a JWT", check="format")
-        header = _segment(token, 0)
+        header = _segment(token, 0, max_bytes=MAX_HEADER_BYTES)
         alg = header.get("alg")
         if alg not in ALLOWED_ALGS:
             raise Unauthorized("token algorithm not allowed (RS384 or ES384 only)", check="alg")
@@ -174,7 +187,7 @@ class InboundVerifier:
             claims = jwt.decode(token, key, algorithms=[alg]).claims
         except JoseError:
             raise Unauthorized("token signature does not verify", check="signature") from None
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             raise Unauthorized("token signature does not verify", check="signature") from None
         self._check_claims(claims, url)
         return claims
@@ -201,6 +214,8 @@ class InboundVerifier:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti.strip():
             raise Unauthorized("token has no jti", check="jti")
+        if len(jti) > MAX_JTI_CHARS or "\x00" in jti:       # seen_tokens.jti is String(200)
+            raise Unauthorized("token jti is not a usable id", check="jti")
         # remembered until it could no longer pass the exp check anyway
         keep_until = datetime.fromtimestamp(exp + self.skew, tz=timezone.utc)
         if not self.replay_guard.first_use(self.org_id, jti, keep_until):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from chartbridge.config.types import FileRef, Id, Name, SecretRef, Settings, TimeoutS, Url
 
@@ -20,6 +20,17 @@ class EpicInbound(Settings):
         if (self.jwks_url is None) == (self.jwks_file is None):
             raise ValueError("give exactly one of jwks_url or jwks_file")
         return self
+
+
+class EpicLimits(Settings):
+    """How much one inbound Epic call may carry (`targets.epic_haiku.limits`). Past a limit
+    the call is answered 413 naming the field; the defaults fit every documented event."""
+
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    max_depth: int = Field(8, ge=4, le=32)              # JSON nesting levels
+    max_identifiers: int = Field(20, ge=1, le=200)      # PatientIDs / EncounterIDs entries
+    max_sections: int = Field(50, ge=1, le=200)         # AllowedNoteSections / Sections
+    max_token_bytes: int = Field(8 * 1024, ge=1024, le=64 * 1024)   # the bearer JWT
 
 
 class EpicHaikuConfig(Settings):
@@ -40,3 +51,5 @@ class EpicHaikuConfig(Settings):
     # the embedded Haiku page (SMART EHR launch)
     fhir_base: Url | None = None       # expected `iss` of the launch; discovered when absent
     launch_client_id: Id | None = None  # the web view's SMART client id
+    # -- hardening (issue 20): inbound size limits ------------------------------------------
+    limits: EpicLimits = EpicLimits()

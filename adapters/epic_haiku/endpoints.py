@@ -14,7 +14,8 @@ import logging
 from flask import Blueprint, jsonify, request
 
 from chartbridge.core import usecases as uc
-from chartbridge.core.errors import ChartbridgeError, NotFound, TransientError
+from chartbridge.core.errors import NotFound, TooLarge
+from chartbridge.httperrors import public_url, register_error_shape
 from chartbridge.core.models import RecordingStatus, SessionSource
 
 from . import schemas
@@ -78,21 +79,32 @@ def make_blueprint(engine, jobs) -> Blueprint:
 
     @bp.post("/orgs/<org>/epic/ambient/<event>")
     def receive(org: str, event: str):
-        try:
-            handler = handlers.get(event)
-            if handler is None:
-                raise NotFound("unknown Ambient event")
-            adapter = engine.adapter(org, "epic_haiku")           # unknown org -> 404
-            adapter.verify_inbound(request.headers.get("Authorization"), request.url)
-            raw_bytes = request.get_data(cache=False)
-            body = schemas.parse_event(event, raw_bytes)
-            handler(org, adapter, body, json.loads(raw_bytes))
-        except ChartbridgeError as exc:
-            status = exc.http_status if 400 <= exc.http_status < 500 else (
-                503 if isinstance(exc, TransientError) else 500)
-            log.info("epic event refused", extra={"event": event, "http_status": status,
-                                                  "error_class": type(exc).__name__})
-            return jsonify(schemas.error_body(exc.code, exc.message)), status
+        # Order matters: path ids (checked by the app before any view), then the event
+        # name, the org, the token's size and signature, the body's size, and only then
+        # the body; nothing touches the database before the token verified.
+        handler = handlers.get(event)
+        if handler is None:
+            raise NotFound("unknown Ambient event")
+        adapter = engine.adapter(org, "epic_haiku")           # unknown org -> 404
+        limits = adapter.config.limits
+        adapter.verify_inbound(request.headers.get("Authorization"), public_url(request.path))
+        if (request.content_length or 0) > limits.max_body_bytes:
+            raise TooLarge(f"the body is larger than {limits.max_body_bytes} bytes",
+                           field="body", limit=limits.max_body_bytes)
+        raw_bytes = request.stream.read(limits.max_body_bytes + 1)
+        body = schemas.parse_event(event, raw_bytes, limits)
+        handler(org, adapter, body, json.loads(raw_bytes))
         return jsonify(schemas.ACCEPTED), 200
 
+    def epic_error(answer):
+        log.info("epic event refused", extra={"event": (request.view_args or {}).get("event"),
+                                              "http_status": answer.status,
+                                              "error_class": answer.code})
+        resp = jsonify(schemas.error_body(answer.code, answer.detail))
+        resp.status_code = answer.status
+        resp.headers.update(answer.headers)
+        return resp
+
+    # Every answer on Epic's routes is in Epic's error shape, whatever failed.
+    register_error_shape(bp, epic_error, paths=r"/orgs/[^/]*/epic/ambient/")
     return bp

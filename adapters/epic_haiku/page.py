@@ -12,6 +12,11 @@ Nothing critical lives in the page: every view is rendered from the engine's sto
 same fragment for progressive updates. The user's SMART token stays in the server-side page
 session (an httpOnly SameSite cookie holds only a random id) and is never used for the
 engine's own calls to Epic, which use the backend client's token.
+
+An anonymous launch writes nothing and calls out at most once per discovery TTL: the launch
+state (state, PKCE verifier) travels in a sealed cookie, the SMART discovery document is
+cached per `iss`, and the page session row is written only after the code exchange
+succeeded. The redirect_uri is built from the engine's public URL, never the Host header.
 """
 from __future__ import annotations
 
@@ -26,13 +31,15 @@ from flask import (Blueprint, jsonify, make_response, redirect, render_template,
 from chartbridge.core.errors import ChartbridgeError, InputError, NotFound
 from chartbridge.core.models import (SECTION_CODES, ChunkState, RecordingStatus, SessionSource,
                                      VersionState, WriteStatus, find_identifier)
-from chartbridge.review.websession import PageSessions, security_headers
+from chartbridge.httperrors import external_url_for, register_error_shape
+from chartbridge.review.websession import PageSessions, SealedCookie, security_headers
 
 log = logging.getLogger("chartbridge.epic.page")
 
 TARGET = "epic_haiku"
 SCOPE = "launch openid fhirUser"
 LAUNCH_TTL_S = 600
+DISCOVERY_TTL_S = 300        # a discovered SMART configuration is reused this long
 
 
 class LaunchRefused(ChartbridgeError):
@@ -43,6 +50,8 @@ class LaunchRefused(ChartbridgeError):
 def make_blueprint(engine, jobs) -> Blueprint:
     bp = Blueprint("epic_haiku_page", __name__, template_folder="templates")
     pages = PageSessions(engine, kind="haiku")
+    launches = SealedCookie("cb_haiku_launch", lifetime_s=LAUNCH_TTL_S)
+    discovered: dict[str, tuple[float, dict]] = {}
 
     def cookie_path(org: str) -> str:
         return f"/orgs/{org}/epic/haiku"
@@ -56,9 +65,13 @@ def make_blueprint(engine, jobs) -> Blueprint:
         resp = make_response(render_template(template, nonce=nonce, **ctx), status)
         return security_headers(resp, nonce)
 
-    def refuse(org: str, message: str, *, reason: str, session=None, status: int = 403):
-        engine.store.record_audit(org, "haiku_page.refused", session=session, actor="smart-launch",
-                                  outcome="failure", reason=reason)
+    def refuse(org: str, message: str, *, reason: str, session=None, status: int = 403,
+               audited: bool = True):
+        # Refusals before any check that costs the caller (an untrusted iss, a denied
+        # authorization) are logged, not audited: an anonymous request writes nothing.
+        if audited:
+            engine.store.record_audit(org, "haiku_page.refused", session=session,
+                                      actor="smart-launch", outcome="failure", reason=reason)
         log.info("haiku page refused", extra={"reason": reason})
         return render("epic_haiku/refused.html", status, message=message, org=org)
 
@@ -77,14 +90,14 @@ def make_blueprint(engine, jobs) -> Blueprint:
             if not _trusted_iss(args["iss"], epic):
                 return refuse(org, "This page was opened from a server this organization does "
                                    "not trust. Open it again from Haiku.", reason="iss_untrusted",
-                              status=400)
-            smart = _discover(engine, args["iss"])
+                              status=400, audited=False)
+            smart = discover(args["iss"])
             from authlib.integrations.httpx_client import OAuth2Client
             from authlib.common.security import generate_token
 
             verifier = generate_token(64)
             client = OAuth2Client(client_id=epic.launch_client_id, scope=SCOPE,
-                                  redirect_uri=url_for(".callback", org=org, _external=True),
+                                  redirect_uri=external_url_for(".callback", org=org),
                                   code_challenge_method="S256",
                                   token_endpoint_auth_method="none")
             url, state = client.create_authorization_url(
@@ -94,19 +107,30 @@ def make_blueprint(engine, jobs) -> Blueprint:
         except ChartbridgeError as exc:
             return _error_page(render, exc)
         resp = redirect(url, code=302)
-        pages.save(org, {"phase": "launching", "state": state, "verifier": verifier,
-                         "external_session": args["session"], "iss": args["iss"],
-                         "token_endpoint": smart["token_endpoint"],
-                         "started": engine.clock.now().timestamp()},
-                   resp, path=cookie_path(org), new_id=True)
+        launches.save({"org": org, "state": state, "verifier": verifier,
+                       "external_session": args["session"], "iss": args["iss"],
+                       "token_endpoint": smart["token_endpoint"],
+                       "started": engine.clock.now().timestamp()},
+                      resp, path=cookie_path(org))
         return resp
+
+    def discover(iss: str) -> dict:
+        now = engine.clock.now().timestamp()
+        hit = discovered.get(iss)
+        if hit is not None and now - hit[0] < DISCOVERY_TTL_S:
+            return hit[1]
+        doc = _discover(engine, iss)
+        if len(discovered) > 64:
+            discovered.clear()
+        discovered[iss] = (now, doc)
+        return doc
 
     @bp.get("/orgs/<org>/epic/haiku/callback")
     def callback(org: str):
         try:
             epic = settings(org)
-            pending = pages.load(org)
-            if not pending or pending.get("phase") != "launching":
+            pending = launches.load()
+            if not pending or pending.get("org") != org:
                 raise InputError("this sign-in link is not from a launch in this browser; "
                                  "open the page again from Haiku", field="state")
             if engine.clock.now().timestamp() - pending.get("started", 0) > LAUNCH_TTL_S:
@@ -116,7 +140,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
                 raise InputError("the sign-in answer does not belong to this launch", field="state")
             if request.args.get("error"):
                 return refuse(org, "Epic did not authorize this page. Open it again from Haiku.",
-                              reason="authorization_denied")
+                              reason="authorization_denied", audited=False)
             code = request.args.get("code", "")
             if not code:
                 raise InputError("the sign-in answer has no authorization code", field="code")
@@ -149,6 +173,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
                                    "scope": token.get("scope"),
                                    "expires_in": token.get("expires_in")}},
                    resp, path=cookie_path(org), new_id=True)
+        launches.clear(resp, path=cookie_path(org))
         return resp
 
     # -- the page ---------------------------------------------------------------------------
@@ -181,12 +206,23 @@ def make_blueprint(engine, jobs) -> Blueprint:
                                detail="open this page again from Haiku"), 401
             view = session_view(engine, org, session)
         except ChartbridgeError as exc:
-            return jsonify(exc.as_dict()), exc.http_status if exc.http_status < 600 else 500
+            return jsonify(exc.as_dict()), exc.http_status if 400 <= exc.http_status < 600 else 500
         resp = jsonify(summary=view["summary"], fingerprint=view["fingerprint"],
                        html=render_template("epic_haiku/_state.html", v=view))
         resp.headers["Cache-Control"] = "no-store"
         return resp
 
+    def page_error(answer):
+        if request.path.endswith(".json"):
+            resp = jsonify({"error": answer.code, "detail": answer.detail})
+        else:
+            resp = render("epic_haiku/refused.html", answer.status, message=answer.detail,
+                          field=answer.field)
+        resp.status_code = answer.status
+        resp.headers.update(answer.headers)
+        return resp
+
+    register_error_shape(bp, page_error, paths=r"/orgs/[^/]*/epic/haiku/")
     return bp
 
 
@@ -232,7 +268,7 @@ def _exchange(engine, epic, org: str, pending: dict, code: str) -> dict:
     try:
         with OAuth2Client(client_id=epic.launch_client_id, code_challenge_method="S256",
                           token_endpoint_auth_method="none", timeout=10.0,
-                          redirect_uri=url_for(".callback", org=org, _external=True)) as client:
+                          redirect_uri=external_url_for(".callback", org=org)) as client:
             token = client.fetch_token(pending["token_endpoint"], code=code,
                                        code_verifier=pending["verifier"],
                                        grant_type="authorization_code")

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 from pydantic import (AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt,
                       StringConstraints, ValidationError)
 
-from chartbridge.core.errors import InputError
+from chartbridge.core import bounds
+from chartbridge.core.errors import InputError, TooLarge
 from chartbridge.core.models import CareContext as CanonicalCareContext
 from chartbridge.core.models import Identifier, Protection, SessionSource
 from chartbridge.core.models import NoteType as CanonicalNoteType
@@ -36,7 +37,30 @@ def _not_blank(value: str) -> str:
 
 # A non-blank string, kept exactly as sent (identifiers are compared byte for byte).
 NonEmpty = Annotated[str, StringConstraints(min_length=1), AfterValidator(_not_blank)]
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
+# Integers land in INTEGER columns (PostgreSQL int4): nothing past 2^31 - 1 is accepted.
+PositiveInt = Annotated[StrictInt, Field(ge=1, le=bounds.INT32_MAX)]
+
+# String sizes follow the columns they are stored in (ledger/tables.py); the rest are
+# generous bounds for values kept inside JSON documents. NUL characters, lone surrogates,
+# nesting and list sizes are refused earlier, by `chartbridge.core.bounds`.
+SESSION_ID_MAX = 128         # sessions.external_id
+RECORDING_ID_MAX = 128       # recordings.recording_id, chunks.recording_id
+CONTENT_TYPE_MAX = 64        # chunks.content_type
+SECTION_ID_MAX = 32          # protected_sections.section
+IDENTIFIER_MAX = 256         # an ID or Type inside the session document
+URL_MAX = 2048               # CallbackURL
+TEXT_MAX = 256               # CareContext / NoteType names
+
+
+def _bounded(n: int):
+    return Annotated[NonEmpty, StringConstraints(max_length=n)]
+
+
+SessionIDStr = _bounded(SESSION_ID_MAX)
+RecordingIDStr = _bounded(RECORDING_ID_MAX)
+SectionIDStr = _bounded(SECTION_ID_MAX)
+IdentifierStr = _bounded(IDENTIFIER_MAX)
+ShortText = Annotated[str, StringConstraints(max_length=TEXT_MAX)]
 
 
 def _absolute_http_url(value: str) -> str:
@@ -46,7 +70,8 @@ def _absolute_http_url(value: str) -> str:
     return value
 
 
-HttpUrl = Annotated[NonEmpty, AfterValidator(_absolute_http_url)]
+HttpUrl = Annotated[NonEmpty, StringConstraints(max_length=URL_MAX),
+                   AfterValidator(_absolute_http_url)]
 
 
 class _Inbound(BaseModel):
@@ -64,65 +89,65 @@ class _Outbound(BaseModel):
 # --------------------------------------------------------------------------- inbound
 
 class EpicID(_Inbound):
-    ID: NonEmpty
-    Type: NonEmpty
+    ID: IdentifierStr
+    Type: IdentifierStr
 
 
 class EpicCareContext(_Inbound):
-    DepartmentID: str | None = None
-    Specialty: str | None = None
-    VisitType: str | None = None
+    DepartmentID: ShortText | None = None
+    Specialty: ShortText | None = None
+    VisitType: ShortText | None = None
 
 
 class EpicNoteType(_Inbound):
-    Code: NonEmpty
-    System: NonEmpty = "LOINC"
-    Name: str | None = None
+    Code: _bounded(64)
+    System: _bounded(TEXT_MAX) = "LOINC"
+    Name: ShortText | None = None
 
 
 class AmbientSessionBegin(_Inbound):
     """The session contract; authoritative for the whole session."""
 
-    SessionID: NonEmpty
+    SessionID: SessionIDStr
     UserID: EpicID
     PatientIDs: Annotated[list[EpicID], Field(min_length=1)]
     EncounterIDs: Annotated[list[EpicID], Field(min_length=1)]
     CallbackURL: HttpUrl
     CareContext: EpicCareContext | None = None
     NoteType: EpicNoteType | None = None
-    AllowedNoteSections: Annotated[list[NonEmpty], Field(min_length=1)] | None = None
+    AllowedNoteSections: Annotated[list[SectionIDStr], Field(min_length=1)] | None = None
 
 
 class RecordingChunkAvailable(_Inbound):
-    SessionID: NonEmpty
-    RecordingID: NonEmpty
+    SessionID: SessionIDStr
+    RecordingID: RecordingIDStr
     RecordingVersion: PositiveInt
     ChunkSequence: PositiveInt           # starts at 1 within a recording
-    ContentType: NonEmpty = "audio/wav"      # shown in the page's example; assumed WAV when absent
-    DurationMs: Annotated[StrictInt, Field(ge=0)] | None = None
+    ContentType: _bounded(CONTENT_TYPE_MAX) = "audio/wav"   # assumed WAV when absent
+    DurationMs: Annotated[StrictInt, Field(ge=0, le=bounds.INT32_MAX)] | None = None
 
 
 class RecordingAvailable(_Inbound):
-    SessionID: NonEmpty
-    RecordingID: NonEmpty
+    SessionID: SessionIDStr
+    RecordingID: RecordingIDStr
     RecordingVersion: PositiveInt
     ChunkCount: PositiveInt              # version N holds chunks 1..ChunkCount
     Status: Literal["Paused", "Stopped"]
 
 
 class EditedSection(_Inbound):
-    SectionID: NonEmpty
+    SectionID: SectionIDStr
     EditedBy: EpicID | None = None
     EditedInstant: AwareDatetime | None = None
 
 
 class DocumentationUpdated(_Inbound):
-    SessionID: NonEmpty
+    SessionID: SessionIDStr
     Sections: Annotated[list[EditedSection], Field(min_length=1)]
 
 
 class AmbientSessionComplete(_Inbound):
-    SessionID: NonEmpty
+    SessionID: SessionIDStr
     Reason: Literal["Signed", "Cancelled"]
 
 
@@ -204,6 +229,10 @@ def _describe(err: dict[str, Any]) -> str:
         return "is required"
     if kind in ("string_too_short", "too_short"):
         return "must not be empty"
+    if kind == "string_too_long":
+        return f"is longer than {err.get('ctx', {}).get('max_length')} characters"
+    if kind == "less_than_equal":
+        return f"is out of range (at most {err.get('ctx', {}).get('le')})"
     if kind in ("string_type", "int_type", "list_type", "model_type", "dict_type",
                 "literal_error", "greater_than_equal", "timezone_aware", "datetime_parsing",
                 "datetime_type", "datetime_from_date_parsing"):
@@ -224,18 +253,34 @@ def input_error(exc: ValidationError, *, prefix: str = "") -> InputError:
     return InputError(f"{field} {_describe(first)}{more}", field=field)
 
 
-def parse_event(event: str, raw: bytes | str | dict[str, Any]) -> _Inbound:
-    """Validate an inbound event body. Raises InputError (-> Epic's 400) naming the field."""
+# Counted lists: how many entries each may hold comes from the org's limits.
+_IDENTIFIER_LISTS = ("PatientIDs", "EncounterIDs")
+_SECTION_LISTS = ("AllowedNoteSections", "Sections")
+
+
+def parse_event(event: str, raw: bytes | str | dict[str, Any], limits: Any = None) -> _Inbound:
+    """Validate an inbound event body. Raises InputError (-> Epic's 400) naming the field, or
+    TooLarge (-> 413) past a limit. `limits` is the org's `targets.epic_haiku.limits`
+    (EpicLimits); absent, the documented defaults."""
     model = EVENTS.get(event)
     if model is None:
         raise InputError("unknown Ambient event", field="event")
+    if limits is None:
+        from .config import EpicLimits
+        limits = EpicLimits()
+    json_limits = bounds.JsonLimits(max_bytes=limits.max_body_bytes, max_depth=limits.max_depth,
+                                    max_items=max(limits.max_identifiers, limits.max_sections, 16))
     if isinstance(raw, (bytes, str)):
-        try:
-            raw = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise InputError("body is not valid JSON", field="body") from None
+        raw = bounds.load_json(raw, json_limits)
+    else:
+        bounds.check_value(raw, json_limits)
     if not isinstance(raw, dict):
         raise InputError("body must be a JSON object", field="body")
+    for name, most in ([(n, limits.max_identifiers) for n in _IDENTIFIER_LISTS]
+                       + [(n, limits.max_sections) for n in _SECTION_LISTS]):
+        value = raw.get(name)
+        if isinstance(value, list) and len(value) > most:
+            raise TooLarge(f"{name} has more than {most} entries", field=name, limit=most)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

@@ -52,7 +52,20 @@ def provider_for(org: str) -> Provider | None:
                     os.environ.get(_env_name(org, "ROLE_CLAIM")) or "role")
 
 
+_DISCOVERED: dict[str, tuple[float, dict]] = {}
+DISCOVERY_TTL_S = 300        # an anonymous sign-in GET reuses the provider's configuration
+
+
 def _discover(engine, provider: Provider) -> dict:
+    hit = _DISCOVERED.get(provider.issuer)
+    if hit is not None and time.monotonic() - hit[0] < DISCOVERY_TTL_S:
+        return hit[1]
+    doc = _fetch_configuration(engine, provider)
+    _DISCOVERED[provider.issuer] = (time.monotonic(), doc)
+    return doc
+
+
+def _fetch_configuration(engine, provider: Provider) -> dict:
     try:
         with engine.services.http(timeout=10.0) as http:
             resp = http.get(provider.issuer + "/.well-known/openid-configuration")

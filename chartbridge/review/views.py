@@ -9,6 +9,10 @@ Who the clinician is comes from the org's identity provider (OpenID Connect, see
 a local development login exists only for `demo-*` orgs with CHARTBRIDGE_DEV_LOGIN=1.
 Every view and action is scoped to the URL's org (the session is stored under that org and
 its cookie path) and audited; every form carries a per-session CSRF token.
+
+Before sign-in nothing is stored: the OIDC state and the login form's CSRF token live in a
+sealed cookie (websession.SealedCookie); the page session row is written only once the
+identity provider's code exchange (or the dev login's form) passed its checks.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from chartbridge.core.errors import ChartbridgeError, InputError, NotFound
 from chartbridge.core.models import SECTION_CODES, Decision, Identifier, WriteStatus
 
 from . import oidc
-from .websession import PageSessions, csrf_ok, security_headers
+from chartbridge.httperrors import ORG_ID, external_url_for, register_error_shape
+from .websession import PageSessions, SealedCookie, csrf_ok, security_headers
 
 log = logging.getLogger("chartbridge.review")
 
@@ -46,6 +51,7 @@ def dev_login_allowed(org: str) -> bool:
 def make_blueprint(engine, jobs) -> Blueprint:
     bp = Blueprint("review", __name__, template_folder="templates")
     pages = PageSessions(engine, kind="review", lifetime_s=8 * 3600)
+    pending_login = SealedCookie("cb_review_login", lifetime_s=600)
 
     def path(org: str) -> str:
         return f"/orgs/{org}/review"
@@ -72,14 +78,19 @@ def make_blueprint(engine, jobs) -> Blueprint:
                                   actor=actor(user) if user else "anonymous",
                                   outcome=outcome, **detail)
 
-    @bp.errorhandler(ChartbridgeError)
-    def _error(exc: ChartbridgeError):
-        status = exc.http_status if 400 <= exc.http_status < 600 else 500
-        field = getattr(exc, "field", None) or exc.fields.get("field")
+    def _error(answer):
         if request.path.endswith(".json"):
-            return jsonify(exc.as_dict()), status
-        return render("review/error.html", status, message=exc.message, field=field,
-                      org=request.view_args.get("org") if request.view_args else None)
+            resp = jsonify({"error": answer.code, "detail": answer.detail, **answer.fields})
+        else:
+            org = (request.view_args or {}).get("org")
+            resp = render("review/error.html", answer.status, message=answer.detail,
+                          field=answer.field,
+                          org=org if org and ORG_ID.fullmatch(org) else None)
+        resp.status_code = answer.status
+        resp.headers.update(answer.headers)
+        return resp
+
+    register_error_shape(bp, _error, paths=r"/orgs/[^/]*/review/")
 
     # -- sign-in ---------------------------------------------------------------------------
     @bp.get("/orgs/<org>/review/login")
@@ -88,19 +99,18 @@ def make_blueprint(engine, jobs) -> Blueprint:
         provider = oidc.provider_for(org)
         if provider is not None:
             url, pending = oidc.start(engine, provider,
-                                      url_for(".oidc_callback", org=org, _external=True))
+                                      external_url_for(".oidc_callback", org=org))
             resp = redirect(url, code=302)
-            pages.save(org, {"phase": "oidc", **pending}, resp, path=path(org), new_id=True)
+            pending_login.save({"org": org, "phase": "oidc", **pending}, resp, path=path(org))
             return resp
         if not dev_login_allowed(org):
             raise NotFound("no sign-in is configured for this organization")
-        data = pages.load(org) or {"phase": "anonymous"}
-        if data.get("phase") == "signed_in":
+        if signed_in(org):
             return redirect(url_for(".drafts", org=org), code=303)
-        data.setdefault("csrf", secrets.token_urlsafe(32))
-        resp = render("review/login.html", org=org, csrf=data["csrf"], roles=ROLES,
+        csrf = secrets.token_urlsafe(32)
+        resp = render("review/login.html", org=org, csrf=csrf, roles=ROLES,
                       name=engine.org(org).name)
-        pages.save(org, data, resp, path=path(org))
+        pending_login.save({"org": org, "phase": "dev", "csrf": csrf}, resp, path=path(org))
         return resp
 
     @bp.post("/orgs/<org>/review/login")
@@ -108,8 +118,9 @@ def make_blueprint(engine, jobs) -> Blueprint:
         engine.org(org)
         if not dev_login_allowed(org):
             raise NotFound("no sign-in is configured for this organization")
-        if not csrf_ok(pages.load(org)):
-            audit(org, "review.csrf_refused", None, outcome="failure", form="login")
+        pending = pending_login.load()
+        if not pending or pending.get("org") != org or not csrf_ok(pending):
+            log.info("review login refused", extra={"error_class": "csrf"})
             raise InputError("the form expired; reload the page and try again",
                              field="csrf_token")
         user_id = request.form.get("user_id", "").strip()
@@ -123,20 +134,24 @@ def make_blueprint(engine, jobs) -> Blueprint:
         user = {"id": user_id, "name": name or user_id, "role": role, "issuer": "dev-login"}
         resp = redirect(url_for(".drafts", org=org), code=303)
         pages.save(org, {"phase": "signed_in", "user": user}, resp, path=path(org), new_id=True)
+        pending_login.clear(resp, path=path(org))
         audit(org, "review.signed_in", user, method="dev-login")
         return resp
 
     @bp.get("/orgs/<org>/review/oidc/callback")
     def oidc_callback(org: str):
+        engine.org(org)
         provider = oidc.provider_for(org)
-        pending = pages.load(org)
-        if provider is None or not pending or pending.get("phase") != "oidc":
+        pending = pending_login.load()
+        if (provider is None or not pending or pending.get("org") != org
+                or pending.get("phase") != "oidc"):
             raise InputError("this sign-in answer is not from a sign-in in this browser",
                              field="state")
         user = oidc.finish(engine, provider, pending, request.args,
-                           url_for(".oidc_callback", org=org, _external=True))
+                           external_url_for(".oidc_callback", org=org))
         resp = redirect(url_for(".drafts", org=org), code=303)
         pages.save(org, {"phase": "signed_in", "user": user}, resp, path=path(org), new_id=True)
+        pending_login.clear(resp, path=path(org))
         audit(org, "review.signed_in", user, method="oidc")
         return resp
 

@@ -1,13 +1,22 @@
-"""Server-side page sessions and CSRF tokens for the clinician pages.
+"""Server-side page sessions, sealed pre-sign-in cookies and CSRF tokens for the clinician
+pages.
 
 The browser holds only a random id in an httpOnly, SameSite=Lax cookie scoped to one org's
 path; what the session knows (who signed in, the SMART launch's token) stays on the server,
 in the engine's database (the org-scoped token table), under an HMAC of that id with the
 app's secret key — a row read from the database cannot be replayed as a cookie. Any engine
-process that shares the database and the secret key can serve the page.
+process that shares the database and the secret key can serve the page. The stored JSON
+is itself encrypted at rest (DbTokenCache seals every value).
+
+Before anyone is signed in nothing is stored: what a sign-in or a SMART launch must remember
+until its callback (state, PKCE verifier, nonce) travels in a `SealedCookie`, encrypted and
+authenticated with a key derived from the app's secret key, and valid for minutes. A row is
+written only after the callback's check passed (an authorization code the provider issued).
+Cookies are `Secure` whenever the engine's public URL is https.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -15,7 +24,10 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+from cryptography.fernet import Fernet, InvalidToken
 from flask import Response, current_app, request
+
+from chartbridge.httperrors import public_is_https, public_origin
 
 KEY_PREFIX = "web-session:"
 
@@ -63,7 +75,7 @@ class PageSessions:
         self.engine.services.token_cache.put(org, self._key(raw), json.dumps(data), expires)
         response.set_cookie(self.cookie_name, raw, max_age=int(self.lifetime.total_seconds()),
                             path=path, httponly=True, samesite="Lax",
-                            secure=request.scheme == "https")
+                            secure=public_is_https())
 
     def clear(self, org: str, response: Response, *, path: str) -> None:
         raw = request.cookies.get(self.cookie_name)
@@ -81,9 +93,43 @@ def csrf_ok(data: dict[str, Any] | None) -> bool:
     if not secrets.compare_digest(sent.encode(), str(data["csrf"]).encode()):
         return False
     origin = request.headers.get("Origin")
-    if origin and origin != "null" and origin.rstrip("/") != request.host_url.rstrip("/"):
+    if origin and origin != "null" and origin.rstrip("/") != public_origin():
         return False
     return True
+
+
+class SealedCookie:
+    """Short-lived state kept by the browser, not the database: Fernet-encrypted (so PKCE
+    verifiers and nonces are not readable) and authenticated (so it cannot be forged), with
+    a lifetime checked on reading. Key: derived from the app's secret key."""
+
+    def __init__(self, name: str, *, lifetime_s: int) -> None:
+        self.name, self.lifetime = name, lifetime_s
+
+    @staticmethod
+    def _fernet() -> Fernet:
+        secret = current_app.secret_key
+        secret = secret.encode() if isinstance(secret, str) else secret
+        digest = hashlib.sha256(b"chartbridge sealed cookie\x00" + secret).digest()
+        return Fernet(base64.urlsafe_b64encode(digest))
+
+    def save(self, data: dict[str, Any], response: Response, *, path: str) -> None:
+        value = self._fernet().encrypt(json.dumps(data).encode()).decode()
+        response.set_cookie(self.name, value, max_age=self.lifetime, path=path, httponly=True,
+                            samesite="Lax", secure=public_is_https())
+
+    def load(self) -> dict[str, Any] | None:
+        raw = request.cookies.get(self.name)
+        if not raw or len(raw) > 4096:
+            return None
+        try:
+            data = json.loads(self._fernet().decrypt(raw.encode(), ttl=self.lifetime))
+        except (InvalidToken, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def clear(self, response: Response, *, path: str) -> None:
+        response.delete_cookie(self.name, path=path)
 
 
 def security_headers(response: Response, nonce: str) -> Response:

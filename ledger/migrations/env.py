@@ -1,6 +1,7 @@
 from alembic import context
 
 from chartbridge.ledger.tables import Base
+from chartbridge.ledger import leases as _leases  # noqa: F401  (its table is on the same metadata)
 
 config = context.config
 engine = config.attributes["connection_engine"]

@@ -65,13 +65,11 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
 
 def test_db_upgrade_command(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/fresh.db"
-    assert main(["db", "upgrade", "--database-url", url]) == 0
     from alembic.script import ScriptDirectory
-    from chartbridge.ledger.db import make_engine
-    from chartbridge.ledger.migrate import alembic_config
-    engine = make_engine(url)
-    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
-    engine.dispose()
+
+    from chartbridge.ledger.migrate import HERE
+    head = ScriptDirectory(str(HERE / "migrations")).get_current_head()
+    assert main(["db", "upgrade", "--database-url", url]) == 0
     assert f"revision {head} " in capsys.readouterr().out
 
 
@@ -85,7 +83,8 @@ def test_serve_runs_a_production_server(tmp_path):
     port = _free_port()
     env = {"CHARTBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path}/serve.db",
            "CHARTBRIDGE_CONFIG_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen([sys.executable, "-m", "chartbridge.cli", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "chartbridge.cli", "serve", "--port", str(port),
+                             "--public-url", "https://cb.example.org", "--trusted-proxies", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -99,6 +98,12 @@ def test_serve_runs_a_production_server(tmp_path):
                 time.sleep(0.1)
         assert resp.status_code == 200 and resp.json()["database"] == "sqlite"
         assert resp.headers.get("server", "").startswith("waitress")
+        # headers and bodies are bounded at the server, before the app
+        big = httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Big": "a" * 100_000})
+        assert big.status_code == 431
+        body = httpx.post(f"http://127.0.0.1:{port}/orgs/x/epic/ambient/AmbientSessionBegin",
+                          content=b"{" * (3 * 1024 * 1024))
+        assert body.status_code == 413
     finally:
         proc.terminate()
         proc.wait(20)
