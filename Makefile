@@ -8,15 +8,24 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run serve test install clean
 
+# Each step says what it does; pip prints one line per package (no progress bars, so a
+# CI log or a pipe reads the same as a terminal).
+PIP := $(BIN)/python -m pip --no-input --progress-bar off
+
 $(STAMP): pyproject.toml setup.py
+	@echo "==> make: creating the virtual environment $(VENV) with $(PY)"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "==> make: upgrading pip"
+	$(PIP) install --quiet --upgrade pip
+	@echo "==> make: installing chartbridge and its dependencies (first time: a minute or two)"
+	$(PIP) install -e '.[dev]'
 	touch $(STAMP)
+	@echo "==> make: installed; next: $(BIN)/chartbridge --help"
 
 install: $(STAMP)
 
 run: install
+	@echo "==> make: running one whole visit (chartbridge demo)"
 	$(BIN)/chartbridge demo
 
 serve: install

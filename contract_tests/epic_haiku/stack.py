@@ -90,6 +90,7 @@ class EpicStack:
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> "EpicStack":
+        self.workdir = Path(self.workdir).resolve()      # its file: key references are absolute
         self.sim = EpicSimulator(epic_client_id=EPIC_ISSUER)
         self.sim.start()
         keys, orgs = self.workdir / "keys", self.workdir / "orgs"
