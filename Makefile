@@ -10,15 +10,15 @@ STAMP := $(VENV)/.installed
 
 # Each step says what it does; pip prints one line per package (no progress bars, so a
 # CI log or a pipe reads the same as a terminal).
-PIP := $(BIN)/python -m pip --no-input --progress-bar off
+PIP_INSTALL := $(BIN)/python -m pip --no-input install --progress-bar off
 
 $(STAMP): pyproject.toml setup.py
 	@echo "==> make: creating the virtual environment $(VENV) with $(PY)"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@echo "==> make: upgrading pip"
-	$(PIP) install --quiet --upgrade pip
+	$(PIP_INSTALL) --quiet --upgrade pip
 	@echo "==> make: installing chartbridge and its dependencies (first time: a minute or two)"
-	$(PIP) install -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $(STAMP)
 	@echo "==> make: installed; next: $(BIN)/chartbridge --help"
 
