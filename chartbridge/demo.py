@@ -4,8 +4,14 @@ Starts the Epic simulator and the engine on free loopback ports, plays a visit a
 chunks, waits for DocumentationReady, then simulates a clinician edit in Epic and a second
 recording to show the edit survives. A second organization (a non-Epic site) then opens a
 session through the core use cases with the same audio, is approved by a named demo
-clinician and written to every target it has configured (FHIR, athenaOne, HL7 MDM). Every step goes over HTTP between the two, exactly as
-with a real site; transcription is the real faster-whisper tiny.en on the CPU.
+clinician and written to every target it has configured (FHIR, athenaOne, HL7 MDM). Every
+step goes over HTTP between the two, exactly as with a real site; transcription is the real
+faster-whisper tiny.en on the CPU.
+
+With `hold`, everything stays up: the printed Haiku link is the Epic simulator opening the
+web view (a fresh SMART EHR launch), and unless `auto_approve` the second site's draft is
+left staged for a person on its review page (the development login is turned on for the
+demo's `demo-*` orgs in this process); each write that approval sends is printed.
 """
 from __future__ import annotations
 
@@ -222,6 +228,7 @@ def run_demo(*, workdir: Path, audio: Path | None = None, chunk_seconds: float =
             site = run_multi_site(stack, wav, chunk_seconds=chunk_seconds, progress=progress,
                                   timeout=timeout, auto_approve=auto_approve, sims=site_sims)
             pages["review"] = review
+            timings["total"] = int((time.monotonic() - started) * 1000)
             if hold:
                 progress("ready: the engine and the simulators stay up until Ctrl-C; open")
                 progress(f"  the embedded Haiku page: {launch}")
@@ -236,7 +243,6 @@ def run_demo(*, workdir: Path, audio: Path | None = None, chunk_seconds: float =
                 problems.append(f"{name} write ended {t['status']}: {t.get('error')}")
         second_site = {"org": SITE, "session_id": site["session_id"],
                        "draft_version": site["draft_version"], "sections": site["sections"]}
-    timings["total"] = int((time.monotonic() - started) * 1000)
     return DemoResult(ok=not problems, session_id=session_id, recording_version=2,
                       sections=sections, second_sections=second_sections,
                       edit_survived=edit_survived, ledger=ledger, targets=targets,

@@ -80,5 +80,11 @@ def _summary(result) -> None:
         click.echo(f"page {name}: {url}")
     for problem in result.problems:
         click.echo(f"problem: {problem}")
-    click.echo("OK: every write reached its final state" if result.ok
-               else f"FAILED: {len(result.problems)} problem(s) above")
+    waiting = [n for n, t in result.targets.items() if t["status"] == "awaiting review"]
+    if not result.ok:
+        click.echo(f"FAILED: {len(result.problems)} problem(s) above")
+    elif waiting:
+        click.echo(f"OK: every write sent reached its final state; {', '.join(waiting)} "
+                   "still await a person's approval (nothing was written to them)")
+    else:
+        click.echo("OK: every write reached its final state")
