@@ -30,8 +30,7 @@ from typing import Callable
 from chartbridge.core.errors import ChartbridgeError, InputError
 from chartbridge.core.models import ChunkState, WriteStatus
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_AUDIO = REPO / "tests" / "fixtures" / "encounters" / "encounter-1.wav"
+from chartbridge.demo_audio import DEMO_VISIT as DEFAULT_AUDIO     # shipped in the wheel
 EDITED_SECTION = "51847-2"          # the clinician edits assessment and plan in Epic
 DEMO_REVIEWER = "DEMO-DR-2"         # the id a person signs in with on the review page
 

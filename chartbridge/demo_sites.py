@@ -17,12 +17,12 @@ from typing import Callable
 
 import yaml
 
+from chartbridge.config.loader import EXAMPLE_ORGS
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import ChartbridgeError
 from chartbridge.core.models import (ChunkState, Consent, ConsentScope, Decision, Identifier,
                                      RecordingStatus, SessionSource, VersionState, WriteStatus)
 
-REPO = Path(__file__).resolve().parents[1]
 ORG = "demo-multi"
 CLINICIAN = Identifier(value="DEMO-DR-1", type="EXTERNAL")
 CLINICIAN_NAME = "Dr. Dana Demo (demo clinician)"
@@ -90,7 +90,7 @@ def _start_simulators(stack: ExitStack, workdir: Path) -> dict[str, dict]:
 
 
 def write_config(config_dir: Path, targets: dict[str, dict]) -> None:
-    doc = yaml.safe_load((REPO / "config/orgs/demo-multi.yaml").read_text())
+    doc = yaml.safe_load((EXAMPLE_ORGS / "demo-multi.yaml").read_text())
     doc["targets"] = targets
     doc["drafting"] = {"generator": "rules", "template": "default"}   # no LLM server in the demo
     (config_dir / f"{ORG}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -42,6 +42,7 @@ ENV_CONFIG_DIR = "CHARTBRIDGE_CONFIG_DIR"
 ENV_SELECT = "CHARTBRIDGE_ENV"           # which overlay (ORG.<env>.yaml) applies; unset = none
 ENV_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 DEFAULT_CONFIG_DIR = "./config/orgs"
+EXAMPLE_ORGS = Path(__file__).resolve().parent / "orgs"     # the example orgs, also in the wheel
 MAX_BYTES = 1_000_000          # an org config is a few KB; refuse anything absurd
 MAX_NODES = 50_000             # guards against alias expansion ("billion laughs")
 
