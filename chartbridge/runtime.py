@@ -46,7 +46,9 @@ class Runtime:
 
 def start(engine: Engine, *, broker_url: str | None = None, in_process_worker: bool | None = None,
           worker_threads: int = 2, sweep_interval_s: float = 15.0,
-          sweeper_stale_s: float = 60.0, queue: str = "chartbridge") -> Runtime:
+          sweeper_stale_s: float = 60.0, queue: str = "chartbridge",
+          sweeper: bool = True) -> Runtime:
+    """`sweeper=False` when the sweeper runs as its own process (`chartbridge sweep --every`)."""
     broker = make_broker(broker_url)
     jobs = Jobs(engine, broker, queue=queue)
     if in_process_worker is None:
@@ -55,6 +57,7 @@ def start(engine: Engine, *, broker_url: str | None = None, in_process_worker: b
     if in_process_worker:
         worker = Worker(broker, worker_threads=worker_threads, worker_timeout=100)
         worker.start()
-    sweeper = Sweeper(jobs, stale_after_s=sweeper_stale_s)
-    sweeper.start(sweep_interval_s)
-    return Runtime(engine, jobs, worker, sweeper)
+    sweeping = Sweeper(jobs, stale_after_s=sweeper_stale_s)
+    if sweeper:
+        sweeping.start(sweep_interval_s)
+    return Runtime(engine, jobs, worker, sweeping)

@@ -4,6 +4,8 @@ import threading
 
 import click
 
+from chartbridge.cli.options import queue_option, sweeper_option
+
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -11,7 +13,10 @@ import click
 @click.option("--threads", default=8, show_default=True, type=int, help="HTTP worker threads.")
 @click.option("--worker-threads", default=2, show_default=True, type=int,
               help="In-process job threads (embedded broker only).")
-def serve(host: str, port: int, threads: int, worker_threads: int) -> None:
+@queue_option
+@sweeper_option
+def serve(host: str, port: int, threads: int, worker_threads: int, queue: str,
+          sweeper: bool) -> None:
     """Run the engine: the web app on waitress, plus the in-process worker and sweeper when
     no CHARTBRIDGE_BROKER_URL is set (the embedded default)."""
     from waitress.server import create_server
@@ -23,7 +28,7 @@ def serve(host: str, port: int, threads: int, worker_threads: int) -> None:
 
     configure_logging()
     engine = bootstrap()
-    rt = runtime.start(engine, worker_threads=worker_threads)
+    rt = runtime.start(engine, worker_threads=worker_threads, queue=queue, sweeper=sweeper)
     app = create_app(engine, jobs=rt.jobs)
     server = create_server(app, host=host, port=port, threads=threads)
     click.echo(f"chartbridge serving on http://{host}:{server.effective_port} "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,8 +45,11 @@ def _clean_env() -> dict:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     work = tmp_path_factory.mktemp("wheel")
-    dist = work / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", str(REPO),
+    dist, src = work / "dist", work / "src"
+    # built from a copy: setuptools' in-tree build/ folder would otherwise keep stale files
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "var", "test-artifacts", "*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", str(src),
                     "-w", str(dist)], check=True, timeout=300, cwd=work)
     (wheel,) = dist.glob("chartbridge-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
