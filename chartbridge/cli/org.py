@@ -163,8 +163,10 @@ def check(org_id: str, config_dir: str | None, env: str | None, as_json: bool) -
     else:
         click.echo(f"# org check {org_id}" + (f" (env {env})" if env else ""))
         click.echo(render(results))
-        failed = sum(not c.ok for c in results)
-        click.echo(f"{len(results) - failed} passed, {failed} failed")
+        failed = sum(not c.ok and not c.skipped for c in results)
+        skipped = sum(c.skipped for c in results)
+        click.echo(f"{len(results) - failed - skipped} passed, {failed} failed"
+                   + (f", {skipped} not checked until those pass" if skipped else ""))
     if not ok:
         raise click.exceptions.Exit(1)
 

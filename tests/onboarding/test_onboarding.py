@@ -270,6 +270,38 @@ def test_check_token_refused_and_endpoint_unreachable(onboarded):
     assert "ConnectError" in down["detail"] and fhir_url in down["fix"]
 
 
+def test_check_reports_every_failing_item_not_just_each_targets_first(onboarded, tmp_path):
+    config_dir, sims = onboarded
+    # Given the FHIR server is down AND our FHIR private key is missing, and the MLLP
+    # receiver is down AND its TLS CA file is missing
+    sims["fhir"].stop()
+    (config_dir / "keys/fhir.pem").unlink()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+
+    def breakit(doc):
+        doc["targets"]["hl7_mdm"]["port"] = dead_port
+        doc["targets"]["hl7_mdm"]["tls"] = {"enabled": True, "ca_file": str(tmp_path / "nope.pem")}
+    edit(config_dir / "acme.yaml", breakit)
+    # When org check runs
+    code, report = _check(config_dir)
+    fails = _failures(report)
+    # Then each independent failure is reported, not only the first of each target
+    assert code == 1
+    assert "ConnectError" in fails[("fhir_docref", "SMART discovery")]["detail"]
+    assert "file not found" in fails[("fhir_docref", "secret private_key")]["detail"]
+    assert "ConnectionRefused" in fails[("hl7_mdm", "MLLP connect")]["detail"]
+    assert not fails[("hl7_mdm", "TLS files")]["skipped"]
+    # And what could not run is listed as not checked, naming what it waits for
+    for name in ("signing key", "backend token", "granted scope"):
+        assert fails[("fhir_docref", name)]["skipped"], name
+    assert "private_key" in fails[("fhir_docref", "backend token")]["detail"]
+    assert fails[("hl7_mdm", "TLS handshake")]["skipped"]
+    r = run("check", "acme", "--config-dir", str(config_dir))
+    assert "[SKIP] fhir_docref" in r.output and "not checked until those pass" in r.output
+
+
 def test_check_tls_handshake_against_a_plain_receiver_fails(onboarded, tmp_path):
     config_dir, sims = onboarded
     # Given tls enabled towards the plain-TCP simulator, trusting a self-signed CA
