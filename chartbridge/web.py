@@ -33,6 +33,23 @@ def create_app(engine: Engine, *, jobs=None) -> Flask:
             return jsonify(status="unavailable", database="unreachable"), 503
         return jsonify(status="ready", database=engine.db.engine.dialect.name)
 
+    @app.get("/orgs/<org>/.well-known/jwks.json")
+    def org_jwks(org: str):
+        """The public half of the org's signing keys: what an Epic or SMART backend
+        registration points at. Never a private member; unknown org -> 404."""
+        from chartbridge.onboarding.keys import org_jwks as public_keys
+
+        doc, problems = public_keys(engine.org(org))
+        if problems:
+            log.warning("jwks: %d signing key(s) unavailable", len(problems),
+                        extra={"org_id": org})
+        if problems and not doc["keys"]:
+            return jsonify(error="keys_unavailable",
+                           detail="the organization's signing keys cannot be read"), 503
+        resp = jsonify(doc)
+        resp.headers["Cache-Control"] = "public, max-age=300"
+        return resp
+
     @app.errorhandler(ChartbridgeError)
     def _domain_error(exc: ChartbridgeError):
         status = exc.http_status if 400 <= exc.http_status < 600 else 500
