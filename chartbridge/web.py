@@ -88,10 +88,11 @@ def _secret_key() -> bytes:
     """Signs and keys the clinician pages' sessions: `CHARTBRIDGE_SECRET_KEY` holds an
     `env:NAME` or `file:PATH` reference; without it (the embedded default) a random key per
     process, so page sessions end when the process does."""
-    import os
     import secrets
 
-    ref = os.environ.get("CHARTBRIDGE_SECRET_KEY")
+    from chartbridge.settings import load_settings
+
+    ref = load_settings().secret_key
     if not ref:
         return secrets.token_bytes(32)
     from chartbridge.config.secrets import resolve

@@ -8,9 +8,10 @@ from chartbridge.cli.options import queue_option, sweeper_option
 
 
 @click.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="CHARTBRIDGE_HOST")
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=int, help="HTTP worker threads.")
+@click.option("--threads", default=8, show_default=True, type=int, envvar="CHARTBRIDGE_WEB_THREADS",
+              help="HTTP (WSGI) threads (env CHARTBRIDGE_WEB_THREADS).")
 @click.option("--worker-threads", default=2, show_default=True, type=int,
               help="In-process job threads (embedded broker only).")
 @queue_option
@@ -32,7 +33,7 @@ def serve(host: str, port: int, threads: int, worker_threads: int, queue: str,
     app = create_app(engine, jobs=rt.jobs)
     server = create_server(app, host=host, port=port, threads=threads)
     click.echo(f"chartbridge serving on http://{host}:{server.effective_port} "
-               f"(database: {engine.db.engine.dialect.name}, "
+               f"({threads} WSGI threads, database: {engine.db.engine.dialect.name}, "
                f"worker: {'in-process' if rt.worker else 'external'})")
     stop = threading.Event()
 

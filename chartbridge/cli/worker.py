@@ -1,4 +1,3 @@
-import os
 import signal
 import threading
 
@@ -9,12 +8,15 @@ from chartbridge.core.errors import ConfigError
 
 
 @click.command("worker")
-@click.option("--threads", default=4, show_default=True, type=int)
+@click.option("--threads", default=4, show_default=True, type=int, envvar="CHARTBRIDGE_WORKER_THREADS",
+              help="Job threads (env CHARTBRIDGE_WORKER_THREADS).")
 @queue_option
 @sweeper_option
 def worker(threads: int, queue: str, sweeper: bool) -> None:
     """Run job workers against CHARTBRIDGE_BROKER_URL (redis:// or amqp://)."""
-    url = os.environ.get("CHARTBRIDGE_BROKER_URL", "")
+    from chartbridge.settings import load_settings
+
+    url = load_settings().broker_url
     if not (url.startswith("redis://") or url.startswith("amqp://")):
         raise ConfigError("chartbridge worker needs CHARTBRIDGE_BROKER_URL set to a redis:// or "
                           "amqp:// URL; the embedded default runs its worker inside `serve`")

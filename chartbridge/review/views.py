@@ -13,7 +13,6 @@ its cookie path) and audited; every form carries a per-session CSRF token.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import threading
@@ -40,7 +39,8 @@ STATUS_WORDS = {WriteStatus.PENDING: "pending", WriteStatus.IN_FLIGHT: "pending"
 
 
 def dev_login_allowed(org: str) -> bool:
-    return os.environ.get("CHARTBRIDGE_DEV_LOGIN") == "1" and org.startswith("demo-")
+    from chartbridge.settings import load_settings
+    return org.startswith("demo-") and load_settings().dev_login
 
 
 def make_blueprint(engine, jobs) -> Blueprint:

@@ -127,7 +127,8 @@ def test_procfile_pairing_plays_the_epic_visit_on_postgres_and_rabbitmq(tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTBRIDGE_")}
     env.update(CHARTBRIDGE_DATABASE_URL=db_url, CHARTBRIDGE_BROKER_URL=AMQP,
                CHARTBRIDGE_QUEUE=queue, CHARTBRIDGE_CONFIG_DIR=str(orgs),
-               CHARTBRIDGE_SWEEP_EVERY="2", PORT=str(port),
+               CHARTBRIDGE_SWEEP_EVERY="2", CHARTBRIDGE_WEB_THREADS="6",
+               CHARTBRIDGE_WORKER_THREADS="2", PORT=str(port),
                PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
     procs = Processes(env, tmp_path)
     try:
@@ -145,6 +146,7 @@ def test_procfile_pairing_plays_the_epic_visit_on_postgres_and_rabbitmq(tmp_path
             except httpx.HTTPError:
                 return False
         wait(ready, 60, "the web process to be ready", procs)
+        assert "6 WSGI threads" in procs.log("web")
         assert "worker: external" in procs.log("web")      # the web process runs no jobs
         wait(lambda: all("worker running" in procs.log(n) for n in ("worker-1", "worker-2")),
              60, "both workers", procs)
