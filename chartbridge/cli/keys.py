@@ -13,7 +13,7 @@ import json
 
 import click
 
-from chartbridge.cli.org import _config_dir, _effective, config_dir_option, env_option
+from chartbridge.cli.org import _config_dir, _effective, config_dir_option, env_option, org_env
 
 
 @click.group()
@@ -31,11 +31,10 @@ def generate(org_id: str, targets: tuple[str, ...], config_dir: str | None, env:
     """Write a new private key (mode 600, never over an existing one) for each of ORG's
     signing targets at the file its private_key references (or keys/ORG-TARGET.pem in the
     config folder for an env: reference), and print the public JWKS to register."""
-    from chartbridge.config.loader import current_env
     from chartbridge.core.errors import ChartbridgeError
     from chartbridge.onboarding.keys import generate as make
 
-    eff = _effective(org_id, config_dir, current_env(env), check_mappings=False)
+    eff = _effective(org_id, config_dir, org_env(org_id, config_dir, env), check_mappings=False)
     try:
         made = make(eff.org, _config_dir(config_dir), list(targets) or None)
     except ChartbridgeError as exc:
@@ -57,10 +56,9 @@ def generate(org_id: str, targets: tuple[str, ...], config_dir: str | None, env:
 def jwks(org_id: str, config_dir: str | None, env: str | None) -> None:
     """Print the public JWKS of the signing keys ORG's file references (exit 1 if one
     does not resolve)."""
-    from chartbridge.config.loader import current_env
     from chartbridge.onboarding.keys import org_jwks
 
-    eff = _effective(org_id, config_dir, current_env(env), check_mappings=False)
+    eff = _effective(org_id, config_dir, org_env(org_id, config_dir, env), check_mappings=False)
     doc, problems = org_jwks(eff.org)
     click.echo(json.dumps(doc, indent=2))
     for p in problems:

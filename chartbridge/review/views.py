@@ -5,7 +5,8 @@ core.usecases.edit_draft); approve or reject with a reason (core.usecases.decide
 the exact content hash the clinician saw); after approval, one write per target through the
 ledger and the jobs, and the write status per target, updating live.
 
-Who the clinician is comes from the org's identity provider (OpenID Connect, see oidc.py);
+Who the clinician is comes from the org's identity provider (the org file's sign_in.oidc,
+OpenID Connect, see oidc.py);
 a local development login exists only for `demo-*` orgs with CHARTBRIDGE_DEV_LOGIN=1.
 Every view and action is scoped to the URL's org (the session is stored under that org and
 its cookie path) and audited; every form carries a per-session CSRF token.
@@ -85,7 +86,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
     @bp.get("/orgs/<org>/review/login")
     def login(org: str):
         engine.org(org)
-        provider = oidc.provider_for(org)
+        provider = oidc.provider_for(org, engine.org(org))
         if provider is not None:
             url, pending = oidc.start(engine, provider,
                                       url_for(".oidc_callback", org=org, _external=True))
@@ -128,7 +129,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
 
     @bp.get("/orgs/<org>/review/oidc/callback")
     def oidc_callback(org: str):
-        provider = oidc.provider_for(org)
+        provider = oidc.provider_for(org, engine.org(org))
         pending = pages.load(org)
         if provider is None or not pending or pending.get("phase") != "oidc":
             raise InputError("this sign-in answer is not from a sign-in in this browser",

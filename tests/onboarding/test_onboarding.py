@@ -110,6 +110,34 @@ def test_overlay_is_merged_for_its_env_and_is_never_an_org(layered, monkeypatch)
     assert store.get("demo-multi").targets["athenaone"].practice_id == "195902"
 
 
+def test_each_org_can_select_its_own_overlay(layered, monkeypatch):
+    # Given two orgs on one engine whose default overlay is production: demo-multi's file
+    # selects its sandbox overlay itself, the other org names none
+    shutil.copy(REPO / "config/orgs/demo-epic.yaml", layered / "demo-epic.yaml")
+    (layered / "demo-epic.production.yaml").write_text("name: Demo Epic (production)\n")
+    (layered / "demo-multi.production.yaml").write_text("name: Demo Multi (production)\n")
+    monkeypatch.setenv("CHARTBRIDGE_ENV", "production")
+    edit(layered / "demo-multi.yaml", lambda doc: doc.update(environment="sandbox"))
+    store = ConfigStore(layered)
+    # When the engine reads both
+    # Then each gets its own overlay: the org's choice wins over the engine's default
+    assert store.get("demo-multi").name == "Demo Multi (sandbox)"
+    assert store.get("demo-multi").targets["athenaone"].practice_id == "195901"
+    assert store.get("demo-epic").name == "Demo Epic (production)"
+    # And an explicit --env wins over both
+    assert ConfigStore(layered, env="production").get("demo-multi").name == "Demo Multi (production)"
+    r = run("show", "demo-multi", "--config-dir", str(layered), "--json")
+    assert json.loads(r.output)["env"] == "sandbox"
+    # And a change of the org's choice is picked up without a restart
+    edit(layered / "demo-multi.yaml", lambda doc: doc.update(environment="production"))
+    assert store.get("demo-multi").name == "Demo Multi (production)"
+    # And an overlay cannot choose the environment (it is chosen by the base file)
+    (layered / "demo-multi.sandbox.yaml").write_text("environment: production\n")
+    monkeypatch.delenv("CHARTBRIDGE_ENV")                  # validate every overlay
+    r = run("validate", "--config-dir", str(layered))
+    assert r.exit_code == 1 and "demo-multi.sandbox.yaml:1: environment" in r.output
+
+
 def test_overlay_error_names_the_overlay_file_and_line(layered):
     # Given an overlay with a bad value on its line 4 and an unknown key on line 8
     (layered / "demo-multi.sandbox.yaml").write_text(
