@@ -225,7 +225,7 @@ def run_demo(*, workdir: Path, audio: Path | None = None, chunk_seconds: float =
                  f"process only): user id {DEMO_REVIEWER}, any name, role physician")
         with ExitStack() as site_sims:
             site = run_multi_site(stack, wav, chunk_seconds=chunk_seconds, progress=progress,
-                                  timeout=timeout, auto_approve=auto_approve, sims=site_sims)
+                                  timeout=timeout, auto_approve=auto_approve, keep_up=site_sims)
             pages["review"] = review
             timings["total"] = int((time.monotonic() - started) * 1000)
             if hold:

@@ -11,7 +11,7 @@ import io
 import os
 import time
 import wave
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -101,81 +101,66 @@ AWAITING = "awaiting review"
 
 def run_multi_site(epic_stack, wav: bytes, *, chunk_seconds: float,
                    progress: Callable[[str], None], timeout: float,
-                   auto_approve: bool = True, sims: ExitStack | None = None) -> dict:
+                   auto_approve: bool = True, keep_up: ExitStack | None = None) -> dict:
     """The second site's visit. With `auto_approve` the demo clinician approves the draft
     and the writes are awaited; without it the draft is left staged for a person on the
-    review page (its simulators then live as long as `sims`, the caller's ExitStack)."""
-    if sims is not None:
-        return _run_multi_site(epic_stack, wav, sims, chunk_seconds=chunk_seconds,
-                               progress=progress, timeout=timeout, auto_approve=auto_approve)
-    with ExitStack() as own:
-        return _run_multi_site(epic_stack, wav, own, chunk_seconds=chunk_seconds,
-                               progress=progress, timeout=timeout, auto_approve=auto_approve)
-
-
-def _run_multi_site(epic_stack, wav: bytes, sims: ExitStack, *, chunk_seconds: float,
-                    progress: Callable[[str], None], timeout: float, auto_approve: bool) -> dict:
+    review page, and its simulators live as long as `keep_up` (the caller's ExitStack)."""
     engine, jobs = epic_stack.engine, epic_stack.rt.jobs
     store = engine.store
-    targets = _start_simulators(sims, epic_stack.workdir)
-    write_config(epic_stack.workdir / "orgs", targets)
-    progress(f"second site {ORG}: targets {', '.join(targets)} (each against its simulator)")
-    session, _ = uc.open_session(
-        store, engine.clock, org_id=ORG, source=SessionSource.API, external_id="API-DEMO-0001",
-        user=CLINICIAN,
-        patient_ids=[Identifier(value="Z4481", type="MRN", system="urn:demo:mrn"),
-                     Identifier(value=FHIR_PATIENT, type="FHIR"),
-                     Identifier(value=ATHENA_PATIENT, type="athena-patient")],
-        encounter_ids=[Identifier(value="300012345", type="CSN"),
-                       Identifier(value=FHIR_ENCOUNTER, type="FHIR")],
-        allowed_sections=engine.org(ORG).allowed_sections)
-    for scope in (ConsentScope.CAPTURE, ConsentScope.WRITE_BACK):     # the org requires both
-        store.set_consent(ORG, Consent(session_id=session.id, scope=scope, granted=True,
-                                       recorded_by=CLINICIAN.value, at=engine.clock.now()))
-    pieces = _chunks(wav, chunk_seconds)
-    for seq, (audio, ms) in enumerate(pieces, start=1):
-        uc.announce_chunk(store, org_id=ORG, session=session, recording_id="R1",
-                          sequence=seq, version=1, duration_ms=ms)
-        store.store_audio(ORG, session.id, "R1", seq, audio, "audio/wav")
-        jobs.enqueue("process_chunk", ORG, session.id, "R1", seq)
-    uc.announce_version(store, engine.clock, org_id=ORG, session=session, recording_id="R1",
-                        version=1, chunk_count=len(pieces), status=RecordingStatus.STOPPED)
-    seen = [0]
+    with (nullcontext(keep_up) if keep_up is not None else ExitStack()) as sims:
+        targets = _start_simulators(sims, epic_stack.workdir)
+        write_config(epic_stack.workdir / "orgs", targets)
+        progress(f"second site {ORG}: targets {', '.join(targets)} (each against its simulator)")
+        session, _ = uc.open_session(
+            store, engine.clock, org_id=ORG, source=SessionSource.API, external_id="API-DEMO-0001",
+            user=CLINICIAN,
+            patient_ids=[Identifier(value="Z4481", type="MRN", system="urn:demo:mrn"),
+                         Identifier(value=FHIR_PATIENT, type="FHIR"),
+                         Identifier(value=ATHENA_PATIENT, type="athena-patient")],
+            encounter_ids=[Identifier(value="300012345", type="CSN"),
+                           Identifier(value=FHIR_ENCOUNTER, type="FHIR")],
+            allowed_sections=engine.org(ORG).allowed_sections)
+        for scope in (ConsentScope.CAPTURE, ConsentScope.WRITE_BACK):     # the org requires both
+            store.set_consent(ORG, Consent(session_id=session.id, scope=scope, granted=True,
+                                           recorded_by=CLINICIAN.value, at=engine.clock.now()))
+        pieces = _chunks(wav, chunk_seconds)
+        report = _chunk_reporter(store, session, len(pieces), progress)
+        for seq, (audio, ms) in enumerate(pieces, start=1):
+            uc.announce_chunk(store, org_id=ORG, session=session, recording_id="R1",
+                              sequence=seq, version=1, duration_ms=ms)
+            store.store_audio(ORG, session.id, "R1", seq, audio, "audio/wav")
+            jobs.enqueue("process_chunk", ORG, session.id, "R1", seq)
+        uc.announce_version(store, engine.clock, org_id=ORG, session=session, recording_id="R1",
+                            version=1, chunk_count=len(pieces), status=RecordingStatus.STOPPED)
+        _wait(lambda: store.recordings(ORG, session.id)[0].state in (VersionState.DONE, VersionState.FAILED),
+              timeout, "the second site's draft", every=report)
+        drafts = store.drafts(ORG, session_id=session.id)
+        if not drafts:
+            raise ChartbridgeError("demo: the second site produced no draft: "
+                                   f"{store.recordings(ORG, session.id)[0].state}")
+        draft = drafts[0][0]
+        result = {"session_id": session.id, "draft_id": draft.id, "draft_version": draft.version,
+                  "sections": {s.code: s.text for s in draft.sections}}
+        if not auto_approve:
+            progress(f"draft v{draft.version} ({len(draft.sections)} sections) waits for a person "
+                     "on the review page (no writes until it is approved)")
+            return {**result, "ledger": [],
+                    "targets": {name: {"status": AWAITING, "external_id": None} for name in targets}}
+        progress(f"{CLINICIAN_NAME} approves draft v{draft.version} ({len(draft.sections)} sections)")
+        uc.decide(store, engine.clock, org_id=ORG, draft_id=draft.id, content_hash=draft.content_hash(),
+                  approver=CLINICIAN, approver_name=CLINICIAN_NAME, role="attending physician",
+                  decision=Decision.APPROVED)
+        keys = engine.submit_approved(ORG, draft.id)
 
-    def drafted() -> bool:
-        done = sum(c.state == ChunkState.TRANSCRIBED for c in store.chunks(ORG, session.id))
-        if done != seen[0]:
-            seen[0] = done
-            progress(f"{ORG} chunk {done}/{len(pieces)} transcribed")
-        return store.recordings(ORG, session.id)[0].state in (VersionState.DONE, VersionState.FAILED)
-    _wait(drafted, timeout, "the second site's draft")
-    drafts = store.drafts(ORG, session_id=session.id)
-    if not drafts:
-        raise ChartbridgeError("demo: the second site produced no draft: "
-                               f"{store.recordings(ORG, session.id)[0].state}")
-    draft = drafts[0][0]
-    result = {"session_id": session.id, "draft_id": draft.id, "draft_version": draft.version,
-              "sections": {s.code: s.text for s in draft.sections}}
-    if not auto_approve:
-        progress(f"draft v{draft.version} ({len(draft.sections)} sections) waits for a person "
-                 "on the review page (no writes until it is approved)")
-        return {**result, "ledger": [],
-                "targets": {name: {"status": AWAITING, "external_id": None} for name in targets}}
-    progress(f"{CLINICIAN_NAME} approves draft v{draft.version} ({len(draft.sections)} sections)")
-    uc.decide(store, engine.clock, org_id=ORG, draft_id=draft.id, content_hash=draft.content_hash(),
-              approver=CLINICIAN, approver_name=CLINICIAN_NAME, role="attending physician",
-              decision=Decision.APPROVED)
-    keys = engine.submit_approved(ORG, draft.id)
-
-    def settled() -> bool:
+        def settled() -> bool:
+            rows = [engine.ledger.get(ORG, k) for k in keys]
+            return all(r.status in (WriteStatus.SUCCEEDED, WriteStatus.FAILED,
+                                    WriteStatus.NEEDS_RECONCILIATION) for r in rows)
+        _wait(settled, timeout, "the second site's writes")
         rows = [engine.ledger.get(ORG, k) for k in keys]
-        return all(r.status in (WriteStatus.SUCCEEDED, WriteStatus.FAILED,
-                                WriteStatus.NEEDS_RECONCILIATION) for r in rows)
-    _wait(settled, timeout, "the second site's writes")
-    rows = [engine.ledger.get(ORG, k) for k in keys]
-    for r in rows:
-        progress(f"write {r.target}: {r.status.value} {r.external_id or r.last_error or ''}")
-    return {**result, **written(rows)}
+        for r in rows:
+            progress(f"write {r.target}: {r.status.value} {r.external_id or r.last_error or ''}")
+        return {**result, **written(rows)}
 
 
 def written(rows) -> dict:
@@ -190,9 +175,22 @@ def written(rows) -> dict:
                         for r in rows}}
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
+def _chunk_reporter(store, session, total: int, progress: Callable[[str], None]) -> Callable[[], None]:
+    """A progress line each time another of the second site's chunks is transcribed."""
+    seen = [0]
+
+    def report() -> None:
+        done = sum(c.state == ChunkState.TRANSCRIBED for c in store.chunks(ORG, session.id))
+        if done != seen[0]:
+            seen[0] = done
+            progress(f"{ORG} chunk {done}/{total} transcribed")
+    return report
+
+
+def _wait(predicate, timeout: float, what: str, every: Callable[[], None] = lambda: None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
+        every()
         if time.monotonic() > deadline:
             raise ChartbridgeError(f"demo: timed out waiting for {what}")
         time.sleep(0.05)
