@@ -88,6 +88,7 @@ TEST_SETTINGS = {
     "CHARTBRIDGE_UPDATE_SAMPLES": "1: the contract suites rewrite their recorded samples",
     "CHARTBRIDGE_WRITE_SAMPLES": "1: the contract suites write their samples",
     "CHARTBRIDGE_FHIR_SIM_KEY": "the FHIR contract suite's simulator key",
+    "CHARTBRIDGE_PROPERTY_EXAMPLES": "how many histories the stateful property tests generate",
     "CHARTBRIDGE_ATHENA_CLIENT_SECRET_FOR_TESTS": "athena contract suite: the sandbox client secret",
     **{f"CHARTBRIDGE_FHIR_{n}": "FHIR contract suite against a live sandbox (--base-url)"
        for n in ("TOKEN_URL", "PATIENT_ID", "ENCOUNTER_ID", "KEY_REF", "KEY_ID", "CLIENT_ID",
