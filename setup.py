@@ -1,4 +1,4 @@
-"""Package discovery for the DESIGN.md layout.
+"""Package discovery for the one-folder-per-layer layout.
 
 pyproject.toml maps each top-level folder (core/, adapters/, ...) into the `chartbridge`
 namespace; this walks those folders so every subpackage an adapter adds is installed

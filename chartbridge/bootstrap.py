@@ -3,7 +3,6 @@ tests pass their own pieces to `bootstrap()`."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,7 +147,8 @@ def make_services(db: Database, clock: Clock, *,
 
 
 def default_config_dir() -> Path:
-    return Path(os.environ.get("CHARTBRIDGE_CONFIG_DIR", "config/orgs"))
+    from chartbridge.settings import load_settings
+    return load_settings().config_dir
 
 
 def bootstrap(*, database_url: str | None = None, db: Database | None = None,

@@ -11,18 +11,18 @@ import io
 import os
 import time
 import wave
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
+from chartbridge.config.loader import EXAMPLE_ORGS
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import ChartbridgeError
-from chartbridge.core.models import (Consent, ConsentScope, Decision, Identifier,
+from chartbridge.core.models import (ChunkState, Consent, ConsentScope, Decision, Identifier,
                                      RecordingStatus, SessionSource, VersionState, WriteStatus)
 
-REPO = Path(__file__).resolve().parents[1]
 ORG = "demo-multi"
 CLINICIAN = Identifier(value="DEMO-DR-1", type="EXTERNAL")
 CLINICIAN_NAME = "Dr. Dana Demo (demo clinician)"
@@ -90,17 +90,24 @@ def _start_simulators(stack: ExitStack, workdir: Path) -> dict[str, dict]:
 
 
 def write_config(config_dir: Path, targets: dict[str, dict]) -> None:
-    doc = yaml.safe_load((REPO / "config/orgs/demo-multi.yaml").read_text())
+    doc = yaml.safe_load((EXAMPLE_ORGS / "demo-multi.yaml").read_text())
     doc["targets"] = targets
     doc["drafting"] = {"generator": "rules", "template": "default"}   # no LLM server in the demo
     (config_dir / f"{ORG}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+AWAITING = "awaiting review"
+
+
 def run_multi_site(epic_stack, wav: bytes, *, chunk_seconds: float,
-                   progress: Callable[[str], None], timeout: float) -> dict:
+                   progress: Callable[[str], None], timeout: float,
+                   auto_approve: bool = True, keep_up: ExitStack | None = None) -> dict:
+    """The second site's visit. With `auto_approve` the demo clinician approves the draft
+    and the writes are awaited; without it the draft is left staged for a person on the
+    review page, and its simulators live as long as `keep_up` (the caller's ExitStack)."""
     engine, jobs = epic_stack.engine, epic_stack.rt.jobs
     store = engine.store
-    with ExitStack() as sims:
+    with (nullcontext(keep_up) if keep_up is not None else ExitStack()) as sims:
         targets = _start_simulators(sims, epic_stack.workdir)
         write_config(epic_stack.workdir / "orgs", targets)
         progress(f"second site {ORG}: targets {', '.join(targets)} (each against its simulator)")
@@ -117,6 +124,7 @@ def run_multi_site(epic_stack, wav: bytes, *, chunk_seconds: float,
             store.set_consent(ORG, Consent(session_id=session.id, scope=scope, granted=True,
                                            recorded_by=CLINICIAN.value, at=engine.clock.now()))
         pieces = _chunks(wav, chunk_seconds)
+        report = _chunk_reporter(store, session, len(pieces), progress)
         for seq, (audio, ms) in enumerate(pieces, start=1):
             uc.announce_chunk(store, org_id=ORG, session=session, recording_id="R1",
                               sequence=seq, version=1, duration_ms=ms)
@@ -128,12 +136,19 @@ def run_multi_site(epic_stack, wav: bytes, *, chunk_seconds: float,
         if ready is not None:
             jobs.enqueue("finish_version", ORG, session.id, "R1", ready.version)
         _wait(lambda: store.recordings(ORG, session.id)[0].state in (VersionState.DONE, VersionState.FAILED),
-              timeout, "the second site's draft")
+              timeout, "the second site's draft", every=report)
         drafts = store.drafts(ORG, session_id=session.id)
         if not drafts:
             raise ChartbridgeError("demo: the second site produced no draft: "
                                    f"{store.recordings(ORG, session.id)[0].state}")
         draft = drafts[0][0]
+        result = {"session_id": session.id, "draft_id": draft.id, "draft_version": draft.version,
+                  "sections": {s.code: s.text for s in draft.sections}}
+        if not auto_approve:
+            progress(f"draft v{draft.version} ({len(draft.sections)} sections) waits for a person "
+                     "on the review page (no writes until it is approved)")
+            return {**result, "ledger": [],
+                    "targets": {name: {"status": AWAITING, "external_id": None} for name in targets}}
         progress(f"{CLINICIAN_NAME} approves draft v{draft.version} ({len(draft.sections)} sections)")
         uc.decide(store, engine.clock, org_id=ORG, draft_id=draft.id, content_hash=draft.content_hash(),
                   approver=CLINICIAN, approver_name=CLINICIAN_NAME, role="attending physician",
@@ -147,22 +162,38 @@ def run_multi_site(epic_stack, wav: bytes, *, chunk_seconds: float,
         _wait(settled, timeout, "the second site's writes")
         rows = [engine.ledger.get(ORG, k) for k in keys]
         for r in rows:
-            progress(f"{r.target}: {r.status.value} {r.external_id or r.last_error or ''}")
-        return {"session_id": session.id, "draft_version": draft.version,
-                "sections": {s.code: s.text for s in draft.sections},
-                "ledger": [{"key": r.key, "target": r.target, "kind": r.kind, "status": r.status.value,
-                            "external_id": r.external_id, "attempts": r.attempts,
-                            "detail": r.outcome} for r in rows],
-                "targets": {r.target: {"status": "written" if r.status == WriteStatus.SUCCEEDED
-                                       else r.status.value, "external_id": r.external_id,
-                                       **({"ack": r.outcome.get("ack")} if r.outcome and r.outcome.get("ack") else {}),
-                                       **({"error": r.last_error} if r.last_error else {})}
-                            for r in rows}}
+            progress(f"write {r.target}: {r.status.value} {r.external_id or r.last_error or ''}")
+        return {**result, **written(rows)}
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
+def written(rows) -> dict:
+    """The demo's view of the second site's ledger rows: per target, written or not."""
+    return {"ledger": [{"key": r.key, "target": r.target, "kind": r.kind, "status": r.status.value,
+                        "external_id": r.external_id, "attempts": r.attempts,
+                        "detail": r.outcome} for r in rows],
+            "targets": {r.target: {"status": "written" if r.status == WriteStatus.SUCCEEDED
+                                   else r.status.value, "external_id": r.external_id,
+                                   **({"ack": r.outcome.get("ack")} if r.outcome and r.outcome.get("ack") else {}),
+                                   **({"error": r.last_error} if r.last_error else {})}
+                        for r in rows}}
+
+
+def _chunk_reporter(store, session, total: int, progress: Callable[[str], None]) -> Callable[[], None]:
+    """A progress line each time another of the second site's chunks is transcribed."""
+    seen = [0]
+
+    def report() -> None:
+        done = sum(c.state == ChunkState.TRANSCRIBED for c in store.chunks(ORG, session.id))
+        if done != seen[0]:
+            seen[0] = done
+            progress(f"{ORG} chunk {done}/{total} transcribed")
+    return report
+
+
+def _wait(predicate, timeout: float, what: str, every: Callable[[], None] = lambda: None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
+        every()
         if time.monotonic() > deadline:
             raise ChartbridgeError(f"demo: timed out waiting for {what}")
         time.sleep(0.05)

@@ -49,7 +49,9 @@ class Runtime:
 
 def start(engine: Engine, *, broker_url: str | None = None, in_process_worker: bool | None = None,
           worker_threads: int = 2, sweep_interval_s: float = recovery.SWEEP_INTERVAL_S,
-          sweeper_stale_s: float = recovery.STALE_S, queue: str = "chartbridge") -> Runtime:
+          sweeper_stale_s: float = recovery.STALE_S, queue: str = "chartbridge",
+          sweeper: bool = True) -> Runtime:
+    """`sweeper=False` when the sweeper runs as its own process (`chartbridge sweep --every`)."""
     broker = make_broker(broker_url)
     recovery.tune_broker(broker)
     # Short leases, renewed by the heartbeat of the process doing the work (recovery.py).
@@ -63,6 +65,7 @@ def start(engine: Engine, *, broker_url: str | None = None, in_process_worker: b
     if in_process_worker:
         worker = Worker(broker, worker_threads=worker_threads, worker_timeout=100)
         worker.start()
-    sweeper = Sweeper(jobs, stale_after_s=sweeper_stale_s, leases=leases)
-    sweeper.start(sweep_interval_s)
-    return Runtime(engine, jobs, worker, sweeper)
+    sweeping = Sweeper(jobs, stale_after_s=sweeper_stale_s, leases=leases)
+    if sweeper:
+        sweeping.start(sweep_interval_s)
+    return Runtime(engine, jobs, worker, sweeping)

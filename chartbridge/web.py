@@ -45,6 +45,23 @@ def create_app(engine: Engine, *, jobs=None, public_url: str | None = None,
             return jsonify(status="unavailable", database="unreachable"), 503
         return jsonify(status="ready", database=engine.db.engine.dialect.name)
 
+    @app.get("/orgs/<org>/.well-known/jwks.json")
+    def org_jwks(org: str):
+        """The public half of the org's signing keys: what an Epic or SMART backend
+        registration points at. Never a private member; unknown org -> 404."""
+        from chartbridge.onboarding.keys import org_jwks as public_keys
+
+        doc, problems = public_keys(engine.org(org))
+        if problems:
+            log.warning("jwks: %d signing key(s) unavailable", len(problems),
+                        extra={"org_id": org})
+        if problems and not doc["keys"]:
+            return jsonify(error="keys_unavailable",
+                           detail="the organization's signing keys cannot be read"), 503
+        resp = jsonify(doc)
+        resp.headers["Cache-Control"] = "public, max-age=300"
+        return resp
+
     def api_error(answer: httperrors.Answer):
         resp = jsonify({"error": answer.code, "detail": answer.detail, **answer.fields})
         resp.status_code = answer.status
@@ -75,10 +92,11 @@ def _secret_key() -> bytes:
     """Signs and keys the clinician pages' sessions: `CHARTBRIDGE_SECRET_KEY` holds an
     `env:NAME` or `file:PATH` reference; without it (the embedded default) a random key per
     process, so page sessions end when the process does."""
-    import os
     import secrets
 
-    ref = os.environ.get("CHARTBRIDGE_SECRET_KEY")
+    from chartbridge.settings import load_settings
+
+    ref = load_settings().secret_key
     if not ref:
         return secrets.token_bytes(32)
     from chartbridge.config.secrets import resolve

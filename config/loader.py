@@ -42,6 +42,7 @@ ENV_CONFIG_DIR = "CHARTBRIDGE_CONFIG_DIR"
 ENV_SELECT = "CHARTBRIDGE_ENV"           # which overlay (ORG.<env>.yaml) applies; unset = none
 ENV_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 DEFAULT_CONFIG_DIR = "./config/orgs"
+EXAMPLE_ORGS = Path(__file__).resolve().parent / "orgs"     # the example orgs, also in the wheel
 MAX_BYTES = 1_000_000          # an org config is a few KB; refuse anything absurd
 MAX_NODES = 50_000             # guards against alias expansion ("billion laughs")
 
@@ -80,6 +81,25 @@ def current_env(env: str | None = None) -> str | None:
         raise ConfigError(f"environment name must be lower-case letters, digits and '-' "
                           f"(from --env or {ENV_SELECT})")
     return value
+
+
+def org_environment(base: str | Path) -> str | None:
+    """The overlay an org's base file selects for itself (its `environment:` key), if any.
+    A malformed value is left to the schema to report."""
+    try:
+        data = _parse(Path(base)).data
+    except ConfigError:
+        return None
+    value = data.get("environment")
+    return value if isinstance(value, str) and ENV_NAME.fullmatch(value) else None
+
+
+def env_for(base: str | Path, explicit: str | None = None) -> str | None:
+    """The overlay that applies to one org: `explicit` (--env), else the org file's own
+    `environment:`, else $CHARTBRIDGE_ENV, else none."""
+    if explicit is not None:
+        return current_env(explicit)
+    return org_environment(base) or current_env(None)
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -284,6 +304,10 @@ def parse_layers(base: str | Path, overlay: str | Path | None = None) -> ParsedF
         raise ConfigError("overlay file name must be <org>.<env>.yaml with env in lower-case "
                           "letters, digits and '-'", file=str(overlay), line=1)
     top = _parse(overlay)
+    if isinstance(top.data, dict) and "environment" in top.data:
+        key, line, where = locate_origin(top.root, ("environment",))
+        raise ConfigError("the environment is chosen in the base file (ORG.yaml), not in an "
+                          "overlay", file=where, key=key, line=line)
     root = merge_nodes(parsed.root, top.root)
     constructor = yaml.constructor.SafeConstructor()
     data = constructor.construct_document(root)
@@ -421,15 +445,30 @@ def load_orgs(directory: str | Path, env: str | None = None) -> dict[str, OrgCon
 
 
 class ConfigStore:
-    """Org configs by id from one folder, with the selected environment's overlay
-    (`env`, else $CHARTBRIDGE_ENV), cached per process and re-read when the base's or the
-    overlay's modification time or size changes (or the overlay appears or goes)."""
+    """Org configs by id from one folder, each with its environment's overlay (`env` for
+    every org when given, else the org file's own `environment:`, else $CHARTBRIDGE_ENV),
+    cached per process and re-read when the base's or the overlay's modification time or
+    size changes (or the overlay appears or goes)."""
 
     def __init__(self, directory: str | Path | None = None, env: str | None = None) -> None:
         self.directory = Path(directory or os.environ.get(ENV_CONFIG_DIR) or DEFAULT_CONFIG_DIR)
-        self.env = current_env(env)
+        self.env = current_env(env)                  # the default for orgs that name none
+        self._forced = env is not None
         self._cache: dict[str, tuple[tuple, OrgConfig]] = {}
+        self._envs: dict[str, tuple[tuple, str | None]] = {}
         self._lock = threading.Lock()
+
+    def env_of(self, org_id: str, path: Path, base_stamp: tuple) -> str | None:
+        """The overlay name for one org (the base file is re-read only when it changes)."""
+        if self._forced:
+            return self.env
+        with self._lock:
+            hit = self._envs.get(org_id)
+        if hit is None or hit[0] != base_stamp:
+            hit = (base_stamp, org_environment(path))
+            with self._lock:
+                self._envs[org_id] = hit
+        return hit[1] or self.env
 
     def get(self, org_id: str) -> OrgConfig:
         if not isinstance(org_id, str) or not ORG_ID.fullmatch(org_id) or len(org_id) > 63:
@@ -441,7 +480,8 @@ class ConfigStore:
             with self._lock:
                 self._cache.pop(org_id, None)
             raise NotFound("unknown org") from None
-        overlay = overlay_path(path, self.env) if self.env else None
+        env = self.env_of(org_id, path, (st.st_mtime_ns, st.st_size))
+        overlay = overlay_path(path, env) if env else None
         try:
             ost = overlay.stat() if overlay is not None else None
         except FileNotFoundError:

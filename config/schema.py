@@ -172,6 +172,32 @@ class Mappings(Settings):
     overrides: MappingOverrides = MappingOverrides()
 
 
+# --- clinician sign-in and the active overlay ----------------------------------------------
+
+
+class OidcSignIn(Settings):
+    """The org's identity provider for the review pages (OpenID Connect, code + PKCE)."""
+
+    issuer: Url                                  # discovery base: {issuer}/.well-known/openid-configuration
+    client_id: Id                                # our client id at the provider
+    client_secret: SecretRef | None = None       # none for a public client (PKCE only)
+    role_claim: Name = "role"                    # the ID token claim holding the clinical role
+
+
+class SignIn(Settings):
+    oidc: OidcSignIn | None = None               # none: no sign-in (the dev login only for demo-* orgs)
+
+
+def _env_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", value):
+        raise PydanticCustomError("env_name", "must be lower-case letters, digits and '-' (an "
+                                  "overlay name, e.g. sandbox or production)")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
 # --- targets ----------------------------------------------------------------------------
 
 
@@ -213,6 +239,9 @@ class OrgConfig(BaseModel):
 
     org: OrgId                                   # == the file name's stem
     name: Name                                   # shown to people (CLI, pages)
+    # the overlay (ORG.<environment>.yaml) this org runs with; set in the base file only.
+    # Wins over the engine's CHARTBRIDGE_ENV; `--env` on the CLI wins over both.
+    environment: EnvName | None = None
     timezone: Annotated[str, AfterValidator(_timezone)]
     # sections drafted when Epic's AllowedNoteSections is absent (and for API sessions)
     allowed_sections: Annotated[list[SectionCode], Field(min_length=1), AfterValidator(_unique)]
@@ -221,6 +250,7 @@ class OrgConfig(BaseModel):
     transcription: Transcription = Transcription()
     drafting: Drafting = Drafting()
     mappings: Mappings = Mappings()
+    sign_in: SignIn = SignIn()                   # who the clinicians on the review pages are
     # adapter name -> that adapter's config model instance
     targets: Annotated[dict[str, BaseModel], _TargetsSchema()]
 

@@ -4,7 +4,6 @@ Nothing is created at import time: `make_engine()` is called by the composition 
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,10 @@ DEFAULT_URL = "sqlite:///./var/chartbridge.db"
 
 
 def database_url(url: str | None = None) -> str:
-    return url or os.environ.get("CHARTBRIDGE_DATABASE_URL") or DEFAULT_URL
+    if url:
+        return url
+    from chartbridge.settings import load_settings      # CHARTBRIDGE_DATABASE_URL
+    return load_settings().database_url or DEFAULT_URL
 
 
 def _normalise(url: str) -> str:

@@ -22,6 +22,8 @@ COMMANDS = {
     "simulate": "simulate",
     "contract_test": "contract_test",
     "sweep": "sweep",
+    "keys": "keys",
+    "settings": "settings",
 }
 
 

@@ -5,6 +5,12 @@ from pathlib import Path
 import click
 
 
+def _say(message: str) -> None:
+    """One progress line on stderr, flushed at once and never wrapped: it reads the same in
+    a terminal, a CI log or a pipe, and a URL in it stays one piece."""
+    click.echo(f"• {message}", err=True)
+
+
 @click.command("demo")
 @click.option("--audio", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A 16 kHz mono WAV to play instead of the bundled visit.")
@@ -13,25 +19,25 @@ import click
               default=Path("var/demo"), show_default=True,
               help="Where the demo's database and keys live (recreated each run).")
 @click.option("--hold", is_flag=True,
-              help="Keep the engine and simulators up after the visit (Ctrl-C ends) so the pages can be opened.")
-def demo(audio, as_json: bool, workdir: Path, hold: bool) -> None:
+              help="Keep the engine and simulators up after the visit (Ctrl-C ends) so the "
+                   "pages can be opened; the second site's draft then waits for a person on "
+                   "its review page.")
+@click.option("--auto-approve", is_flag=True,
+              help="With --hold: the demo clinician approves the second site's draft at once "
+                   "instead of leaving it on the review page.")
+def demo(audio, as_json: bool, workdir: Path, hold: bool, auto_approve: bool) -> None:
     """Run one whole Epic Haiku visit in-process against the Epic simulator."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn
-
     from chartbridge.demo import run_demo
 
-    err = Console(stderr=True)
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), console=err,
-                  transient=True) as bar:
-        task = bar.add_task("chunks transcribed", total=None)
+    seen = {"done": -1}
 
-        def on_chunks(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def on_chunks(done: int, total: int) -> None:
+        if done != seen["done"]:
+            seen["done"] = done
+            _say(f"chunk {done}/{total} transcribed")
 
-        result = run_demo(workdir=workdir, audio=audio, progress=lambda m: err.print(f"• {m}"),
-                          on_chunks=on_chunks, hold=hold)
+    result = run_demo(workdir=workdir, audio=audio, progress=_say, on_chunks=on_chunks,
+                      hold=hold, auto_approve=auto_approve or not hold)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:
@@ -57,12 +63,28 @@ def _summary(result) -> None:
     for col in ("target", "kind", "status", "attempts", "external id"):
         ledger.add_column(col)
     for row in result.ledger:
-        ledger.add_row(row["target"], row["kind"], row["status"], str(row["attempts"]),
+        ledger.add_row(row["target"], str(row["kind"]), row["status"], str(row["attempts"]),
                        row["external_id"] or "")
     out.print(ledger)
+    out.rule("Summary")
+    # plain lines from here on: a person reads them last, and URLs must not be wrapped
+    click.echo(f"Epic Haiku visit {result.session_id}: {len(result.sections)} sections handed "
+               f"back; the clinician's edit was {'kept' if result.edit_survived else 'OVERWRITTEN'} "
+               "in version 2")
     for name, t in result.targets.items():
-        out.print(f"target {name}: {t['status']} ({t['external_id']})")
-    out.print(f"edit protected in version 2: {'yes' if result.edit_survived else 'NO'}")
-    out.print("timings: " + ", ".join(f"{k} {v} ms" for k, v in result.timings_ms.items()))
+        click.echo(f"  {name:<11} {t['status']:<22} {t.get('external_id') or ''}")
+    click.echo("timings: " + ", ".join(f"{k} {v / 1000:.1f} s" for k, v in result.timings_ms.items()))
+    if result.pages and not result.held:
+        click.echo("pages (up only while the demo runs; `chartbridge demo --hold` keeps them):")
+    for name, url in result.pages.items():
+        click.echo(f"page {name}: {url}")
     for problem in result.problems:
-        out.print(f"[red]problem:[/red] {problem}")
+        click.echo(f"problem: {problem}")
+    waiting = [n for n, t in result.targets.items() if t["status"] == "awaiting review"]
+    if not result.ok:
+        click.echo(f"FAILED: {len(result.problems)} problem(s) above")
+    elif waiting:
+        click.echo(f"OK: every write sent reached its final state; {', '.join(waiting)} "
+                   "still await a person's approval (nothing was written to them)")
+    else:
+        click.echo("OK: every write reached its final state")

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import click
 
-from chartbridge.config.loader import (DEFAULT_CONFIG_DIR, ENV_CONFIG_DIR, current_env, org_files,
-                                       overlay_files, overlay_path, split_name, validate_files)
+from chartbridge.config.loader import (DEFAULT_CONFIG_DIR, ENV_CONFIG_DIR, current_env, env_for,
+                                       org_files, overlay_files, overlay_path, split_name,
+                                       validate_files)
 
 
 @click.group()
@@ -37,7 +38,8 @@ config_dir_option = click.option(
     help=f"Org config folder (default: ${ENV_CONFIG_DIR} or {DEFAULT_CONFIG_DIR}).")
 env_option = click.option(
     "--env", "env", default=None, metavar="ENV",
-    help="Environment overlay to apply (ORG.ENV.yaml; default: $CHARTBRIDGE_ENV).")
+    help="Environment overlay to apply (ORG.ENV.yaml; default: the org file's environment:, "
+         "else $CHARTBRIDGE_ENV).")
 
 
 def _expand(paths: tuple[str, ...], config_dir: str | None, env: str | None) -> list[Path]:
@@ -105,6 +107,11 @@ def init(org_id: str, targets: str, name: str | None, config_dir: str | None) ->
                f"`chartbridge org check {org_id}`")
 
 
+def org_env(org_id: str, config_dir: str | None, env: str | None) -> str | None:
+    """The overlay for one org: --env, else its file's `environment:`, else $CHARTBRIDGE_ENV."""
+    return env_for(_config_dir(config_dir) / f"{org_id}.yaml", env)
+
+
 def _effective(org_id: str, config_dir: str | None, env: str | None, check_mappings: bool = True):
     from chartbridge.onboarding.effective import load_effective
 
@@ -127,7 +134,7 @@ def show(org_id: str, config_dir: str | None, env: str | None, origin: bool, as_
     reference (env:NAME / file:PATH), never resolved."""
     from chartbridge.onboarding.effective import render_rows, render_yaml, rows
 
-    env = current_env(env)
+    env = org_env(org_id, config_dir, env)
     eff = _effective(org_id, config_dir, env)
     header = f"# {org_id}" + (f" (env {env})" if env else "") + ": " + " + ".join(eff.files)
     if as_json:
@@ -153,7 +160,7 @@ def check(org_id: str, config_dir: str | None, env: str | None, as_json: bool) -
     handshake), mappings are complete. Never writes to an EHR. Exit 1 on any failure."""
     from chartbridge.onboarding.checks import render, run_checks
 
-    env = current_env(env)
+    env = org_env(org_id, config_dir, env)
     eff = _effective(org_id, config_dir, env, check_mappings=False)   # mappings: a check below
     results = run_checks(eff.org)
     ok = all(c.ok for c in results)
@@ -163,8 +170,10 @@ def check(org_id: str, config_dir: str | None, env: str | None, as_json: bool) -
     else:
         click.echo(f"# org check {org_id}" + (f" (env {env})" if env else ""))
         click.echo(render(results))
-        failed = sum(not c.ok for c in results)
-        click.echo(f"{len(results) - failed} passed, {failed} failed")
+        failed = sum(not c.ok and not c.skipped for c in results)
+        skipped = sum(c.skipped for c in results)
+        click.echo(f"{len(results) - failed - skipped} passed, {failed} failed"
+                   + (f", {skipped} not checked until those pass" if skipped else ""))
     if not ok:
         raise click.exceptions.Exit(1)
 
@@ -185,12 +194,12 @@ def sandbox(org_ids: tuple[str, ...], config_dir: str | None, env: str | None, g
     from chartbridge.onboarding.effective import load_effective
     from chartbridge.onboarding.sandbox import start_sandbox
 
-    env = current_env(env)
     directory = _config_dir(config_dir)
     ids = list(org_ids) or [p.stem for p in org_files(directory)]
     orgs = []
     for org_id in ids:
-        eff, errors = load_effective(directory, org_id, env, check_mappings=False)
+        eff, errors = load_effective(directory, org_id, org_env(org_id, config_dir, env),
+                                     check_mappings=False)
         if eff is None:
             for err in errors:
                 click.echo(str(err), err=True)

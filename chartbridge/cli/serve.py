@@ -4,11 +4,14 @@ import threading
 
 import click
 
+from chartbridge.cli.options import queue_option, sweeper_option
+
 
 @click.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="CHARTBRIDGE_HOST")
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=int, help="HTTP worker threads.")
+@click.option("--threads", default=8, show_default=True, type=int, envvar="CHARTBRIDGE_WEB_THREADS",
+              help="HTTP (WSGI) threads (env CHARTBRIDGE_WEB_THREADS).")
 @click.option("--worker-threads", default=2, show_default=True, type=int,
               help="In-process job threads (embedded broker only).")
 # -- hardening (issue 20) ----------------------------------------------------------------
@@ -19,8 +22,10 @@ import click
 @click.option("--trusted-proxies", envvar="CHARTBRIDGE_TRUSTED_PROXIES", default=0,
               show_default=True, type=click.IntRange(0, 5),
               help="How many reverse proxies in front set X-Forwarded-* (0: trust none).")
-def serve(host: str, port: int, threads: int, worker_threads: int, public_url: str | None,
-          trusted_proxies: int) -> None:
+@queue_option
+@sweeper_option
+def serve(host: str, port: int, threads: int, worker_threads: int, queue: str,
+          sweeper: bool, public_url: str | None, trusted_proxies: int) -> None:
     """Run the engine: the web app on waitress, plus the in-process worker and sweeper when
     no CHARTBRIDGE_BROKER_URL is set (the embedded default)."""
     from waitress.server import create_server
@@ -32,7 +37,7 @@ def serve(host: str, port: int, threads: int, worker_threads: int, public_url: s
 
     configure_logging()
     engine = bootstrap()
-    rt = runtime.start(engine, worker_threads=worker_threads)
+    rt = runtime.start(engine, worker_threads=worker_threads, queue=queue, sweeper=sweeper)
     app = create_app(engine, jobs=rt.jobs, trusted_proxies=trusted_proxies)
     from chartbridge.web import MAX_BODY_BYTES
     server = create_server(app, host=host, port=port, threads=threads,
@@ -41,7 +46,7 @@ def serve(host: str, port: int, threads: int, worker_threads: int, public_url: s
     app.config["CHARTBRIDGE_PUBLIC_URL"] = _public_url(public_url, host,
                                                        server.effective_port)
     click.echo(f"chartbridge serving on http://{host}:{server.effective_port} "
-               f"(database: {engine.db.engine.dialect.name}, "
+               f"({threads} WSGI threads, database: {engine.db.engine.dialect.name}, "
                f"worker: {'in-process' if rt.worker else 'external'})")
     stop = threading.Event()
 

@@ -1,17 +1,22 @@
-import os
 import signal
 import threading
 
 import click
 
+from chartbridge.cli.options import queue_option, sweeper_option
 from chartbridge.core.errors import ConfigError
 
 
 @click.command("worker")
-@click.option("--threads", default=4, show_default=True, type=int)
-def worker(threads: int) -> None:
+@click.option("--threads", default=4, show_default=True, type=int, envvar="CHARTBRIDGE_WORKER_THREADS",
+              help="Job threads (env CHARTBRIDGE_WORKER_THREADS).")
+@queue_option
+@sweeper_option
+def worker(threads: int, queue: str, sweeper: bool) -> None:
     """Run job workers against CHARTBRIDGE_BROKER_URL (redis:// or amqp://)."""
-    url = os.environ.get("CHARTBRIDGE_BROKER_URL", "")
+    from chartbridge.settings import load_settings
+
+    url = load_settings().broker_url
     if not (url.startswith("redis://") or url.startswith("amqp://")):
         raise ConfigError("chartbridge worker needs CHARTBRIDGE_BROKER_URL set to a redis:// or "
                           "amqp:// URL; the embedded default runs its worker inside `serve`")
@@ -20,7 +25,8 @@ def worker(threads: int) -> None:
     from chartbridge.logs import configure_logging
 
     configure_logging()
-    rt = runtime.start(bootstrap(), broker_url=url, in_process_worker=True, worker_threads=threads)
+    rt = runtime.start(bootstrap(), broker_url=url, in_process_worker=True, worker_threads=threads,
+                       queue=queue, sweeper=sweeper)
     click.echo(f"chartbridge worker running ({threads} threads)")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

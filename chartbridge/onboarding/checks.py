@@ -33,6 +33,7 @@ class Check:
     ok: bool
     detail: str               # what happened (the reason when it failed)
     fix: str = ""             # what to do about a failure
+    skipped: bool = False     # not run because a check it needs failed (counts as failed)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +88,13 @@ def _failed(target: str, name: str, exc: ChartbridgeError, *, where: str, refuse
     return Check(target, name, False, exc.message, fix)
 
 
+def _skipped(target: str, name: str, *needs: Check) -> Check:
+    """A check that cannot run until the named ones pass: reported, never silently dropped."""
+    failed = [c.name for c in needs if not c.ok]
+    return Check(target, name, False, f"not checked: needs {' and '.join(failed)} (above)",
+                 f"fix {' and '.join(failed)} first, then run org check again", skipped=True)
+
+
 def _step(target: str, name: str, fn: Callable[[], str], *, where: str,
           refused_fix: str) -> Check:
     try:
@@ -121,6 +129,11 @@ def _epic(org: OrgConfig, cfg: Any, http: httpx.Client, clock: Any) -> Iterator[
                         where=f"targets.epic_haiku.token_url ({cfg.token_url})",
                         refused_fix=f"ask the site to confirm client_id {cfg.client_id!r} is active and "
                                     f"that the public key with kid {cfg.key_id!r} is registered for it")
+        else:
+            yield _skipped(t, "backend token", key)
+    else:
+        yield _skipped(t, "signing key", secret)
+        yield _skipped(t, "backend token", secret)
     inbound = cfg.inbound
     where = (f"targets.epic_haiku.inbound.jwks_url ({inbound.jwks_url})" if inbound.jwks_url
              else f"targets.epic_haiku.inbound.jwks_file ({inbound.jwks_file})")
@@ -165,7 +178,8 @@ def _fhir(org: OrgConfig, cfg: Any, http: httpx.Client, clock: Any) -> Iterator[
 
     t = "fhir_docref"
     where = f"targets.fhir_docref.base_url ({cfg.base_url})"
-    if cfg.token_url is None:
+    token_url = cfg.token_url
+    if token_url is None:
         found: dict[str, str] = {}
 
         def discover() -> str:
@@ -175,42 +189,50 @@ def _fhir(org: OrgConfig, cfg: Any, http: httpx.Client, clock: Any) -> Iterator[
         disc = _step(t, "SMART discovery", discover, where=where,
                      refused_fix="set targets.fhir_docref.token_url, or ask the site to publish "
                                  "/.well-known/smart-configuration")
-        yield disc
-        if not disc.ok:
-            return
-        token_url = found["url"]
+        token_url = found.get("url")
     else:
-        token_url = cfg.token_url
-        yield Check(t, "SMART discovery", True, f"token_url set in config ({token_url})")
+        disc = Check(t, "SMART discovery", True, f"token_url set in config ({token_url})")
+    yield disc
+    # the key is ours: checked whether or not the site answers
     secret = _secret(t, "private_key", cfg.private_key)
     yield secret
     if not secret.ok:
+        yield _skipped(t, "signing key", secret)
+        yield _skipped(t, "backend token", secret, disc)
+        yield _skipped(t, "granted scope", secret, disc)
         return
     tokens = SmartBackendTokens(org_id=org.org, client_id=cfg.client_id, key_id=cfg.key_id,
                                 algorithm=cfg.algorithm, private_key=cfg.private_key.resolve,
                                 cache=MemoryTokenCache(clock), clock=clock, http=http,
-                                base_url=cfg.base_url, token_url=token_url, scopes=list(cfg.scopes),
+                                base_url=cfg.base_url,
+                                # only the assertion's audience until discovery works; never sent
+                                token_url=token_url or f"{cfg.base_url.rstrip('/')}/token",
+                                scopes=list(cfg.scopes),
                                 send_scope=cfg.profile != "epic", timeout_s=cfg.timeout_s)
     key = _step(t, "signing key", lambda: (tokens.assertion(), f"{cfg.algorithm} key signs an assertion")[1],
                 where="targets.fhir_docref.private_key",
                 refused_fix=f"put an {cfg.algorithm} PEM private key at {cfg.private_key.ref} "
                             "(or set algorithm to match the key)")
     yield key
-    if not key.ok:
+    if not (key.ok and disc.ok):
+        yield _skipped(t, "backend token", key, disc)
+        yield _skipped(t, "granted scope", key, disc)
         return
     tok = _step(t, "backend token", lambda: (tokens.token(), f"access token from {token_url}")[1],
                 where=f"the token endpoint ({token_url})",
                 refused_fix=f"ask the site to confirm client_id {cfg.client_id!r}, the public key with kid "
                             f"{cfg.key_id!r} and the scopes {' '.join(cfg.scopes)} are registered")
     yield tok
-    if tok.ok:
-        can_create = tokens.grants("DocumentReference", "c")
-        if can_create is False:
-            yield Check(t, "granted scope", False, "the token does not grant DocumentReference create",
-                        "ask the site to grant system/DocumentReference.write (or .c) to the client")
-        else:
-            yield Check(t, "granted scope", True, "DocumentReference create granted"
-                        if can_create else "server did not list the granted scope")
+    if not tok.ok:
+        yield _skipped(t, "granted scope", tok)
+        return
+    can_create = tokens.grants("DocumentReference", "c")
+    if can_create is False:
+        yield Check(t, "granted scope", False, "the token does not grant DocumentReference create",
+                    "ask the site to grant system/DocumentReference.write (or .c) to the client")
+    else:
+        yield Check(t, "granted scope", True, "DocumentReference create granted"
+                    if can_create else "server did not list the granted scope")
 
 
 def _athena(org: OrgConfig, cfg: Any, http: httpx.Client, clock: Any) -> Iterator[Check]:
@@ -220,6 +242,8 @@ def _athena(org: OrgConfig, cfg: Any, http: httpx.Client, clock: Any) -> Iterato
     secret = _secret(t, "client_secret", cfg.client_secret)
     yield secret
     if not secret.ok:
+        yield _skipped(t, "token", secret)
+        yield _skipped(t, "practice read", secret)
         return
     tokens = TokenSource(org_id=org.org, practice_id=cfg.practice_id, client_id=cfg.client_id,
                          token_url=cfg.token_url, scopes=list(cfg.scopes),
@@ -231,6 +255,7 @@ def _athena(org: OrgConfig, cfg: Any, http: httpx.Client, clock: Any) -> Iterato
                             f"and that the app holds the scopes {' '.join(cfg.scopes)}")
     yield tok
     if not tok.ok:
+        yield _skipped(t, "practice read", tok)
         return
     client = AthenaClient(base_url=cfg.base_url, practice_id=cfg.practice_id, tokens=tokens,
                           http=http, throttle=Throttle(cfg.requests_per_second),
@@ -251,23 +276,31 @@ def _mllp(org: OrgConfig, cfg: Any, http: httpx.Client, clock: Any) -> Iterator[
 
     t = "hl7_mdm"
     ctx: ssl.SSLContext | None = None
+    files: Check | None = None
     if cfg.tls.enabled:
         try:
             ctx = client_ssl_context(cfg.tls)
+            files = Check(t, "TLS files", True, "CA bundle and client certificate load")
         except ConfigError as exc:
-            yield Check(t, "TLS files", False, exc.message,
-                        "check targets.hl7_mdm.tls ca_file / cert_file / key_file exist and are PEM")
-            return
-        yield Check(t, "TLS files", True, "CA bundle and client certificate load")
+            files = Check(t, "TLS files", False, exc.message,
+                          "check targets.hl7_mdm.tls ca_file / cert_file / key_file exist and are PEM")
+        yield files
     addr = f"{cfg.host}:{cfg.port}"
     try:
         sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout_s)
     except OSError as exc:
-        yield Check(t, "MLLP connect", False, f"cannot connect to {addr} ({type(exc).__name__})",
-                    "check targets.hl7_mdm.host/port and that the interface engine's listener is "
-                    "up and allows this host")
+        connect = Check(t, "MLLP connect", False, f"cannot connect to {addr} ({type(exc).__name__})",
+                        "check targets.hl7_mdm.host/port and that the interface engine's listener "
+                        "is up and allows this host")
+        yield connect
+        if files is not None:
+            yield _skipped(t, "TLS handshake", *(c for c in (files, connect) if not c.ok))
         return
     try:
+        if files is not None and not files.ok:
+            yield Check(t, "MLLP connect", True, f"TCP connection to {addr}")
+            yield _skipped(t, "TLS handshake", files)
+            return
         if ctx is None:
             yield Check(t, "MLLP connect", True, f"TCP connection to {addr} (nothing sent)")
             return
@@ -336,7 +369,7 @@ def run_checks(org: OrgConfig, *, http: httpx.Client | None = None, clock: Any =
 def render(results: list[Check]) -> str:
     lines = []
     for c in results:
-        mark = "PASS" if c.ok else "FAIL"
+        mark = "PASS" if c.ok else ("SKIP" if c.skipped else "FAIL")
         lines.append(f"[{mark}] {c.target:<12} {c.name}: {c.detail}")
         if not c.ok and c.fix:
             lines.append(f"       fix: {c.fix}")

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 from chartbridge.config.schema import OrgConfig
 from chartbridge.config.secrets import SecretRef
 from chartbridge.core.errors import ConfigError, InputError
+from chartbridge.onboarding.keys import new_private_key as _new_private_key
+from chartbridge.onboarding.keys import public_jwk
 
 
 @dataclass
@@ -85,29 +87,6 @@ class _Secrets:
                     fh.write(f"export {ref.target}={shlex.quote(value)}\n")
         self.sandbox.generated.append(ref.ref)
         return value
-
-
-def _new_private_key(algorithm: str) -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-    key = (ec.generate_private_key(ec.SECP384R1()) if algorithm == "ES384"
-           else rsa.generate_private_key(public_exponent=65537, key_size=2048))
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def public_jwk(pem: str, kid: str, algorithm: str) -> dict[str, Any]:
-    from joserfc.jwk import ECKey, RSAKey
-
-    cls = ECKey if algorithm == "ES384" else RSAKey
-    try:
-        key = cls.import_key(pem)
-    except Exception:  # noqa: BLE001 - joserfc raises several types; the key is just unusable
-        raise InputError(f"private key is not an {algorithm} PEM key", field="private_key") from None
-    jwk = key.as_dict(private=False)
-    jwk.update({"kid": kid, "alg": algorithm, "use": "sig"})
-    return jwk
 
 
 class _FhirPrefix:

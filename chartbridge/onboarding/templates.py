@@ -123,11 +123,21 @@ def render(org: str, targets: list[str], name: str | None = None) -> str:
 # Secrets are NEVER written here: a secret field takes `env:NAME` (an environment variable)
 # or `file:PATH` (a file; a relative PATH is taken from this folder).
 # Per-environment differences go in {org}.sandbox.yaml / {org}.production.yaml beside this
-# file (deep-merged over it; selected with CHARTBRIDGE_ENV or --env). See docs/onboarding.md.
+# file (deep-merged over it). The one that applies: --env, else `environment:` below, else
+# the engine's CHARTBRIDGE_ENV. See docs/onboarding.md.
 
 org: {org}                      # org id == file name
 name: {name or org}             # CHANGE ME: display name for people
 timezone: America/New_York      # CHANGE ME: IANA zone of the site
+# environment: sandbox          # this org's overlay ({org}.sandbox.yaml), whatever the engine's default
+
+# Clinician sign-in for the review pages (OpenID Connect at the site's identity provider):
+# sign_in:
+#   oidc:
+#     issuer: https://login.{org}.invalid        # CHANGE ME: discovery base of the provider
+#     client_id: chartbridge-review               # CHANGE ME: our client id there
+#     client_secret: env:{p}_OIDC_SECRET          # omit for a public client (PKCE only)
+#     role_claim: role                            # the ID token claim with the clinical role
 
 allowed_sections:               # LOINC section codes drafted by default
   - "10164-2"                   # history of present illness

@@ -2,8 +2,10 @@
 with PKCE S256, `state` and `nonce`; authlib as the client, the ID token verified with
 joserfc against the provider's JWKS: signature, `iss`, `aud`/`azp`, `exp`, `iat`, `nonce`).
 
-The org config schema has no identity-provider block, so a provider is configured per org
-by environment (ORG is the org id upper-cased with '-' as '_'):
+The provider is the org file's `sign_in.oidc` block (issuer, client_id, an optional
+client_secret reference, role_claim). For orgs configured before that block existed, the
+older environment variables still work when the file has none (ORG is the org id
+upper-cased with '-' as '_'):
 
     CHARTBRIDGE_OIDC_<ORG>_ISSUER          the provider's issuer URL (discovery base)
     CHARTBRIDGE_OIDC_<ORG>_CLIENT_ID       our client id at the provider
@@ -31,7 +33,7 @@ class Provider:
     org: str
     issuer: str
     client_id: str
-    client_secret_ref: str | None
+    client_secret_ref: object | None          # a SecretRef, or an env:/file: string
     role_claim: str
 
 
@@ -39,7 +41,14 @@ def _env_name(org: str, what: str) -> str:
     return f"CHARTBRIDGE_OIDC_{org.upper().replace('-', '_')}_{what}"
 
 
-def provider_for(org: str) -> Provider | None:
+def provider_for(org: str, config=None) -> Provider | None:
+    """The org's provider: its file's `sign_in.oidc` (`config`, the OrgConfig), else the
+    older environment variables, else None (no sign-in configured)."""
+    oidc = getattr(getattr(config, "sign_in", None), "oidc", None)
+    if oidc is not None:
+        # the SecretRef itself: a relative file: path resolves against the org file's folder
+        return Provider(org, oidc.issuer.rstrip("/"), oidc.client_id, oidc.client_secret,
+                        oidc.role_claim)
     issuer = os.environ.get(_env_name(org, "ISSUER"))
     if not issuer:
         return None

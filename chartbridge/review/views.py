@@ -5,7 +5,8 @@ core.usecases.edit_draft); approve or reject with a reason (core.usecases.decide
 the exact content hash the clinician saw); after approval, one write per target through the
 ledger and the jobs, and the write status per target, updating live.
 
-Who the clinician is comes from the org's identity provider (OpenID Connect, see oidc.py);
+Who the clinician is comes from the org's identity provider (the org file's sign_in.oidc,
+OpenID Connect, see oidc.py);
 a local development login exists only for `demo-*` orgs with CHARTBRIDGE_DEV_LOGIN=1.
 Every view and action is scoped to the URL's org (the session is stored under that org and
 its cookie path) and audited; every form carries a per-session CSRF token.
@@ -17,7 +18,6 @@ identity provider's code exchange (or the dev login's form) passed its checks.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import threading
@@ -45,7 +45,8 @@ STATUS_WORDS = {WriteStatus.PENDING: "pending", WriteStatus.IN_FLIGHT: "pending"
 
 
 def dev_login_allowed(org: str) -> bool:
-    return os.environ.get("CHARTBRIDGE_DEV_LOGIN") == "1" and org.startswith("demo-")
+    from chartbridge.settings import load_settings
+    return org.startswith("demo-") and load_settings().dev_login
 
 
 def make_blueprint(engine, jobs) -> Blueprint:
@@ -96,7 +97,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
     @bp.get("/orgs/<org>/review/login")
     def login(org: str):
         engine.org(org)
-        provider = oidc.provider_for(org)
+        provider = oidc.provider_for(org, engine.org(org))
         if provider is not None:
             url, pending = oidc.start(engine, provider,
                                       external_url_for(".oidc_callback", org=org))
@@ -140,8 +141,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
 
     @bp.get("/orgs/<org>/review/oidc/callback")
     def oidc_callback(org: str):
-        engine.org(org)
-        provider = oidc.provider_for(org)
+        provider = oidc.provider_for(org, engine.org(org))
         pending = pending_login.load()
         if (provider is None or not pending or pending.get("org") != org
                 or pending.get("phase") != "oidc"):

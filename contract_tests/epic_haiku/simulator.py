@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable
 from urllib.parse import quote
 
 import httpx
-from flask import Flask, Response, request
+from flask import Flask, Response, redirect, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
@@ -836,6 +836,23 @@ class EpicSimulator:
                                for rid, r in s.recordings.items()},
             }
 
+    def haiku_launch_url(self, session_id: str, *, app_launch_url: str | None = None) -> str:
+        """The URL Haiku opens for the app's embedded page in a session: the app's launch
+        URL (default: the engine's, for the session's org) with `session`, `iss` and a fresh
+        single-context `launch` handle for the session's FHIR patient and encounter."""
+        state = self.session_state(session_id)
+        if app_launch_url is None:
+            if not self.engine_url:
+                raise StateConflict("no engine URL is set for the app's launch URL")
+            app_launch_url = f"{self.engine_url.rstrip('/')}/orgs/{state['org']}/epic/haiku/launch"
+        patient, encounter = self.smart.fhir_ids_of(state["begin"])
+        launch = self.smart.new_launch(patient=patient, encounter=encounter)
+        return self.smart.launch_url(app_launch_url, launch, session=session_id)
+
+    def haiku_open_url(self, session_id: str) -> str:
+        """A link that plays Haiku opening the embedded page (each visit a fresh launch)."""
+        return f"{self._base()}/_sim/sessions/{quote(session_id, safe='')}/haiku"
+
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Block until ``predicate()`` (evaluated under the simulator's lock) is true; TimeoutError otherwise."""
         deadline = time.monotonic() + timeout
@@ -1227,6 +1244,13 @@ class EpicSimulator:
             state = self.session_state(sid)
             state["documentation"] = self.documentation(sid)
             return _json(state)
+
+        @app.get("/_sim/sessions/<sid>/haiku")
+        def _open_haiku(sid: str) -> Response:
+            # What Haiku does when the clinician opens the app's web view in this session:
+            # a fresh launch handle for the session's patient and encounter, then the app's
+            # launch URL with iss and launch (SMART App Launch, EHR launch).
+            return redirect(self.haiku_launch_url(sid), code=302)
 
         @app.post("/_sim/sessions/<sid>/record")
         def _record(sid: str) -> Response:

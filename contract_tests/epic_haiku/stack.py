@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from chartbridge import runtime
 from chartbridge.bootstrap import Engine, bootstrap
+from chartbridge.config.loader import EXAMPLE_ORGS
 from chartbridge.web import create_app
 
 from .simulator import EpicSimulator
@@ -23,7 +24,6 @@ from .simulator import EpicSimulator
 ORG = "demo-epic"
 CLIENT_ID = "demo-epic-backend-client"
 EPIC_ISSUER = "demo-epic-interconnect"
-REPO = Path(__file__).resolve().parents[2]
 
 
 class ChunkTranscriber:
@@ -50,7 +50,7 @@ def write_org_config(config_dir: Path, keys_dir: Path, sim: EpicSimulator, *,
                                                serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
         key_file.chmod(0o600)
-    doc = yaml.safe_load((base_file or REPO / "config/orgs/demo-epic.yaml").read_text())
+    doc = yaml.safe_load((base_file or EXAMPLE_ORGS / "demo-epic.yaml").read_text())
     epic = doc["targets"]["epic_haiku"]
     epic.update(client_id=CLIENT_ID, token_url=sim.token_url, private_key=f"file:{key_file}",
                 callback_url=sim.callback_url.rstrip("/"))
@@ -91,6 +91,7 @@ class EpicStack:
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> "EpicStack":
+        self.workdir = Path(self.workdir).resolve()      # its file: key references are absolute
         self.sim = EpicSimulator(epic_client_id=EPIC_ISSUER)
         self.sim.start()
         keys, orgs = self.workdir / "keys", self.workdir / "orgs"

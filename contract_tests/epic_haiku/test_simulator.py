@@ -496,3 +496,20 @@ def test_bad_simulator_setup_names_the_field(tmp_path) -> None:
         with pytest.raises(InputError) as err:
             s.record("S-x", b"RIFF not a wav")
         assert err.value.field == "wav"
+
+
+def test_opening_the_haiku_web_view_is_a_fresh_ehr_launch_each_time(sim: EpicSimulator) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    sim.begin_session("demo-epic", session_id="AMB-OPEN-1")
+    url = sim.haiku_open_url("AMB-OPEN-1")
+    first = httpx.get(url, follow_redirects=False)
+    second = httpx.get(url, follow_redirects=False)
+    assert first.status_code == second.status_code == 302
+    locations = [urlsplit(r.headers["location"]) for r in (first, second)]
+    assert all(loc.path == "/orgs/demo-epic/epic/haiku/launch" for loc in locations)
+    queries = [parse_qs(loc.query) for loc in locations]
+    assert all(q["session"] == ["AMB-OPEN-1"] and q["iss"] == [sim.smart.fhir_base] for q in queries)
+    assert queries[0]["launch"] != queries[1]["launch"]          # a new handle per opening
+    context = sim.smart.state.launches[queries[0]["launch"][0]]
+    assert (context.patient, context.encounter) == ("eJzlzKe3KPzAV5TtkxmNivQ3", "eoK8nLRcEypNjtns4dgnF3Q3")

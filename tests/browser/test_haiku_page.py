@@ -195,3 +195,25 @@ def test_clinician_edit_in_epic_shows_as_protected(stack, new_page):
     assert "Review of systems" in item.inner_text() and "protected" in item.inner_text()
     check_accessibility(page)
     shot(page, "haiku-page-protected")
+
+
+def test_page_fits_a_phone_with_real_length_ids(stack, new_page):
+    """Epic's ids are long unbroken strings (FHIR ids of 40+ characters, session ids that
+    are GUID-like): the page on a 390 x 844 web view never scrolls sideways."""
+    sim = stack.sim
+    sid = "AMB-" + "7F3C9A21D4E84B0FA6C15E2D9B7341C8" + "-2026-12-01-0930-FM-10501"
+    patient = "eJzlzKe3KPzAV5TtkxmNivQ3eJzlzKe3KPzAV5TtkxmNivQ3xy"
+    encounter = "eoK8nLRcEypNjtns4dgnF3Q3eoK8nLRcEypNjtns4dgnF3Q3xy"
+    sim.begin_session(ORG, session_id=sid,
+                      patient_ids=[{"ID": "Z44810000123456", "Type": "MRN"}, {"ID": patient, "Type": "FHIR"}],
+                      encounter_ids=[{"ID": "3000123456789012", "Type": "CSN"},
+                                     {"ID": encounter, "Type": "FHIR"}])
+    sim.record(sid, AUDIO, chunk_seconds=10, status="Stopped")
+    sim.wait_documentation(sid, 1, timeout=30)
+    page = new_page(PHONE)
+    page.goto(sim.haiku_launch_url(sid))
+    page.wait_for_url(re.compile(r"/epic/haiku/sessions/[0-9a-f]+$"))
+    page.wait_for_selector("#sections li[data-section='51847-2']")
+    wide = page.evaluate("document.documentElement.scrollWidth")
+    assert wide <= PHONE["width"], f"page is {wide} px wide on a {PHONE['width']} px screen"
+    shot(page, "haiku-page-long-ids-phone")

@@ -266,13 +266,21 @@ class FakeIdP:
         self.server.shutdown()
 
 
-def test_oidc_sign_in_from_the_org_identity_provider(review, new_page, monkeypatch):
+@pytest.mark.parametrize("configured_in", ["org_file", "environment"])
+def test_oidc_sign_in_from_the_org_identity_provider(review, new_page, monkeypatch, configured_in):
     idp = FakeIdP()
     try:
-        # Given the org's identity provider configured (and the dev login off)
+        # Given the org's identity provider configured (and the dev login off): in the org
+        # file's sign_in.oidc block, or by the older per-org environment variables
         monkeypatch.delenv("CHARTBRIDGE_DEV_LOGIN")
-        monkeypatch.setenv("CHARTBRIDGE_OIDC_DEMO_REVIEW_ISSUER", idp.issuer)
-        monkeypatch.setenv("CHARTBRIDGE_OIDC_DEMO_REVIEW_CLIENT_ID", "review-pages")
+        if configured_in == "org_file":
+            path = review.engine.config_dir / f"{ORG}.yaml"
+            doc = yaml.safe_load(path.read_text())
+            doc["sign_in"] = {"oidc": {"issuer": idp.issuer, "client_id": "review-pages"}}
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        else:
+            monkeypatch.setenv("CHARTBRIDGE_OIDC_DEMO_REVIEW_ISSUER", idp.issuer)
+            monkeypatch.setenv("CHARTBRIDGE_OIDC_DEMO_REVIEW_CLIENT_ID", "review-pages")
         page = new_page(PHONE)
         # When the clinician opens the pages
         page.goto(f"{review.base}/orgs/{ORG}/review/")

@@ -110,6 +110,34 @@ def test_overlay_is_merged_for_its_env_and_is_never_an_org(layered, monkeypatch)
     assert store.get("demo-multi").targets["athenaone"].practice_id == "195902"
 
 
+def test_each_org_can_select_its_own_overlay(layered, monkeypatch):
+    # Given two orgs on one engine whose default overlay is production: demo-multi's file
+    # selects its sandbox overlay itself, the other org names none
+    shutil.copy(REPO / "config/orgs/demo-epic.yaml", layered / "demo-epic.yaml")
+    (layered / "demo-epic.production.yaml").write_text("name: Demo Epic (production)\n")
+    (layered / "demo-multi.production.yaml").write_text("name: Demo Multi (production)\n")
+    monkeypatch.setenv("CHARTBRIDGE_ENV", "production")
+    edit(layered / "demo-multi.yaml", lambda doc: doc.update(environment="sandbox"))
+    store = ConfigStore(layered)
+    # When the engine reads both
+    # Then each gets its own overlay: the org's choice wins over the engine's default
+    assert store.get("demo-multi").name == "Demo Multi (sandbox)"
+    assert store.get("demo-multi").targets["athenaone"].practice_id == "195901"
+    assert store.get("demo-epic").name == "Demo Epic (production)"
+    # And an explicit --env wins over both
+    assert ConfigStore(layered, env="production").get("demo-multi").name == "Demo Multi (production)"
+    r = run("show", "demo-multi", "--config-dir", str(layered), "--json")
+    assert json.loads(r.output)["env"] == "sandbox"
+    # And a change of the org's choice is picked up without a restart
+    edit(layered / "demo-multi.yaml", lambda doc: doc.update(environment="production"))
+    assert store.get("demo-multi").name == "Demo Multi (production)"
+    # And an overlay cannot choose the environment (it is chosen by the base file)
+    (layered / "demo-multi.sandbox.yaml").write_text("environment: production\n")
+    monkeypatch.delenv("CHARTBRIDGE_ENV")                  # validate every overlay
+    r = run("validate", "--config-dir", str(layered))
+    assert r.exit_code == 1 and "demo-multi.sandbox.yaml:1: environment" in r.output
+
+
 def test_overlay_error_names_the_overlay_file_and_line(layered):
     # Given an overlay with a bad value on its line 4 and an unknown key on line 8
     (layered / "demo-multi.sandbox.yaml").write_text(
@@ -268,6 +296,38 @@ def test_check_token_refused_and_endpoint_unreachable(onboarded):
     assert "refused" in refused["detail"] and "registered" in refused["fix"]
     down = fails[("fhir_docref", "SMART discovery")]
     assert "ConnectError" in down["detail"] and fhir_url in down["fix"]
+
+
+def test_check_reports_every_failing_item_not_just_each_targets_first(onboarded, tmp_path):
+    config_dir, sims = onboarded
+    # Given the FHIR server is down AND our FHIR private key is missing, and the MLLP
+    # receiver is down AND its TLS CA file is missing
+    sims["fhir"].stop()
+    (config_dir / "keys/fhir.pem").unlink()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+
+    def breakit(doc):
+        doc["targets"]["hl7_mdm"]["port"] = dead_port
+        doc["targets"]["hl7_mdm"]["tls"] = {"enabled": True, "ca_file": str(tmp_path / "nope.pem")}
+    edit(config_dir / "acme.yaml", breakit)
+    # When org check runs
+    code, report = _check(config_dir)
+    fails = _failures(report)
+    # Then each independent failure is reported, not only the first of each target
+    assert code == 1
+    assert "ConnectError" in fails[("fhir_docref", "SMART discovery")]["detail"]
+    assert "file not found" in fails[("fhir_docref", "secret private_key")]["detail"]
+    assert "ConnectionRefused" in fails[("hl7_mdm", "MLLP connect")]["detail"]
+    assert not fails[("hl7_mdm", "TLS files")]["skipped"]
+    # And what could not run is listed as not checked, naming what it waits for
+    for name in ("signing key", "backend token", "granted scope"):
+        assert fails[("fhir_docref", name)]["skipped"], name
+    assert "private_key" in fails[("fhir_docref", "backend token")]["detail"]
+    assert fails[("hl7_mdm", "TLS handshake")]["skipped"]
+    r = run("check", "acme", "--config-dir", str(config_dir))
+    assert "[SKIP] fhir_docref" in r.output and "not checked until those pass" in r.output
 
 
 def test_check_tls_handshake_against_a_plain_receiver_fails(onboarded, tmp_path):
