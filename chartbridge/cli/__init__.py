@@ -24,6 +24,7 @@ COMMANDS = {
     "sweep": "sweep",
     "keys": "keys",
     "settings": "settings",
+    "sessions": "sessions",
 }
 
 

@@ -36,8 +36,9 @@ def show(org_id: str, status: str | None, session_id: str | None, as_json: bool,
     for col in ("key", "target", "kind", "status", "attempts", "external id", "last error", "created"):
         table.add_column(col, overflow="fold")
     for r in rows:
+        error = f"{r.last_error_class}: {r.last_error}" if r.last_error_class else ""
         table.add_row(r.key, r.target, r.kind, r.status.value, str(r.attempts), r.external_id or "",
-                      r.last_error_class or "", r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+                      error, r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 

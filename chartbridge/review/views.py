@@ -41,7 +41,8 @@ ROLES = ("physician", "nurse practitioner", "physician assistant", "resident")
 MAX_TEXT = 20_000
 STATUS_WORDS = {WriteStatus.PENDING: "pending", WriteStatus.IN_FLIGHT: "pending",
                 WriteStatus.SUCCEEDED: "written", WriteStatus.FAILED: "failed",
-                WriteStatus.NEEDS_RECONCILIATION: "needs reconciliation"}
+                WriteStatus.NEEDS_RECONCILIATION: "needs reconciliation",
+                WriteStatus.STALE: "not written: changed in the EHR since (nothing overwritten)"}
 
 
 def dev_login_allowed(org: str) -> bool:
