@@ -157,7 +157,7 @@ def run_multi_site(epic_stack, wav: bytes, *, chunk_seconds: float,
 
         def settled() -> bool:
             rows = [engine.ledger.get(ORG, k) for k in keys]
-            return all(r.status in (WriteStatus.SUCCEEDED, WriteStatus.FAILED,
+            return all(r.status in (WriteStatus.SUCCEEDED, WriteStatus.FAILED, WriteStatus.STALE,
                                     WriteStatus.NEEDS_RECONCILIATION) for r in rows)
         _wait(settled, timeout, "the second site's writes")
         rows = [engine.ledger.get(ORG, k) for k in keys]

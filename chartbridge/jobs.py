@@ -192,7 +192,7 @@ class Jobs:
 
     def _write(self, command):
         record = self.engine.ledger.execute(command, self.engine.adapter(command.org_id, command.target))
-        if record.status == WriteStatus.FAILED:
+        if record.status in (WriteStatus.FAILED, WriteStatus.STALE):
             raise PermanentError(record.last_error or "the EHR refused the write",
                                  status=(record.outcome or {}).get("status"))
         return record

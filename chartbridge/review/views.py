@@ -342,6 +342,11 @@ def _clock(ms: int) -> str:
 def _reason(w) -> str | None:
     if w.status == WriteStatus.FAILED:
         return w.last_error or "the EHR refused the write"
+    if w.status == WriteStatus.STALE:
+        return ("the note was changed in the EHR after Chartbridge wrote it; nothing was "
+                "overwritten — review it in the EHR")
+    if w.status == WriteStatus.PENDING and w.last_error_class == "WaitingForParent":
+        return "waiting for the earlier version of this note to be written first"
     if w.status == WriteStatus.NEEDS_RECONCILIATION:
         return "the EHR may or may not hold this note; a person must check before it is sent again"
     if w.status == WriteStatus.PENDING and w.last_error_class:
