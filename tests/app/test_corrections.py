@@ -12,29 +12,19 @@ from dramatiq.brokers.stub import StubBroker
 from chartbridge.adapters.hl7_mdm import demo_target_settings
 from chartbridge.bootstrap import bootstrap
 from chartbridge.core import usecases as uc
-from chartbridge.core.models import (Consent, ConsentScope, Decision, Identifier, NoteSection,
+from chartbridge.core.models import (Consent, ConsentScope, Decision, Identifier,
                                      RecordingStatus, SessionSource, WriteKind, WriteStatus)
-from chartbridge.core.ports import GeneratedNote, SpokenSegment
 from chartbridge.jobs import Jobs
 from contract_tests.hl7_mdm.simulator import HL7MDMSimulator
+from tests.fakes import EchoTranscriber as Echo
+from tests.fakes import OneSection
 
 REPO = Path(__file__).resolve().parents[2]
 ORG = "demo-multi"
 
 
-class Echo:
-    name, model_id = "echo", "0"
-
-    def transcribe(self, audio, *, offset_ms=0, hotwords=(), lead_in=None, final=False):
-        return [SpokenSegment(offset_ms, offset_ms + 900, audio.decode(), -0.1)]
 
 
-class OneSection:
-    name, version = "one", "1"
-
-    def generate(self, segments, *, allowed_sections, note_type=None, settings=None):
-        return GeneratedNote([NoteSection(code="10164-2", text=" ".join(s.text for s in segments),
-                                          segment_ids=[s.id for s in segments])], "t", "1")
 
 
 @pytest.fixture

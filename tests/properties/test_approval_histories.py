@@ -37,12 +37,13 @@ from chartbridge.bootstrap import bootstrap
 from chartbridge.core import usecases as uc
 from chartbridge.core.clock import FrozenClock
 from chartbridge.core.errors import ChartbridgeError
-from chartbridge.core.models import (Consent, ConsentScope, Decision, Identifier, NoteSection,
+from chartbridge.core.models import (Consent, ConsentScope, Decision, Identifier,
                                      RecordingStatus, SessionSource, WriteKind, WriteStatus)
-from chartbridge.core.ports import GeneratedNote, SpokenSegment
-from chartbridge.jobs import Jobs, Sweeper
+from chartbridge.jobs import Sweeper
 from contract_tests.fhir_docref.simulator import FhirSimulator
 from contract_tests.hl7_mdm.simulator import HL7MDMSimulator
+from tests.fakes import EchoTranscriber as Echo
+from tests.fakes import OneSection, QueueJobs
 
 HISTORIES = int(os.environ.get("CHARTBRIDGE_PROPERTY_EXAMPLES", "200"))
 EXAMPLES_DB = DirectoryBasedExampleDatabase(str(Path(__file__).parent / "examples"))
@@ -53,28 +54,10 @@ POLICIES = {"approve-append": ("required", "append"),
             "stage-replace": ("stage_preliminary", "replace")}
 
 
-class Echo:
-    name, model_id = "echo", "0"
-
-    def transcribe(self, audio, *, offset_ms=0, hotwords=(), lead_in=None, final=False):
-        return [SpokenSegment(offset_ms, offset_ms + 900, audio.decode(), -0.1)]
 
 
-class OneSection:
-    name, version = "one", "1"
-
-    def generate(self, segments, *, allowed_sections, note_type=None, settings=None):
-        return GeneratedNote([NoteSection(code="10164-2", text=" ".join(s.text for s in segments),
-                                          segment_ids=[s.id for s in segments])], "t", "1")
 
 
-class QueueJobs(Jobs):
-    def __post_init__(self) -> None:
-        self.pending: list[tuple[str, tuple]] = []
-        super().__post_init__()
-
-    def enqueue(self, job: str, *args, delay_s: float | None = None) -> None:
-        self.pending.append((job, args))
 
 
 @pytest.fixture
@@ -252,7 +235,6 @@ def test_generated_approval_histories_file_each_note_once(site):
 
         def _ehr_holds_what_the_ledger_says(self, rows):
             fhir_rows = [r for r in rows if r.target == "fhir_docref"]
-            ours = {r.key for r in fhir_rows}
             filed = {r.key for r in fhir_rows if r.status == WriteStatus.SUCCEEDED
                      and r.kind != WriteKind.EDIT}
             creators = {r.key for r in fhir_rows if r.kind != WriteKind.EDIT}

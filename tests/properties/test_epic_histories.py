@@ -38,11 +38,12 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 from chartbridge.bootstrap import bootstrap
 from chartbridge.core.models import (NoteSection, RecordingStatus, VersionState, WriteStatus)
 from chartbridge.core.ports import GeneratedNote, SpokenSegment
-from chartbridge.jobs import Jobs, Sweeper
+from chartbridge.jobs import Sweeper
 from chartbridge.web import create_app
 from contract_tests.epic_haiku.simulator import EpicSimulator
 from contract_tests.epic_haiku.stack import (CLIENT_ID, EPIC_ISSUER, ORG, public_jwks,
                                              write_org_config)
+from tests.fakes import QueueJobs
 
 HISTORIES = int(os.environ.get("CHARTBRIDGE_PROPERTY_EXAMPLES", "200"))
 EXAMPLES_DB = DirectoryBasedExampleDatabase(str(Path(__file__).parent / "examples"))
@@ -76,15 +77,6 @@ class AllSections:
                               for c in SECTIONS if c in allowed_sections], "fake", "1")
 
 
-class QueueJobs(Jobs):
-    """The real actors; the queue is a list the history drains in the order it chooses."""
-
-    def __post_init__(self) -> None:
-        self.pending: list[tuple[str, tuple]] = []
-        super().__post_init__()
-
-    def enqueue(self, job: str, *args, delay_s: float | None = None) -> None:
-        self.pending.append((job, args))
 
 
 def _wav(seconds: int, seed: int) -> bytes:

@@ -1,0 +1,39 @@
+"""Stand-ins shared by the tests that are about the engine's plumbing, not speech or
+drafting: a transcriber that says the chunk's bytes, a drafter that puts everything in the
+HPI, and a job queue the test drains in the order it chooses."""
+from __future__ import annotations
+
+from chartbridge.core.models import NoteSection
+from chartbridge.core.ports import GeneratedNote, SpokenSegment
+from chartbridge.jobs import Jobs
+
+
+class EchoTranscriber:
+    """One segment per chunk: the chunk's bytes as text, at the chunk's offset."""
+
+    name, model_id = "echo", "0"
+
+    def transcribe(self, audio, *, offset_ms=0, hotwords=(), lead_in=None, final=False):
+        return [SpokenSegment(offset_ms, offset_ms + 900, audio.decode(), -0.1)]
+
+
+class OneSection:
+    """Every segment's text in the history of present illness, citing every segment."""
+
+    name, version = "one", "1"
+
+    def generate(self, segments, *, allowed_sections, note_type=None, settings=None):
+        return GeneratedNote([NoteSection(code="10164-2", text=" ".join(s.text for s in segments),
+                                          segment_ids=[s.id for s in segments])], "t", "1")
+
+
+class QueueJobs(Jobs):
+    """The real actors; `enqueue` appends to `pending`, which the test drains (or loses)
+    in the order it chooses, running each with `getattr(jobs, job).fn(*args)`."""
+
+    def __post_init__(self) -> None:
+        self.pending: list[tuple[str, tuple]] = []
+        super().__post_init__()
+
+    def enqueue(self, job: str, *args, delay_s: float | None = None) -> None:
+        self.pending.append((job, args))
