@@ -255,5 +255,5 @@ def test_generated_approval_histories_file_each_note_once(site):
             assert len(ids) <= len(sent)
 
     run_state_machine_as_test(ApprovalHistory, settings=settings(
-        max_examples=HISTORIES, stateful_step_count=25, deadline=None, database=EXAMPLES_DB,
+        max_examples=HISTORIES, stateful_step_count=20, deadline=None, database=EXAMPLES_DB,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))

@@ -252,5 +252,5 @@ def test_generated_epic_histories_keep_every_promise(site):
             assert heard == expected
 
     run_state_machine_as_test(EpicHistory, settings=settings(
-        max_examples=HISTORIES, stateful_step_count=30, deadline=None, database=EXAMPLES_DB,
+        max_examples=HISTORIES, stateful_step_count=25, deadline=None, database=EXAMPLES_DB,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
