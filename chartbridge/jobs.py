@@ -21,8 +21,7 @@ from chartbridge.core import usecases as uc
 from chartbridge.core.errors import (ChartbridgeError, OutcomeUnknown, PermanentError,
                                      TransientError, WriteInProgress)
 from chartbridge.core.models import (ChunkState, RecordingStatus, SessionSource, SessionStatus,
-                                     VersionState,
-                                     WriteStatus)
+                                     VersionState, WriteKind, WriteStatus)
 from chartbridge.ledger.writes import backoff_seconds
 
 log = logging.getLogger("chartbridge.worker")
@@ -162,9 +161,7 @@ class Jobs:
                                       hotwords=_hotwords(e.org(org_id)))
                 draft = self._draft_for(org_id, session, recording)
                 if session.source == SessionSource.EPIC_HAIKU:
-                    protected = list(e.store.protected(org_id, session_id))
-                    self._write(uc.handoff_command(session, draft, recording,
-                                                   target="epic_haiku", protected=protected))
+                    self._hand_off(session, recording, draft)
             uc.version_finished(e.store, org_id=org_id, recording=recording, ok=True)
         except TransientError as exc:
             if attempt >= MAX_STEP_ATTEMPTS:
@@ -172,12 +169,56 @@ class Jobs:
                                      f"gave up after {attempt} attempts: {exc.message}")
                 return
             delay = backoff_seconds(attempt, base=0.5, cap=60, retry_after=exc.retry_after)
-            self.finish_version.send_with_options(
-                args=(org_id, session_id, recording_id, version, attempt + 1), delay=int(delay * 1000))
+            self.enqueue("finish_version", org_id, session_id, recording_id, version, attempt + 1,
+                         delay_s=delay)
         except WriteInProgress:
             pass        # another worker holds the write; the sweeper checks on it
         except ChartbridgeError as exc:      # permanent, a rule, unknown outcome, config
             self._version_failed(session, recording, exc.message)
+
+    def _hand_off(self, session, recording, draft) -> None:
+        """DocumentationReady for this version, never with a section a clinician edited.
+
+        An edit can be heard after the version was drafted — while an earlier handoff of
+        that draft waits for a retry, its answer lost. Its body is then never sent again
+        (that would send the edited section): the version is drafted anew without it and the
+        new body sent under its own key. Epic's answer settles the earlier one: accepted
+        means Epic never held the earlier body; 409 for the newest version means it did."""
+        e, org_id = self.engine, session.org_id
+        protected = set(e.store.protected(org_id, session.id))
+        if protected & {s.code for s in draft.sections}:
+            earlier = uc.handoff_command(session, draft, recording, target="epic_haiku",
+                                         protected=())
+            held = e.ledger.get(org_id, earlier.idempotency_key())
+            if held is not None and held.status == WriteStatus.SUCCEEDED:
+                return                               # Epic has this version's note already
+            if held is not None and held.status == WriteStatus.IN_FLIGHT:
+                raise WriteInProgress("the earlier handoff of this version is in flight")
+            draft = uc.draft_note(e.store, e.clock, e.generator(org_id), e.transcriber(org_id),
+                                  org_id=org_id, session=session, recording=recording,
+                                  settings=_drafting_settings(e.org(org_id)))
+            record = e.ledger.execute(
+                uc.handoff_command(session, draft, recording, target="epic_haiku",
+                                   protected=sorted(protected)),
+                e.adapter(org_id, "epic_haiku"))
+            if held is not None and held.status != WriteStatus.FAILED:
+                delivered = (record.status == WriteStatus.FAILED
+                             and (record.outcome or {}).get("status") == 409
+                             and e.store.newest_version(org_id, session.id,
+                                                        recording.recording_id)
+                             == recording.version)
+                e.ledger.settle(org_id, held.key, delivered=delivered,
+                                reason="superseded: a section was edited in Epic before this "
+                                       f"handoff was confirmed; draft v{draft.version} was sent "
+                                       "without it")
+                if delivered:
+                    return
+            if record.status in (WriteStatus.FAILED, WriteStatus.STALE):
+                raise PermanentError(record.last_error or "Epic refused the note",
+                                     status=(record.outcome or {}).get("status"))
+            return
+        self._write(uc.handoff_command(session, draft, recording, target="epic_haiku",
+                                       protected=sorted(protected)))
 
     def _draft_for(self, org_id: str, session, recording):
         """Reuse this version's draft on a retry, so a resend carries the same body."""
@@ -204,6 +245,13 @@ class Jobs:
         if record is None:
             log.warning("execute_write: no such write", extra={"key": key})
             return
+        if record.kind == WriteKind.HANDOFF and record.status == WriteStatus.PENDING:
+            command = e.ledger.command_of(org_id, key)
+            edited = set(e.store.protected(org_id, command.session_id))
+            if edited & {s.code for s in (command.draft.sections if command.draft else [])}:
+                self.enqueue("finish_version", org_id, command.session_id,
+                             command.extra["recording_id"], command.extra["recording_version"])
+                return          # the version is drafted anew without the edited section
         try:
             record = e.ledger.execute_key(org_id, key, e.adapter(org_id, record.target))
         except (TransientError, WriteInProgress, OutcomeUnknown):

@@ -290,6 +290,10 @@ class WriteCommand(Model):
         # A lineage write's kind is decided by the ledger, so it is not part of its identity;
         # any other write's kind is (a cancel and a create of the same draft differ).
         intent = "note" if self.correction_policy else str(self.kind)
+        if self.draft is not None and self.kind == WriteKind.HANDOFF:
+            # a version drafted anew (a section edited before its handoff was confirmed)
+            # is a new handoff of that recording version
+            intent += f":draft{self.draft.version}"
         return idempotency_key(self.org_id, self.target, self.session_id, self.encounter_key,
                                self.note_version, self.resource_kind, self.approval_state,
                                intent)

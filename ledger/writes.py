@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -316,6 +316,30 @@ class WriteLedger:
                 | ((WriteRow.status == WriteStatus.IN_FLIGHT) & (WriteRow.lease_expires_at < now))
             ).limit(limit)
             return [(o, k) for o, k in tx.execute(q)]
+
+    def settle(self, org_id: str, key: str, *, delivered: bool, reason: str) -> WriteRecord | None:
+        """Settle a write no one holds from what a later write learned of it: `delivered`
+        (the EHR holds it) -> succeeded, else failed; `reason` is recorded either way.
+        Returns None if it is finished already or held by a live lease."""
+        now = self.clock.now()
+        with self.db.transaction() as tx:
+            row = tx.get(WriteRow, key, with_for_update=True)
+            if row is None or row.org_id != org_id:
+                raise NotFound("no such write in this organization", key=key)
+            status = WriteStatus(row.status)
+            if status in FINISHED or (status == WriteStatus.IN_FLIGHT
+                                      and row.lease_expires_at > now):
+                return None
+            row.status = WriteStatus.SUCCEEDED if delivered else WriteStatus.FAILED
+            row.last_error_class, row.last_error = "Superseded", reason
+            row.next_attempt_at, row.lease_owner, row.lease_expires_at = None, None, None
+            row.updated_at = now
+            if delivered:
+                row.acknowledged_at = now
+            audit.record(tx, at=now, org_id=org_id, session_id=row.session_id,
+                         correlation_id=row.correlation_id, action="write.settled",
+                         key=key, status=row.status, delivered=delivered)
+            return WriteRecord.of(row)
 
     def resolve(self, org_id: str, key: str, *, external_id: str | None, actor: str,
                 note: str) -> WriteRecord:
