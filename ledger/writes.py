@@ -222,8 +222,7 @@ class WriteLedger:
         tails = sorted((r for k, r in rows.items() if k not in named),
                        key=lambda r: r.created_at)
         parent = tails[-1] if tails else None
-        while parent is not None and parent.status in (WriteStatus.FAILED, WriteStatus.STALE) \
-                and parent.kind == WriteKind.CREATE:
+        while parent is not None and parent.status in (WriteStatus.FAILED, WriteStatus.STALE):
             parent = rows.get((parent.command or {}).get("parent_key"))
         if parent is None:
             return command.model_copy(update={"kind": WriteKind.CREATE, "parent_key": None})
