@@ -86,7 +86,7 @@ def _key(visit: Visit, transcriber, label: str) -> str:
     return f"{visit.name}-{h}-{label}-{hashlib.sha256(conf.encode()).hexdigest()[:12]}"
 
 
-def transcript(visit: Visit, transcriber, *, label: str = "default",
+def transcript(visit: Visit, transcriber, *, label: str = "raw",
                use_cache: bool = True) -> tuple[list[SpokenSegment], float]:
     """The visit transcribed as the chunk pipeline does (10 s chunks, lead_in, final),
     and the seconds it took (0.0 when it came from the cache)."""

@@ -78,6 +78,8 @@ _SUFFIXES = ("ingly", "edly", "ing", "ies", "ied", "es", "ed", "ly", "s", "e", "
 def stem(word: str) -> str:
     """A crude, deterministic stem: enough that inflections of one word compare equal."""
     w = word.lower()
+    if "_" in w:                                          # a number: compared whole
+        return w
     for suffix in _SUFFIXES:
         if len(w) - len(suffix) >= 3 and w.endswith(suffix):
             w = w[: -len(suffix)]
@@ -87,16 +89,39 @@ def stem(word: str) -> str:
     return w
 
 
+_NUMBER_WORDS = frozenset(_ONES + _TENS[2:] + ["hundred", "thousand", "point"])
+
+
+def tokens(text: str) -> list[str]:
+    """Normalised words, a number kept whole ("500" -> "five_hundred", so that a "5"
+    elsewhere does not trace it)."""
+    out: list[str] = []
+    run: list[str] = []
+    for w in normalise(text).split() + [""]:
+        if w in _NUMBER_WORDS:
+            run.append(w)
+            continue
+        if run:
+            while run and run[-1] == "point":
+                run.pop()
+            if run:
+                out.append("_".join(run))
+            run = []
+        if w:
+            out.append(w)
+    return out
+
+
 def terms(text: str) -> list[str]:
     """The clinical terms of a text: its normalised words less framing words."""
-    return [w for w in normalise(text).split() if w not in FRAMING]
+    return [w for w in tokens(text) if w not in FRAMING]
 
 
 def untraced_terms(text: str, sources: Iterable[str]) -> list[str]:
     """Terms of `text` that none of `sources` holds (in order, without repeats)."""
     have: set[str] = set()
     for src in sources:
-        have.update(stem(w) for w in normalise(src).split())
+        have.update(stem(w) for w in tokens(src))
     out: list[str] = []
     for w in terms(text):
         if stem(w) not in have and w not in out:

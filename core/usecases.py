@@ -17,6 +17,7 @@ from .models import (Approval, ApprovalState, CareContext, Chunk, ConsentScope, 
                      Recording, RecordingStatus, Session, SessionSource, SessionStatus,
                      TranscriptSegment, VersionState, WriteCommand, WriteKind)
 from .ports import Clock, NoteGenerator, Transcriber
+from .trace import check_sections
 from .rules import (check_consent, check_no_protected, check_section_codes,
                     sendable_sections, write_approval_state)
 
@@ -158,6 +159,7 @@ def draft_note(store, clock: Clock, generator: NoteGenerator, transcriber: Trans
     note = generator.generate(segments, allowed_sections=allowed, note_type=session.note_type,
                               settings=settings)
     sections = sendable_sections(note.sections, allowed=allowed, protected=protected)
+    sections = check_sections(sections, segments)      # marks untraced terms (core/trace.py)
     known = {s.id for s in segments}
     for s in sections:
         if not set(s.segment_ids) <= known:

@@ -192,8 +192,9 @@ def question_topic(question: str) -> str:
     return drop_article(q.strip(" ,"))
 
 
-def answer_prose(answer: str, question: str | None) -> tuple[str, bool]:
-    """(prose, negative) for a patient's statement, read with the question before it."""
+def answer_prose(answer: str, question: str | None) -> tuple[str, bool, bool]:
+    """(prose, negative, used the question) for a patient's statement, read with the
+    question before it."""
     a = bare(answer)
     kind = question_kind(question) if question else "open"
     topic = question_topic(question) if question and kind != "open" else ""
@@ -204,17 +205,18 @@ def answer_prose(answer: str, question: str | None) -> tuple[str, bool]:
         if NO.fullmatch(rest + " ") or re.fullmatch(r"(?:not at all|none|never)\W*", rest, re.I):
             rest = ""                                        # "No, never."
         out = "denies " + topic
-        return (sentence(out) + (" " + sentence(first_to_third(rest)) if rest else ""), True)
+        return (sentence(out) + (" " + sentence(first_to_third(rest)) if rest else ""), True,
+                True)
     if _starts_no_item(a):
-        return sentence("denies " + re.sub(r"^no\s+", "", a, flags=re.I)), True
+        return sentence("denies " + re.sub(r"^no\s+", "", a, flags=re.I)), True, False
     if yes and topic:
         rest = a[yes.end():].strip()
         head = ("reports " + topic) if kind == "symptom" else topic
         return (sentence(head + (": " + _lower_first(first_to_third(rest)) if rest else "")),
-                False)
+                False, True)
     if topic and kind in ("wh", "yesno", "symptom"):
-        return sentence(topic + ": " + _lower_first(first_to_third(a))), False
-    return sentence(_fragment(first_to_third(a), a)), False
+        return sentence(topic + ": " + _lower_first(first_to_third(a))), False, True
+    return sentence(_fragment(first_to_third(a), a)), False, False
 
 
 def _lower_first(text: str) -> str:

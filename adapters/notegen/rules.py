@@ -35,7 +35,7 @@ CUE_BREAK = re.compile(
 # A new clause: a conjunction before a new subject ("..., but I feel very tired").
 CLAUSE_BREAK = re.compile(
     r"(?:,\s*|\s+)(?:and|but|so)\s+(?=(?:i|i'm|i've|my|your|you|we|there|it|no)\b)"
-    r"|,\s+(?=just\b)|;\s+", re.I)
+    r"|,\s+(?=(?:just|your)\b)|;\s+", re.I)
 SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 
 QUESTION_START = re.compile(
@@ -212,10 +212,10 @@ def classify(statements: list[Statement]) -> list[Statement]:
         if GREETING.match(t):
             continue
         if st.speaker == SpeakerRole.PATIENT:
-            st.context = question
-            if question_ids:                 # the answer's prose uses the question's words
+            text, negative, used = answer_prose(t, question)
+            if used:                         # the prose uses the question's words too
+                st.context = question
                 st.segment_ids = list(dict.fromkeys(question_ids + st.segment_ids))
-            text, negative = answer_prose(t, question)
             st.section = ROS if negative else HPI
             st.prose = [text] if text.strip(" .") else []
             question, question_ids = None, []

