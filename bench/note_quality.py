@@ -82,8 +82,13 @@ class Score:
         return f / t if t else 1.0
 
 
+SYNONYMS = {"mg": "milligrams", "milligram": "milligrams", "g": "gram"}
+# Function words in a fact are optional: ASR swaps them ("thoughts on harming").
+OPTIONAL = {"a", "an", "the", "of", "on", "in", "to", "is", "are", "for", "with", "and"}
+
+
 def _words(text: str) -> list[str]:
-    return normalise(text).split()
+    return [SYNONYMS.get(w, w) for w in normalise(text).split()]
 
 
 def _wmatch(fact_word: str, word: str) -> bool:
@@ -94,7 +99,7 @@ def has_fact(text: str, alternatives: list[str], gap: int = 3) -> bool:
     """A fact's words in order in `text`, at most `gap` other words between two of them."""
     words = _words(text)
     for alt in alternatives:
-        need = _words(alt)
+        need = [w for w in _words(alt) if w not in OPTIONAL] or _words(alt)
         for start in range(len(words)):
             if not _wmatch(need[0], words[start]):
                 continue
@@ -111,23 +116,27 @@ def has_fact(text: str, alternatives: list[str], gap: int = 3) -> bool:
     return False
 
 
-def _numbers(text: str) -> set[str]:
-    nums = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
-            "fourteen fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty "
-            "sixty seventy eighty ninety hundred thousand point").split()
-    return {w for w in _words(text) if w in nums}
+def _spoken_forms(number: str) -> list[str]:
+    """How a written number may have been said: "150" -> "one hundred fifty", "one five
+    zero", "one fifty"; "911" -> "nine one one"."""
+    forms = [normalise(number), " ".join(normalise(d) for d in number if d.isdigit())]
+    if number.isdigit() and 100 < int(number) < 1000 and int(number) % 100 >= 10:
+        forms.append(normalise(number[0]) + " " + normalise(number[1:]))
+    return forms
 
 
 def invented_terms(draft_text: str, script: str) -> list[str]:
-    """Lexicon terms and numbers in the draft that the script never says."""
+    """Drug/diagnosis terms and written numbers in the draft that the script never says."""
     said = set(_words(script))
+    spoken = " " + " ".join(_words(script)) + " "
     out = []
     lexicon = {t.lower() for t in LEXICON} | {t.lower() for t in default_vocabulary()}
     for w in _words(draft_text):
         if w in lexicon and w not in said and w not in out:
             out.append(w)
-    for n in sorted(_numbers(draft_text) - _numbers(script)):
-        out.append(n)
+    for n in re.findall(r"\d+(?:\.\d+)?", draft_text):
+        if not any(f" {f} " in spoken for f in _spoken_forms(n)) and n not in out:
+            out.append(n)
     return out
 
 

@@ -58,36 +58,62 @@ def found_terms(text: str, terms: Iterable[str]) -> list[str]:
 
 
 SUPPORT_RATIO = 0.5       # measured: docs/transcription.md ("Hints never add a term")
+SUPPORT_MARGIN_MS = 300
 
 
-def supported(term: str, plain: str) -> bool:
-    """Does the unhinted decoding of the same audio sound like `term`? Some run of up to
-    (words in term + 2) of its words must spell close to it (difflib ratio)."""
-    target = _letters(term)
-    words = re.sub(r"[^a-z0-9]+", " ", plain.lower()).split()
-    n = len(term.split()) + 2
+def _similar(term: str, words: list[str]) -> float:
+    """Best difflib ratio between the term's letters and a run of `words` joined."""
+    target, best = _letters(term), 0.0
     for i in range(len(words)):
-        for j in range(i + 1, min(len(words), i + n) + 1):
-            cand = "".join(words[i:j])
-            if SequenceMatcher(None, target, cand).ratio() >= SUPPORT_RATIO:
-                return True
+        for j in range(i + 1, len(words) + 1):
+            cand = _letters("".join(words[i:j]))
+            best = max(best, SequenceMatcher(None, target, cand).ratio())
             if len(cand) > 2 * len(target):
                 break
-    return False
+    return best
 
 
-def drop_unsupported(segments: list, terms: Iterable[str], plain: str) -> list:
-    """Segments with every hint term that the unhinted decoding does not support removed
-    (a segment left with no words is dropped)."""
+def _term_spans(term: str, words: list[tuple[int, int, str]]) -> list[tuple[int, int]]:
+    """Where the hinted decoding's words spell `term`: [(start_ms, end_ms)]."""
+    target, spans = _letters(term), []
+    for i in range(len(words)):
+        joined = ""
+        for j in range(i, min(len(words), i + len(term.split()) + 2)):
+            joined += _letters(words[j][2])
+            if joined == target:
+                spans.append((words[i][0], words[j][1]))
+                break
+            if not target.startswith(joined):
+                break
+    return spans
+
+
+def supported(term: str, span: tuple[int, int], plain_words: list[tuple[int, int, str]]) -> bool:
+    """Does the unhinted decoding sound like `term` over the same stretch of audio?"""
+    lo, hi = span[0] - SUPPORT_MARGIN_MS, span[1] + SUPPORT_MARGIN_MS
+    near = [w for s, e, w in plain_words if e > lo and s < hi]
+    return bool(near) and _similar(term, near) >= SUPPORT_RATIO
+
+
+def drop_unsupported(segments: list, terms: Iterable[str], words: list[tuple[int, int, str]],
+                     plain_words: list[tuple[int, int, str]]) -> list:
+    """Segments without the hint terms that the unhinted decoding of the same audio does
+    not support (a segment left with no words is dropped)."""
     terms = list(terms)
     out = []
     for seg in segments:
         text = seg.text
+        seg_words = [w for w in words if seg.start_ms <= w[0] < seg.end_ms + 1] or words
         for term in found_terms(text, terms):
-            if not supported(term, plain):
-                text = re.sub(rf"(?i)(?<![A-Za-z0-9]){re.escape(term)}(?![A-Za-z0-9])[,;]?\s*",
-                              "", text)
-        text = " ".join(text.split()).strip(" ,;")
+            spans = _term_spans(term, seg_words)
+            if spans and all(supported(term, sp, plain_words) for sp in spans):
+                continue
+            text = re.sub(rf"(?i)(?<![A-Za-z0-9]){re.escape(term)}(?![A-Za-z0-9])[,;]?\s*",
+                          "", text)
+        text = re.sub(r"[,;]\s*(?=[.!?]|$)", "", " ".join(text.split())).strip(" ,;")
+        text = re.sub(r"\s+(?=[.!?,;])", "", text)
+        if text and text[-1] in ".!?" and not re.search(r"[A-Za-z0-9]", text[:-1]):
+            text = ""
         if text != seg.text:
             if not re.search(r"[A-Za-z0-9]", text):
                 continue

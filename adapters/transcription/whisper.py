@@ -184,24 +184,29 @@ class FasterWhisperTranscriber:
     def transcribe_samples(self, samples: np.ndarray, *, base_ms: int = 0,
                            hotwords: Sequence[str] = ()) -> list[SpokenSegment]:
         opts = self.decode_options(hotwords)
-        out = self._decode(samples, base_ms, opts)
         hints = opts.get("initial_prompt") or opts.get("hotwords")
-        if not (hints and self.hint_check):
+        check = bool(hints and self.hint_check)
+        out, words = self._decode(samples, base_ms, dict(opts, word_timestamps=check))
+        if not check:
             return out
         terms = hint_terms(hints)
         if not any(found_terms(s.text, terms) for s in out):
             return out
-        # A hint term in the text: keep it only if the same audio decoded without hints
-        # sounds like it (whisper copies prompt words into what it hears).
+        # A hint term in the text is kept only if the same stretch of audio, decoded
+        # without hints, sounds like it: whisper copies prompt words into what it hears.
         plain_opts = {k: v for k, v in opts.items() if k not in ("initial_prompt", "hotwords")}
-        plain = " ".join(s.text for s in self._decode(samples, base_ms, plain_opts))
-        return drop_unsupported(out, terms, plain)
+        _plain, plain_words = self._decode(samples, base_ms, dict(plain_opts,
+                                                                  word_timestamps=True))
+        return drop_unsupported(out, terms, words, plain_words)
 
-    def _decode(self, samples: np.ndarray, base_ms: int, opts: dict) -> list[SpokenSegment]:
+    def _decode(self, samples: np.ndarray, base_ms: int,
+                opts: dict) -> tuple[list[SpokenSegment], list[tuple[int, int, str]]]:
+        """Segments, and (start_ms, end_ms, word) for every word when word timestamps
+        were asked for."""
         model = self.model()
         try:
             segments, _info = model.transcribe(samples, **opts)
-            out = []
+            out, words = [], []
             for seg in segments:                     # a generator: decoding happens here
                 text = seg.text.strip()
                 if not text:
@@ -210,6 +215,9 @@ class FasterWhisperTranscriber:
                 end = max(start, base_ms + int(round(seg.end * 1000)))
                 out.append(SpokenSegment(start_ms=start, end_ms=end, text=text,
                                          confidence=float(seg.avg_logprob)))
-            return out
+                for w in getattr(seg, "words", None) or []:
+                    words.append((base_ms + int(round(w.start * 1000)),
+                                  base_ms + int(round(w.end * 1000)), w.word))
+            return out, words
         except Exception as exc:  # noqa: BLE001 - the port promises PermanentError only
             raise PermanentError(f"transcription failed ({type(exc).__name__})") from None

@@ -141,11 +141,64 @@ def test_missing_model_dir_is_config_error_naming_it(tmp_path, monkeypatch):
         FasterWhisperTranscriber(tmp_path / "empty")
 
 
-def test_packaged_model_is_tiny_en_and_not_loaded_at_construction(fake_model):
+def test_packaged_models_by_name_default_base_and_not_loaded_at_construction(fake_model):
     model, loads, _ = fake_model
     t = FasterWhisperTranscriber()
-    assert (t.name, t.model_id) == ("faster-whisper", "tiny.en")
+    assert (t.name, t.model_id) == ("faster-whisper", "base")
+    assert (t.model_dir / "model.bin").stat().st_size > 100_000_000   # both parts joined
+    assert FasterWhisperTranscriber(model="tiny.en").model_id == "tiny.en"
+    with pytest.raises(ConfigError, match="unknown whisper model 'large'"):
+        FasterWhisperTranscriber(model="large")
     assert loads == []
+
+
+class HintCopyingModel:
+    """Decodes "No chest pain, metformin." with hints; without hints, `plain` over the same
+    time (words with timestamps, as faster-whisper gives them)."""
+
+    def __init__(self, plain_last_word):
+        self.plain_last_word = plain_last_word
+        self.calls = []
+
+    def transcribe(self, samples, **opts):
+        self.calls.append(opts)
+        hinted = "initial_prompt" in opts or "hotwords" in opts
+        last = "metformin." if hinted else self.plain_last_word
+        words = [(0.5, 0.7, " No"), (0.7, 0.9, " chest"), (0.9, 1.1, " pain,"),
+                 (1.2, 1.6, " " + last)]
+        W = type("W", (), {})
+        ws = []
+        for a, b, w in words:
+            x = W()
+            x.start, x.end, x.word = a, b, w
+            ws.append(x)
+        seg = type("Seg", (), {"start": 0.5, "end": 1.6, "avg_logprob": -0.2,
+                               "text": "".join(w for _, _, w in words),
+                               "words": ws if opts.get("word_timestamps") else None})
+        return iter([seg]), None
+
+
+@pytest.mark.parametrize("plain_word, kept", [("uh-huh.", False), ("met for men.", True)])
+def test_hint_term_the_unhinted_audio_does_not_support_is_dropped(monkeypatch, plain_word,
+                                                                  kept):
+    # Given a model that copies the hint "metformin" into what it hears, and whose
+    # unhinted decoding of that stretch is `plain_word`
+    model = HintCopyingModel(plain_word)
+    whisper_mod.clear_model_cache()
+    monkeypatch.setattr(whisper_mod, "model_factory", lambda *a: model)
+    # When a chunk is transcribed with the default vocabulary as hints
+    segs = FasterWhisperTranscriber().transcribe(make_wav(np.zeros(32_000)), final=True)
+    whisper_mod.clear_model_cache()
+    # Then the term is kept only where the unhinted audio sounds like it
+    assert segs[0].text == ("No chest pain, metformin." if kept else "No chest pain.")
+    assert "initial_prompt" in model.calls[0] and "initial_prompt" not in model.calls[1]
+    # And with the check off the hinted text is kept as decoded, in one decoding
+    model.calls.clear()
+    monkeypatch.setattr(whisper_mod, "model_factory", lambda *a: model)
+    segs = FasterWhisperTranscriber(hint_check=False).transcribe(make_wav(np.zeros(32_000)),
+                                                                 final=True)
+    whisper_mod.clear_model_cache()
+    assert segs[0].text == "No chest pain, metformin." and len(model.calls) == 1
 
 
 def test_hints_org_terms_first_and_passed_to_model(fake_model):
