@@ -34,7 +34,7 @@ GROUPS = ("encounters", "dev", "holdout")
 CACHE = ROOT / "var" / "cache" / "transcripts"
 CHUNK_SECONDS = 10.0
 # Bump when the transcriber's post-processing changes what a cached transcript would be.
-PIPELINE_VERSION = "3"
+PIPELINE_VERSION = "4"
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,11 @@ def _key(visit: Visit, transcriber, label: str) -> str:
     conf = json.dumps({"model": str(transcriber.model_dir), "compute": transcriber.compute_type,
                        "beam": transcriber.beam_size, "hint_mode": transcriber.hint_mode,
                        "vocab": transcriber.default_vocabulary,
-                       "check": getattr(transcriber, "hint_check", None),
+                       "check": (getattr(transcriber, "hint_check", None)
+                                 if transcriber.hint_mode != "off" else None),
                        "boundary": transcriber.boundary, "chunk": CHUNK_SECONDS,
-                       "v": PIPELINE_VERSION}, sort_keys=True)
+                       "v": PIPELINE_VERSION if transcriber.hint_mode != "off" else "off"},
+                      sort_keys=True)
     return f"{visit.name}-{h}-{label}-{hashlib.sha256(conf.encode()).hexdigest()[:12]}"
 
 

@@ -57,7 +57,7 @@ def found_terms(text: str, terms: Iterable[str]) -> list[str]:
     return [t for t in terms if f" {re.sub(r'[^a-z0-9]+', ' ', t.lower()).strip()} " in low]
 
 
-SUPPORT_RATIO = 0.5       # measured: docs/transcription.md ("Hints never add a term")
+SUPPORT_RATIO = 0.35      # measured: docs/transcription.md ("Hints never add a term")
 SUPPORT_MARGIN_MS = 300
 
 
@@ -105,8 +105,8 @@ def drop_unsupported(segments: list, terms: Iterable[str], words: list[tuple[int
         text = seg.text
         seg_words = [w for w in words if seg.start_ms <= w[0] < seg.end_ms + 1] or words
         for term in found_terms(text, terms):
-            spans = _term_spans(term, seg_words)
-            if spans and all(supported(term, sp, plain_words) for sp in spans):
+            spans = _term_spans(term, seg_words) or [(seg.start_ms, seg.end_ms)]
+            if all(supported(term, sp, plain_words) for sp in spans):
                 continue
             text = re.sub(rf"(?i)(?<![A-Za-z0-9]){re.escape(term)}(?![A-Za-z0-9])[,;]?\s*",
                           "", text)

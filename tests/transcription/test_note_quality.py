@@ -1,0 +1,45 @@
+"""bench/note_quality.py: the fact matcher and the invented-term count (fast), and the
+whole check on every visit fixture (slow: transcribes, cached per run in var/cache)."""
+from __future__ import annotations
+
+import pytest
+
+from bench import note_quality as nq
+from bench.visits import visits
+
+
+def test_fact_matcher_reads_numbers_words_and_small_gaps():
+    assert nq.has_fact("Temperature is 101.2.", ["temperature 101.2"])
+    assert nq.has_fact("Temperature is one hundred and one point two.", ["temperature 101.2"])
+    assert nq.has_fact("Add empagliflozin 10mg daily.", ["10 milligrams"])
+    assert nq.has_fact("Denies thoughts on harming self.", ["denies thoughts of harming"])
+    assert not nq.has_fact("Temperature is 100.2.", ["temperature 101.2"])
+    assert not nq.has_fact("Chest pain reported, denies nothing.", ["denies chest pain"])
+    assert nq.has_fact("No blood.", ["denies blood", "no blood"])
+
+
+def test_invented_terms_are_unsaid_drugs_and_numbers():
+    script = "Continue metformin one hundred milligrams and call nine one one, one fifty."
+    assert nq.invented_terms("Continue metformin 100 milligrams, call 911, 150.", script) == []
+    assert nq.invented_terms("Continue metformin and lisinopril 200 mg.", script) == [
+        "lisinopril", "200"]
+
+
+def test_every_visit_has_its_facts_and_the_groups_exist():
+    groups = {v.group for v in visits()}
+    assert groups == {"encounters", "dev", "holdout"}
+    for v in visits():
+        facts = v.facts()
+        assert facts and all(code in nq.SHORT for code in facts), v.name
+        assert all(alts for fs in facts.values() for alts in fs)
+
+
+@pytest.mark.slow
+def test_note_quality_check_passes_on_the_fixtures(capsys):
+    # When the benchmark's --check runs over every visit (transcripts cached per run)
+    rc = nq.main(["--check"])
+    out = capsys.readouterr().out
+    print(out)
+    # Then every required fact is in its section with nothing invented, and the holdout
+    # visits score within 10 % of the fixtures
+    assert rc == 0, [line for line in out.splitlines() if line.startswith("FAIL")]
