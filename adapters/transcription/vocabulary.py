@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from difflib import SequenceMatcher
 from functools import lru_cache
+
+from chartbridge.core.trace import normalise
 from importlib import resources
 
 # faster-whisper truncates hotwords to max_length // 2 - 1 = 223 tokens; a term costs
@@ -44,7 +46,8 @@ def hotword_string(org_terms: Iterable[str] = (), *, include_default: bool = Tru
 
 # -- hints never add a word the audio does not support ------------------------------------
 def _letters(text: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", text.lower())
+    """Letters only, digits spelled ("A1C" -> "aonec", as "one seed" is heard)."""
+    return re.sub(r"[^a-z]", "", normalise(text))
 
 
 def hint_terms(hints: str) -> list[str]:
