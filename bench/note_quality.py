@@ -41,6 +41,7 @@ from chartbridge.adapters.notegen import RuleBasedGenerator  # noqa: E402
 from chartbridge.adapters.transcription import FasterWhisperTranscriber  # noqa: E402
 from chartbridge.adapters.transcription.vocabulary import default_vocabulary  # noqa: E402
 from chartbridge.core.models import NoteType  # noqa: E402
+from chartbridge.core.ports import SpokenSegment  # noqa: E402
 from chartbridge.core.trace import check_sections, normalise  # noqa: E402
 
 HPI, ROS, EXAM, LABS, AP = "10164-2", "10187-3", "29545-1", "30954-2", "51847-2"
@@ -153,10 +154,18 @@ def hint_added(hinted: str, unhinted: str, script: str) -> list[str]:
             and f" {' '.join(_words(t))} " not in s]
 
 
+def script_transcript(visit: Visit) -> list[SpokenSegment]:
+    """The script as a perfect transcript: one segment per utterance, no speaker labels
+    (what the drafter would get from flawless speech recognition)."""
+    return [SpokenSegment(start_ms=i * 5000, end_ms=i * 5000 + 4000, text=text,
+                          confidence=0.0) for i, (_, text) in enumerate(visit.script())]
+
+
 def score_visit(visit: Visit, transcriber, unhinted=None, *, use_cache=True) -> Score:
     from tests.transcription.helpers import wer
 
-    spoken, _ = transcript(visit, transcriber, use_cache=use_cache)
+    spoken = script_transcript(visit) if transcriber is None else \
+        transcript(visit, transcriber, use_cache=use_cache)[0]
     segments = as_segments(spoken)
     note = RuleBasedGenerator().generate(segments, allowed_sections=ALLOWED,
                                          note_type=NoteType(code="11506-3"))
@@ -275,10 +284,13 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", default="encounters,dev,holdout")
     ap.add_argument("--no-hints-run", action="store_true",
                     help="skip the no-hints transcription (no WER/hint+ comparison)")
+    ap.add_argument("--from-script", action="store_true",
+                    help="draft from the scripts themselves (perfect transcripts): the "
+                    "drafter alone, no speech recognition (fast)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true", help="print the drafts")
     args = ap.parse_args(argv)
-    hinted, unhinted = transcribers(args.model)
+    hinted, unhinted = (None, None) if args.from_script else transcribers(args.model)
     scores = []
     for v in visits(tuple(args.groups.split(","))):
         s = score_visit(v, hinted, None if args.no_hints_run else unhinted,
@@ -292,8 +304,9 @@ def main(argv=None) -> int:
             for k in ("missing", "unheard", "misplaced", "invented", "hint_added"):
                 if getattr(s, k):
                     print(f"   {k}: {getattr(s, k)}")
-    print(f"model {hinted.model_id}, rules drafter v{RuleBasedGenerator.version}, "
-          f"10 s chunks, hints {hinted.hint_mode}")
+    print((f"model {hinted.model_id}, 10 s chunks, hints {hinted.hint_mode}" if hinted else
+           "from the scripts (no speech recognition)") +
+          f", rules drafter v{RuleBasedGenerator.version}")
     print(table(scores))
     if args.check:
         fails = check(scores, heard_only=args.heard_only)

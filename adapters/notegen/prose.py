@@ -294,6 +294,8 @@ def plan_items(text: str) -> list[str]:
             items[-1] = f"{items[-1]}, {p}"
             continue
         buf = f"{buf}, {p}" if buf else p
+        if re.match(r"^(?:if|when|unless|in case)\b", buf, re.I) and buf == p:
+            continue                               # "If X, call 911": X leads the item
         if len(p.split()) >= 2:
             items.append(buf)
             buf = ""

@@ -34,6 +34,15 @@ def test_every_visit_has_its_facts_and_the_groups_exist():
         assert all(alts for fs in facts.values() for alts in fs)
 
 
+def test_drafter_alone_puts_every_fact_in_its_section_from_the_scripts(capsys):
+    # Given perfect transcripts (the scripts, without speaker labels)
+    rc = nq.main(["--from-script", "--check", "--no-hints-run", "--groups", "encounters,dev"])
+    out = capsys.readouterr().out
+    # Then the drafter alone meets the check: every fact, nothing invented, third person
+    assert rc == 0, [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert "| **encounters** | all |  |  |  |  |  | **1.00** (71/71) | 0 | 0 | 0 | 0 |" in out
+
+
 @pytest.mark.slow
 def test_note_quality_check_passes_on_the_fixtures(capsys):
     # When the benchmark's --check runs over every visit (transcripts cached per run)
