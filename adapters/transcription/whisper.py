@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,19 @@ def _get_model(path: Path, compute_type: str, cpu_threads: int) -> Any:
             log.info("whisper model loaded", extra={"model_dir": str(path),
                                                     "compute_type": compute_type})
     return model
+
+
+def degenerate(segments: Sequence[SpokenSegment]) -> bool:
+    """A decoding stuck in a loop: whisper's own test (text compressing more than 2.4:1)
+    on a segment of some length, or one word said 5 times running."""
+    for seg in segments:
+        raw = seg.text.encode()
+        if len(raw) >= 40 and len(raw) / len(zlib.compress(raw)) > 2.4:
+            return True
+        words = re.findall(r"[a-z0-9']+", seg.text.lower())
+        if any(len(set(words[i:i + 5])) == 1 for i in range(len(words) - 4)):
+            return True
+    return False
 
 
 class FasterWhisperTranscriber:
@@ -187,6 +202,12 @@ class FasterWhisperTranscriber:
         hints = opts.get("initial_prompt") or opts.get("hotwords")
         check = bool(hints and self.hint_check)
         out, words = self._decode(samples, base_ms, dict(opts, word_timestamps=check))
+        if hints and degenerate(out):
+            # A repetition loop ("no, no, no, ..."): seen with hints on an unseen visit;
+            # the same audio without hints decodes normally (docs/transcription.md).
+            log.warning("hinted decoding looped; decoded again without hints")
+            plain_opts = {k: v for k, v in opts.items() if k not in ("initial_prompt", "hotwords")}
+            return self._decode(samples, base_ms, plain_opts)[0]
         if not check:
             return out
         terms = hint_terms(hints)

@@ -248,3 +248,28 @@ def test_lead_in_tail_is_prepended_and_timeline_shifted(fake_model):
     # And the previous chunk itself keeps only what precedes its pause
     FasterWhisperTranscriber().transcribe(prev, offset_ms=0)
     assert 8.0 * 16_000 < model.calls[1][0] < 8.3 * 16_000
+
+
+class LoopingWithHintsModel:
+    """With hints: stuck repeating "no,"; without: the real words."""
+
+    def __init__(self):
+        self.calls = []
+
+    def transcribe(self, samples, **opts):
+        self.calls.append(opts)
+        text = (" no," * 40 if "initial_prompt" in opts
+                else " Your blood pressure today is 152 over 94.")
+        seg = type("Seg", (), {"start": 0.0, "end": 2.0, "avg_logprob": -0.3, "text": text,
+                               "words": None})
+        return iter([seg]), None
+
+
+def test_hinted_decoding_stuck_in_a_loop_is_decoded_again_without_hints(monkeypatch):
+    model = LoopingWithHintsModel()
+    whisper_mod.clear_model_cache()
+    monkeypatch.setattr(whisper_mod, "model_factory", lambda *a: model)
+    segs = FasterWhisperTranscriber().transcribe(make_wav(np.zeros(32_000)), final=True)
+    whisper_mod.clear_model_cache()
+    assert [s.text for s in segs] == ["Your blood pressure today is 152 over 94."]
+    assert "initial_prompt" in model.calls[0] and "initial_prompt" not in model.calls[1]
