@@ -262,7 +262,7 @@ def check(scores: list[Score], *, heard_only: bool = False) -> list[str]:
     return fails
 
 
-def transcribers(model: str | None):
+def transcribers(model: str | None, *, hint_check: bool = True):
     """The pipeline's transcriber (default or named model) and its no-hints twin."""
     from chartbridge.adapters.transcription import transcriber_for
 
@@ -270,6 +270,7 @@ def transcribers(model: str | None):
         transcription = type("T", (), {"model": model, "model_dir": None, "hotwords": []})()
 
     hinted = transcriber_for(Org())
+    hinted.hint_check = hint_check
     kwargs = dict(model_dir=hinted.model_dir)
     return hinted, FasterWhisperTranscriber(**kwargs, hint_mode="off")
 
@@ -287,10 +288,14 @@ def main(argv=None) -> int:
     ap.add_argument("--from-script", action="store_true",
                     help="draft from the scripts themselves (perfect transcripts): the "
                     "drafter alone, no speech recognition (fast)")
+    ap.add_argument("--no-hint-check", action="store_true",
+                    help="keep hint terms the unhinted audio does not support (to measure "
+                    "what the check removes)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true", help="print the drafts")
     args = ap.parse_args(argv)
-    hinted, unhinted = (None, None) if args.from_script else transcribers(args.model)
+    hinted, unhinted = (None, None) if args.from_script else \
+        transcribers(args.model, hint_check=not args.no_hint_check)
     scores = []
     for v in visits(tuple(args.groups.split(","))):
         s = score_visit(v, hinted, None if args.no_hints_run else unhinted,
@@ -304,7 +309,8 @@ def main(argv=None) -> int:
             for k in ("missing", "unheard", "misplaced", "invented", "hint_added"):
                 if getattr(s, k):
                     print(f"   {k}: {getattr(s, k)}")
-    print((f"model {hinted.model_id}, 10 s chunks, hints {hinted.hint_mode}" if hinted else
+    print((f"model {hinted.model_id}, 10 s chunks, hints {hinted.hint_mode}, hint check "
+           f"{'on' if hinted.hint_check else 'off'}" if hinted else
            "from the scripts (no speech recognition)") +
           f", rules drafter v{RuleBasedGenerator.version}")
     print(table(scores))
