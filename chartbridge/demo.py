@@ -5,7 +5,7 @@ chunks, waits for DocumentationReady, then simulates a clinician edit in Epic an
 recording to show the edit survives. A second organization (a non-Epic site) then opens a
 session through the core use cases with the same audio, is approved by a named demo
 clinician and written to every target it has configured (FHIR, athenaOne, HL7 MDM). Every step goes over HTTP between the two, exactly as
-with a real site; transcription is the real faster-whisper tiny.en on the CPU.
+with a real site; transcription is the real faster-whisper (packaged base) on the CPU.
 """
 from __future__ import annotations
 
