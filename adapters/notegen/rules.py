@@ -114,9 +114,9 @@ def split_statements(segments: Sequence[TranscriptSegment]) -> list[Statement]:
     out: list[Statement] = []
     pos = 0
     pieces = []
-    for sentence in SENTENCE_END.split(text):
+    for sent in SENTENCE_END.split(text):
         carry = ""
-        for cue_piece in CUE_BREAK.split(sentence):
+        for cue_piece in CUE_BREAK.split(sent):
             for piece in CLAUSE_BREAK.split(cue_piece):
                 if not piece:
                     continue
