@@ -1,8 +1,11 @@
 """`RuleBasedGenerator`: local, deterministic, no model. Splits the transcript into
-statements, assigns each to a LOINC section by cue phrases and conversational context,
-renders each section with a versioned template. Nothing is invented: a statement's text
-comes from the transcript, a section without statements is omitted, and every section
-lists the ids of the segments its statements came from."""
+statements, infers who said each (clinician / patient), assigns it a LOINC section by cue
+phrases and conversational context (a question gives the answer after it its meaning),
+writes it as note prose (prose.py: third person, pertinent negatives, plan items) and
+renders each section with a versioned template. Nothing is invented: the prose uses the
+transcript's words plus framing words the traceability checker (core/trace.py) knows; a
+section without statements is omitted; every section lists the ids of the segments its
+statements came from, and per statement its text, segments and speaker (`sources`)."""
 from __future__ import annotations
 
 import re
