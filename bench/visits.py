@@ -34,7 +34,7 @@ GROUPS = ("encounters", "dev", "holdout")
 CACHE = ROOT / "var" / "cache" / "transcripts"
 CHUNK_SECONDS = 10.0
 # Bump when the transcriber's post-processing changes what a cached transcript would be.
-PIPELINE_VERSION = "6"
+PIPELINE_VERSION = "7"
 
 
 @dataclass(frozen=True)

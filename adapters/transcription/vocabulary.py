@@ -61,7 +61,7 @@ def found_terms(text: str, terms: Iterable[str]) -> list[str]:
 
 
 SUPPORT_RATIO = 0.35      # measured: docs/transcription.md ("Hints never add a term")
-SUPPORT_MARGIN_MS = 300
+SUPPORT_MARGIN_MS = 800
 
 
 def _similar(term: str, words: list[str]) -> float:
@@ -76,18 +76,16 @@ def _similar(term: str, words: list[str]) -> float:
     return best
 
 
-def _term_spans(term: str, words: list[tuple[int, int, str]]) -> list[tuple[int, int]]:
-    """Where the hinted decoding's words spell `term`: [(start_ms, end_ms)]."""
-    target, spans = _letters(term), []
-    for i in range(len(words)):
-        joined = ""
-        for j in range(i, min(len(words), i + len(term.split()) + 2)):
-            joined += _letters(words[j][2])
-            if joined == target:
-                spans.append((words[i][0], words[j][1]))
-                break
-            if not target.startswith(joined):
-                break
+def _term_spans(term: str, seg) -> list[tuple[int, int]]:
+    """Where in the segment's time `term` is said, estimated from its place in the text
+    (the hinted decoding runs without word timestamps: asking for them changes what
+    faster-whisper decodes)."""
+    text, spans = seg.text, []
+    span_ms = max(1, seg.end_ms - seg.start_ms)
+    for m in re.finditer(rf"(?i)(?<![A-Za-z0-9]){re.escape(term)}(?![A-Za-z0-9])", text):
+        a = seg.start_ms + span_ms * m.start() // max(1, len(text))
+        b = seg.start_ms + span_ms * m.end() // max(1, len(text))
+        spans.append((a, b))
     return spans
 
 
@@ -98,7 +96,7 @@ def supported(term: str, span: tuple[int, int], plain_words: list[tuple[int, int
     return bool(near) and _similar(term, near) >= SUPPORT_RATIO
 
 
-def drop_unsupported(segments: list, terms: Iterable[str], words: list[tuple[int, int, str]],
+def drop_unsupported(segments: list, terms: Iterable[str],
                      plain_words: list[tuple[int, int, str]]) -> list:
     """Segments without the hint terms that the unhinted decoding of the same audio does
     not support (a segment left with no words is dropped)."""
@@ -106,9 +104,8 @@ def drop_unsupported(segments: list, terms: Iterable[str], words: list[tuple[int
     out = []
     for seg in segments:
         text = seg.text
-        seg_words = [w for w in words if seg.start_ms <= w[0] < seg.end_ms + 1] or words
         for term in found_terms(text, terms):
-            spans = _term_spans(term, seg_words) or [(seg.start_ms, seg.end_ms)]
+            spans = _term_spans(term, seg) or [(seg.start_ms, seg.end_ms)]
             if all(supported(term, sp, plain_words) for sp in spans):
                 continue
             text = re.sub(rf"(?i)(?<![A-Za-z0-9]){re.escape(term)}(?![A-Za-z0-9])[,;]?\s*",

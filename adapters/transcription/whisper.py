@@ -201,7 +201,7 @@ class FasterWhisperTranscriber:
         opts = self.decode_options(hotwords)
         hints = opts.get("initial_prompt") or opts.get("hotwords")
         check = bool(hints and self.hint_check)
-        out, words = self._decode(samples, base_ms, dict(opts, word_timestamps=check))
+        out, _ = self._decode(samples, base_ms, opts)   # word timestamps would change it
         if hints and degenerate(out):
             # A repetition loop ("no, no, no, ..."): seen with hints on an unseen visit;
             # the same audio without hints decodes normally (docs/transcription.md).
@@ -218,7 +218,7 @@ class FasterWhisperTranscriber:
         plain_opts = {k: v for k, v in opts.items() if k not in ("initial_prompt", "hotwords")}
         _plain, plain_words = self._decode(samples, base_ms, dict(plain_opts,
                                                                   word_timestamps=True))
-        return drop_unsupported(out, terms, words, plain_words)
+        return drop_unsupported(out, terms, plain_words)
 
     def _decode(self, samples: np.ndarray, base_ms: int,
                 opts: dict) -> tuple[list[SpokenSegment], list[tuple[int, int, str]]]:

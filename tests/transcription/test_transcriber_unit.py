@@ -153,27 +153,30 @@ def test_packaged_models_by_name_default_base_and_not_loaded_at_construction(fak
 
 
 class HintCopyingModel:
-    """Decodes "No chest pain, metformin." with hints; without hints, `plain` over the same
-    time (words with timestamps, as faster-whisper gives them)."""
+    """Decodes "No chest pain at all since last week, and metformin." (0-6 s) with hints;
+    without hints the same words but `plain_last` where "metformin" was, with word times
+    as faster-whisper gives them."""
 
-    def __init__(self, plain_last_word):
-        self.plain_last_word = plain_last_word
+    WORDS = ["No", "chest", "pain", "at", "all", "since", "last", "week,", "and"]
+
+    def __init__(self, plain_last):
+        self.plain_last = plain_last
         self.calls = []
 
     def transcribe(self, samples, **opts):
         self.calls.append(opts)
         hinted = "initial_prompt" in opts or "hotwords" in opts
-        last = "metformin." if hinted else self.plain_last_word
-        words = [(0.5, 0.7, " No"), (0.7, 0.9, " chest"), (0.9, 1.1, " pain,"),
-                 (1.2, 1.6, " " + last)]
+        last = "metformin." if hinted else self.plain_last
+        timed = [(i * 0.55, i * 0.55 + 0.5, " " + w) for i, w in enumerate(self.WORDS)]
+        timed.append((5.0, 6.0, " " + last))
         W = type("W", (), {})
         ws = []
-        for a, b, w in words:
+        for a, b, w in timed:
             x = W()
             x.start, x.end, x.word = a, b, w
             ws.append(x)
-        seg = type("Seg", (), {"start": 0.5, "end": 1.6, "avg_logprob": -0.2,
-                               "text": "".join(w for _, _, w in words),
+        seg = type("Seg", (), {"start": 0.0, "end": 6.0, "avg_logprob": -0.2,
+                               "text": "".join(w for _, _, w in timed),
                                "words": ws if opts.get("word_timestamps") else None})
         return iter([seg]), None
 
@@ -187,18 +190,20 @@ def test_hint_term_the_unhinted_audio_does_not_support_is_dropped(monkeypatch, p
     whisper_mod.clear_model_cache()
     monkeypatch.setattr(whisper_mod, "model_factory", lambda *a: model)
     # When a chunk is transcribed with the default vocabulary as hints
-    segs = FasterWhisperTranscriber().transcribe(make_wav(np.zeros(32_000)), final=True)
+    segs = FasterWhisperTranscriber().transcribe(make_wav(np.zeros(16_000 * 7)), final=True)
     whisper_mod.clear_model_cache()
     # Then the term is kept only where the unhinted audio sounds like it
-    assert segs[0].text == ("No chest pain, metformin." if kept else "No chest pain.")
+    said = "No chest pain at all since last week, and"
+    assert segs[0].text == (said + " metformin." if kept else said + ".")
     assert "initial_prompt" in model.calls[0] and "initial_prompt" not in model.calls[1]
+    assert not model.calls[0].get("word_timestamps") and model.calls[1]["word_timestamps"]
     # And with the check off the hinted text is kept as decoded, in one decoding
     model.calls.clear()
     monkeypatch.setattr(whisper_mod, "model_factory", lambda *a: model)
-    segs = FasterWhisperTranscriber(hint_check=False).transcribe(make_wav(np.zeros(32_000)),
-                                                                 final=True)
+    segs = FasterWhisperTranscriber(hint_check=False).transcribe(
+        make_wav(np.zeros(16_000 * 7)), final=True)
     whisper_mod.clear_model_cache()
-    assert segs[0].text == "No chest pain, metformin." and len(model.calls) == 1
+    assert segs[0].text == said + " metformin." and len(model.calls) == 1
 
 
 def test_hints_org_terms_first_and_passed_to_model(fake_model):
