@@ -149,6 +149,14 @@ def test_packaged_models_by_name_default_base_and_not_loaded_at_construction(fak
     assert FasterWhisperTranscriber(model="tiny.en").model_id == "tiny.en"
     with pytest.raises(ConfigError, match="unknown whisper model 'large'"):
         FasterWhisperTranscriber(model="large")
+    # And an org picks one by name (transcription.model); its model_dir wins over the name
+    from types import SimpleNamespace
+
+    from chartbridge.adapters.transcription import transcriber_for
+    org = SimpleNamespace(transcription=SimpleNamespace(model="tiny.en", model_dir=None))
+    assert transcriber_for(org).model_id == "tiny.en"
+    org.transcription.model_dir = t.model_dir
+    assert transcriber_for(org).model_dir == t.model_dir
     assert loads == []
 
 
