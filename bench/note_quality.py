@@ -21,7 +21,8 @@ the traceability checker (core/trace.py), and scored against NAME.facts.yaml:
                the unhinted transcript has (a hint copied into the text)
 
 --check passes when the shared fixtures (encounters) have every fact in its section, zero
-invented terms and zero first-person words in history, and the holdout visits (never used
+invented terms and zero first-person words in history, no visit has a hint+ term (when the
+no-hints run is made), and the holdout visits (never used
 for tuning) score within 10 % of the fixtures (recall at least 0.9 x theirs, invented and
 1st-person no more than the fixtures' count + 10 % of their fact count). --heard-only
 judges the drafter alone: a fact the transcript lacks altogether is reported, not failed.
@@ -249,6 +250,10 @@ def check(scores: list[Score], *, heard_only: bool = False) -> list[str]:
             fails.append(f"{s.visit.name}: {len(s.invented)} invented term(s)")
         if s.first_person:
             fails.append(f"{s.visit.name}: {s.first_person} first-person word(s) in history")
+    for s in scores:
+        if s.hint_added:
+            fails.append(f"{s.visit.name}: vocabulary hint(s) in the transcript that neither "
+                         f"the script nor the unhinted audio has: {', '.join(s.hint_added)}")
     holdout = [s for s in scores if s.visit.group == "holdout"]
     if fixtures and holdout:
         f, h = _summary(fixtures), _summary(holdout)

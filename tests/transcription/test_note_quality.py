@@ -61,3 +61,14 @@ def test_note_quality_check_on_the_heard_facts_passes(capsys):
                    "fever' -> 'Koff and a femur'); see docs/transcription.md")
 def test_note_quality_strict_check_every_fact_of_the_fixtures(capsys):
     assert nq.main(["--check"]) == 0
+
+
+def test_check_fails_on_a_copied_hint_and_on_first_person_history():
+    # Given scores of a fixture whose transcript gained a hint term and quotes the patient
+    v = next(v for v in visits(("encounters",)))
+    bad = nq.Score(visit=v, found={"10164-2": (1, 1)}, hint_added=["metformin"],
+                   first_person=2)
+    # Then the check names both problems
+    fails = nq.check([bad])
+    assert any("metformin" in f for f in fails) and any("first-person" in f for f in fails)
+    assert nq.check([nq.Score(visit=v, found={"10164-2": (1, 1)})]) == []
