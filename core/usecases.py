@@ -191,8 +191,8 @@ def edit_draft(store, clock: Clock, *, org_id: str, draft_id: str, section_code:
     if draft.section(section_code) is None:
         raise RuleViolation("the draft has no such section", rule="unknown_section",
                             section=section_code)
-    sections = [s.model_copy(update={"text": text}) if s.code == section_code else s
-                for s in draft.sections]
+    sections = [s.model_copy(update={"text": text, "sources": [], "untraced": []})
+                if s.code == section_code else s for s in draft.sections]
     new = draft.model_copy(update={"id": uuid.uuid4().hex, "sections": sections,
                                    "created_at": clock.now(), "edited_by": editor})
     return store.save_draft(org_id, new)

@@ -71,3 +71,14 @@ def test_draft_note_marks_untraced_sections_before_storing(store, clock):
     stored, _ = store.get_draft(ORG, draft.id)
     assert [(x.code, x.untraced) for x in stored.sections] == [
         ("10164-2", ["metformin", "five_hundred", "mg"]), ("51847-2", [])]
+
+
+def test_a_clinicians_edit_drops_the_machine_provenance_of_that_section(store, clock):
+    s, _ = begin(store, clock)
+    (rec,) = _announce_and_transcribe(store, clock, s, WordsTranscriber(), 1, order=[1])
+    draft = uc.draft_note(store, clock, InventingGenerator(), WordsTranscriber(), org_id=ORG,
+                          session=s, recording=rec)
+    edited = uc.edit_draft(store, clock, org_id=ORG, draft_id=draft.id, section_code="10164-2",
+                           text="Cough for four days, as I examined.", editor="dr-a")
+    # the clinician's text is theirs: no stale "untraced" marker from the machine draft
+    assert edited.section("10164-2").untraced == [] and edited.section("10164-2").sources == []
