@@ -77,7 +77,9 @@ def visits(groups=GROUPS) -> list[Visit]:
 
 def _key(visit: Visit, transcriber, label: str) -> str:
     h = hashlib.sha256(visit.wav.read_bytes()).hexdigest()[:16]
-    conf = json.dumps({"model": str(transcriber.model_dir), "compute": transcriber.compute_type,
+    model_bin = Path(transcriber.model_dir) / "model.bin"
+    conf = json.dumps({"model": [transcriber.model_id, model_bin.stat().st_size],
+                       "compute": transcriber.compute_type,
                        "beam": transcriber.beam_size, "hint_mode": transcriber.hint_mode,
                        "vocab": transcriber.default_vocabulary,
                        "check": (getattr(transcriber, "hint_check", None)

