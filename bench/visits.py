@@ -34,7 +34,7 @@ GROUPS = ("encounters", "dev", "holdout")
 CACHE = ROOT / "var" / "cache" / "transcripts"
 CHUNK_SECONDS = 10.0
 # Bump when the transcriber's post-processing changes what a cached transcript would be.
-PIPELINE_VERSION = "7"
+PIPELINE_VERSION = "9"
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def _key(visit: Visit, transcriber, label: str) -> str:
                        "check": (getattr(transcriber, "hint_check", None)
                                  if transcriber.hint_mode != "off" else None),
                        "boundary": transcriber.boundary, "chunk": CHUNK_SECONDS,
-                       "v": PIPELINE_VERSION if transcriber.hint_mode != "off" else "off"},
+                       "v": PIPELINE_VERSION if transcriber.hint_mode != "off" else "off-t0b"},
                       sort_keys=True)
     return f"{visit.name}-{h}-{label}-{hashlib.sha256(conf.encode()).hexdigest()[:12]}"
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = "CHARTBRIDGE_WHISPER_MODEL_DIR"
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)     # faster-whisper's default
 
 _lock = threading.Lock()
 _cache: dict[tuple[str, str], Any] = {}
@@ -184,8 +185,11 @@ class FasterWhisperTranscriber:
 
     # -- shared with the benchmark ----------------------------------------------------
     def decode_options(self, hotwords: Sequence[str] = ()) -> dict[str, Any]:
+        # temperature 0 only: faster-whisper's fallback samples at higher temperatures, so
+        # the same audio gave different transcripts run to run; a loop is handled instead
+        # by `degenerate` (decode again without hints).
         opts: dict[str, Any] = {"beam_size": self.beam_size, "language": "en",
-                                "vad_filter": False}
+                                "vad_filter": False, "temperature": 0.0}
         hints = hotword_string(hotwords, include_default=self.default_vocabulary)
         if hints and self.hint_mode == "hotwords":
             opts["hotwords"] = hints
@@ -202,12 +206,19 @@ class FasterWhisperTranscriber:
         hints = opts.get("initial_prompt") or opts.get("hotwords")
         check = bool(hints and self.hint_check)
         out, _ = self._decode(samples, base_ms, opts)   # word timestamps would change it
-        if hints and degenerate(out):
-            # A repetition loop ("no, no, no, ..."): seen with hints on an unseen visit;
-            # the same audio without hints decodes normally (docs/transcription.md).
-            log.warning("hinted decoding looped; decoded again without hints")
+        if degenerate(out):
+            # A repetition loop ("no, no, no, ..."): seen with hints on an unseen visit,
+            # where the same audio without hints decodes normally; failing that, whisper's
+            # own temperature fallback (sampled, so only here) (docs/transcription.md).
             plain_opts = {k: v for k, v in opts.items() if k not in ("initial_prompt", "hotwords")}
-            return self._decode(samples, base_ms, plain_opts)[0]
+            if hints:
+                log.warning("hinted decoding looped; decoded again without hints")
+                out = self._decode(samples, base_ms, plain_opts)[0]
+            if degenerate(out):
+                log.warning("decoding looped; decoded again with temperature fallback")
+                out = self._decode(samples, base_ms,
+                                   dict(plain_opts, temperature=FALLBACK_TEMPERATURES))[0]
+            return out
         if not check:
             return out
         terms = hint_terms(hints)

@@ -286,3 +286,22 @@ def test_hinted_decoding_stuck_in_a_loop_is_decoded_again_without_hints(monkeypa
     whisper_mod.clear_model_cache()
     assert [s.text for s in segs] == ["Your blood pressure today is 152 over 94."]
     assert "initial_prompt" in model.calls[0] and "initial_prompt" not in model.calls[1]
+
+
+def test_a_loop_without_hints_falls_back_to_whispers_temperature_schedule(monkeypatch):
+    class Looping(LoopingWithHintsModel):
+        def transcribe(self, samples, **opts):
+            self.calls.append(opts)
+            text = " no," * 40 if opts["temperature"] == 0.0 else " Fine."
+            seg = type("Seg", (), {"start": 0.0, "end": 2.0, "avg_logprob": -0.3,
+                                   "text": text, "words": None})
+            return iter([seg]), None
+
+    model = Looping()
+    whisper_mod.clear_model_cache()
+    monkeypatch.setattr(whisper_mod, "model_factory", lambda *a: model)
+    segs = FasterWhisperTranscriber(hint_mode="off").transcribe(make_wav(np.zeros(32_000)),
+                                                                final=True)
+    whisper_mod.clear_model_cache()
+    assert [s.text for s in segs] == ["Fine."]
+    assert [c["temperature"] for c in model.calls] == [0.0, whisper_mod.FALLBACK_TEMPERATURES]
