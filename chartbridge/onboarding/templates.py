@@ -158,6 +158,7 @@ policy:
 
 transcription:
   hotwords: []                  # site terms that help the transcriber
+  # model: base                 # packaged whisper model: base (default) | tiny.en
 
 drafting:
   generator: rules              # rules | llm (then an llm: block with url, model, api_key)

@@ -198,7 +198,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
         session = engine.store.get_session(org, draft.session_id)
         segments = {s.id: s for s in engine.store.segments(org, session.id)}
         sections = [{"code": s.code, "name": SECTION_CODES.get(s.code, s.title or s.code),
-                     "text": s.text,
+                     "text": s.text, "untraced": [t.replace("_", " ") for t in s.untraced],
                      "excerpts": [{"text": segments[i].text, "at": _clock(segments[i].start_ms),
                                    "end": _clock(segments[i].end_ms),
                                    "recording": segments[i].recording_id}

@@ -20,7 +20,7 @@ def test_demo_json_reports_sections_drafted_from_the_visit(tmp_path):
     assert result["session_id"] == "AMB-DEMO-0001" and result["recording_version"] == 2
     # sections drafted from the fixture's speech (encounter-1: pneumonia, amoxicillin)
     assert "pneumonia" in result["sections"]["51847-2"].lower()
-    assert "cough" in result["sections"]["10164-2"].lower()
+    assert "short of breath" in result["sections"]["10164-2"].lower()
     # the clinician's edit survived the second recording
     assert result["edit_survived"] is True and "51847-2" not in result["second_sections"]
     assert [r["status"] for r in result["ledger"]] == ["succeeded"] * 5

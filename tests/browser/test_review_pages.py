@@ -125,6 +125,10 @@ def test_review_edit_approve_written(review, new_page, viewport):
     assert "The cough started three days ago." in hpi.inner_text()
     assert "at 0:03–0:07" in hpi.inner_text()
     assert "at 1:05–1:09" in page.locator("section[data-section='51848-0']").inner_text()
+    # And a term the traceability checker could not find in the cited transcript is flagged
+    assert page.locator("section[data-section='51848-0'] [role=alert]").inner_text() == (
+        "Not in the transcript it cites: azithromycin. Check before approving.")
+    assert hpi.locator("[role=alert]").count() == 0
     check_accessibility(page)
     shot(page, f"review-draft-{name}")
     # When they edit the history section

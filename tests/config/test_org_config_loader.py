@@ -288,3 +288,14 @@ def test_load_org_file_raises_config_error(write_org):
     with pytest.raises(ConfigError) as info:
         load_org_file(write_org(EPIC_ORG.replace("name: Acme Clinic", "name: ''")))
     assert info.value.key == "name"
+
+
+def test_transcription_model_is_a_packaged_name(write_org):
+    # Given an org choosing a packaged whisper model by name
+    ok = load_org_file(write_org(EPIC_ORG + "transcription:\n  model: tiny.en\n"))
+    assert ok.transcription.model == "tiny.en"
+    # When the name is not a packaged model
+    text = EPIC_ORG + "transcription:\n  model: large-v3\n"
+    err = only_error(write_org(text))
+    # Then the key and its line are named
+    assert err.key == "transcription.model" and err.line == line_of(text, "model: large-v3")

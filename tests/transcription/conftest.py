@@ -1,12 +1,12 @@
 """One transcription of each fixture (whole and chunked as the pipeline does), shared by
-every slow test in the session: tiny.en on 2 shared cores is the expensive part."""
+every slow test in the session: whisper on 2 shared cores is the expensive part."""
 from __future__ import annotations
 
 import pytest
 
 from chartbridge.core.models import TranscriptSegment
 
-from .helpers import ENCOUNTERS, transcribe_chunked, wav_bytes
+from .helpers import ENCOUNTERS, wav_bytes
 
 
 @pytest.fixture(scope="session")
@@ -18,12 +18,17 @@ def transcriber():
 
 @pytest.fixture(scope="session")
 def transcripts(transcriber):
-    """{name: {"whole": [SpokenSegment], "chunked": [SpokenSegment]}}"""
+    """{name: {"whole": [SpokenSegment], "chunked": [SpokenSegment]}}. The chunked ones
+    come from bench/visits.py's on-disk cache, shared with bench/note_quality.py's check
+    in the same run (the same transcriber settings make the same key)."""
+    from bench.visits import transcript, visits
+
+    by_name = {v.name: v for v in visits(("encounters",))}
     out = {}
     for name in ENCOUNTERS:
         data = wav_bytes(name)
         out[name] = {"whole": transcriber.transcribe(data, final=True),
-                     "chunked": transcribe_chunked(transcriber, data, 10.0)}
+                     "chunked": transcript(by_name[name], transcriber)[0]}
     return out
 
 

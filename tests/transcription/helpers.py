@@ -3,10 +3,11 @@ fixture loading, cutting a WAV into pipeline-sized chunks, and WER normalisation
 from __future__ import annotations
 
 import io
-import re
-import string
 import wave
 from pathlib import Path
+
+# One normalisation for WER, the note-quality facts and the traceability checker.
+from chartbridge.core.trace import normalise  # noqa: F401
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "encounters"
 ENCOUNTERS = ("encounter-1", "encounter-2", "encounter-3")
@@ -58,44 +59,6 @@ def transcribe_chunked(transcriber, data: bytes, seconds: float = 10.0, hotwords
             chunk, offset_ms=offset_ms, hotwords=hotwords,
             lead_in=chunks[i - 1][1] if i else None, final=i == len(chunks) - 1)
     return segments
-
-
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
-         "fourteen fifteen sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-
-
-def _int_words(n: int) -> str:
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    if n < 1000:
-        rest = n % 100
-        return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " " + _int_words(rest))
-    if n < 1_000_000:
-        rest = n % 1000
-        return _int_words(n // 1000) + " thousand" + ("" if not rest else " " + _int_words(rest))
-    return " ".join(_ONES[int(d)] for d in str(n))
-
-
-def _number_words(m: re.Match) -> str:
-    whole, _, frac = m.group(0).replace(",", "").partition(".")
-    words = _int_words(int(whole))
-    if frac:
-        words += " point " + " ".join(_ONES[int(d)] for d in frac)
-    return f" {words} "
-
-
-def normalise(text: str) -> str:
-    """Lower case, no punctuation, numbers as words ("101.2" == "one hundred one point
-    two"), "%" as "percent", hyphens as spaces, "and" dropped inside number phrases."""
-    t = text.lower().replace("%", " percent ").replace("-", " ").replace("/", " over ")
-    t = re.sub(r"(?<=[a-z])(?=\d)|(?<=\d)(?=[a-z])", " ", t)
-    t = re.sub(r"\d[\d,]*(?:\.\d+)?", _number_words, t)
-    t = t.translate(str.maketrans({c: " " for c in string.punctuation}))
-    t = re.sub(r"\bhundred and\b", "hundred", t)
-    return " ".join(t.split())
 
 
 def wer(reference: str, hypothesis: str) -> float:

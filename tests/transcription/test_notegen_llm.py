@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from chartbridge.adapters.notegen import OpenAICompatibleGenerator
-from chartbridge.core.errors import PermanentError, TransientError
+from chartbridge.core.errors import ConfigError, PermanentError, TransientError
 from chartbridge.core.models import TranscriptSegment
 
 SEGS = [TranscriptSegment(id=f"rec/1/{i}", session_id="s", recording_id="rec",
@@ -74,7 +74,7 @@ def test_good_answer_becomes_canonical_sections(llm):
     # Then sections come back in canonical order with provenance and prompt version
     assert [(s.code, s.segment_ids) for s in note.sections] == [
         ("10164-2", ["rec/1/0"]), ("51847-2", ["rec/1/1"])]
-    assert (note.template_id, note.template_version) == ("prompt:note_sections", "1")
+    assert (note.template_id, note.template_version) == ("prompt:note_sections", "2")
     # And the request went to /v1/chat/completions with the key and the transcript
     path, headers, body = llm.requests[0]
     assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-test"
@@ -83,22 +83,62 @@ def test_good_answer_becomes_canonical_sections(llm):
     assert "18776-5" not in body["messages"][1]["content"]       # only allowed offered
 
 
-def test_disallowed_unknown_and_unsupported_sections_are_dropped(llm):
+def test_empty_section_is_omitted(llm):
     llm.reply(json.dumps({"sections": [
-        {"code": "10187-3", "text": "No chest pain.", "segment_ids": ["rec/1/0"]},   # disallowed
-        {"code": "12345-6", "text": "??", "segment_ids": ["rec/1/0"]},             # unknown
-        {"code": "10164-2", "text": "Invented.", "segment_ids": ["rec/9/9"]},       # no real id
-        {"code": "51847-2", "text": "Pneumonia.", "segment_ids": ["rec/1/1", "nope"]}]}))
+        {"code": "10164-2", "text": "  ", "segment_ids": []},
+        {"code": "51847-2", "text": "Pneumonia.", "segment_ids": ["rec/1/1"]}]}))
     note = gen(llm).generate(SEGS, allowed_sections=ALLOWED)
     assert [(s.code, s.segment_ids) for s in note.sections] == [("51847-2", ["rec/1/1"])]
 
 
-@pytest.mark.parametrize("content", ["not json at all", json.dumps({"notes": []}),
-                                     json.dumps({"sections": [{"code": "10164-2"}]})])
-def test_malformed_answer_is_permanent_error(llm, content):
-    llm.reply(content)
-    with pytest.raises(PermanentError):
+@pytest.mark.parametrize("section, reason", [
+    ({"code": "10187-3", "text": "Denies chest pain.", "segment_ids": ["rec/1/0"]},
+     "not asked for"),
+    ({"code": "12345-6", "text": "x", "segment_ids": ["rec/1/0"]}, "unknown section code"),
+    ({"code": "10164-2", "text": "Invented.", "segment_ids": ["rec/9/9"]}, "do not exist"),
+    ({"code": "10164-2", "text": "Cough.", "segment_ids": []}, "cites no transcript"),
+    ({"code": "10164-2", "text": "I have had a cough.", "segment_ids": ["rec/1/0"]},
+     "first person"),
+    ({"code": "10164-2", "text": "Cough.", "segment_ids": "rec/1/0"}, "lacks code"),
+])
+def test_reply_breaking_the_section_rules_is_permanent_error_with_reason(llm, section,
+                                                                          reason):
+    # Given a reply with one section that breaks the contract
+    llm.reply(json.dumps({"sections": [
+        {"code": "51847-2", "text": "Pneumonia.", "segment_ids": ["rec/1/1"]}, section]}))
+    # Then the whole reply is refused, naming why (nothing silently dropped or replaced)
+    with pytest.raises(PermanentError, match=reason) as exc:
         gen(llm).generate(SEGS, allowed_sections=ALLOWED)
+    assert "sections[1]" in str(exc.value) and "cough" not in str(exc.value).lower()
+
+
+def test_prompt_states_the_section_rules_and_a_prompt_without_the_transcript_is_refused(
+        llm, tmp_path, monkeypatch):
+    llm.reply(json.dumps({"sections": []}))
+    gen(llm).generate(SEGS, allowed_sections=ALLOWED)
+    prompt = llm.requests[0][2]["messages"][1]["content"]
+    assert "third person" in prompt and "Denies chest pain" in prompt
+    from chartbridge.adapters.notegen import llm as llm_mod
+    g = gen(llm)
+    g._prompt = "{# version: 9 #}Write a note."              # an org prompt that lost the data
+    with pytest.raises(ConfigError, match="segment ids or section codes"):
+        g.generate(SEGS, allowed_sections=ALLOWED)
+    assert llm_mod.SYSTEM
+
+
+def test_llm_failure_is_not_replaced_by_the_rules_drafter(llm):
+    # Given an org configured for the LLM drafter
+    from types import SimpleNamespace
+
+    from chartbridge.adapters.notegen import generator_for
+    org = SimpleNamespace(drafting=SimpleNamespace(
+        generator="llm", llm=SimpleNamespace(url=llm.url, model="m", api_key=None)))
+    g = generator_for(org)
+    assert isinstance(g, OpenAICompatibleGenerator)
+    # When the reply is not the expected structure, the error reaches the caller
+    llm.reply(json.dumps({"notes": "free text"}))
+    with pytest.raises(PermanentError, match="'sections' list"):
+        g.generate(SEGS, allowed_sections=ALLOWED)
 
 
 def test_not_a_chat_completion_is_permanent_error(llm):

@@ -1,4 +1,5 @@
-"""Real audio through tiny.en: chunked vs whole accuracy, offsets, notes drafted from it."""
+"""Real audio through the default model: chunked vs whole accuracy, offsets, notes drafted
+from it (the full per-fact measure is bench/note_quality.py, test_note_quality.py)."""
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,9 @@ pytestmark = pytest.mark.slow
 ALL = ["10164-2", "10187-3", "29545-1", "51847-2"]
 # From the scripts: diagnosis + plan words in A&P, the patient's complaint in HPI.
 EXPECTED = {
-    "encounter-1": {"ap": ["pneumonia", "amoxicillin"], "hpi": ["cough"]},
-    "encounter-2": {"ap": ["diabetes", "metformin", "podiatry"], "hpi": ["evening"]},
+    "encounter-1": {"ap": ["pneumonia", "amoxicillin"], "hpi": ["short of breath", "stairs"]},
+    "encounter-2": {"ap": ["diabetes", "metformin", "podiatry"],
+                    "hpi": ["metformin twice a day"]},
     "encounter-3": {"ap": ["lateral ankle", "ibuprofen", "brace"], "hpi": ["twisted", "ankle"]},
 }
 
@@ -65,7 +67,7 @@ def test_note_from_chunked_transcript_names_diagnosis_plan_and_complaint(transcr
     ids = {s.id for s in segments}
     for section in note.sections:
         assert section.segment_ids and set(section.segment_ids) <= ids
-    assert (note.template_id, note.template_version) == ("11506-3", "1")
+    assert (note.template_id, note.template_version) == ("11506-3", "2")
 
 
 def test_model_loaded_once_across_many_calls():

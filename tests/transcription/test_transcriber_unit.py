@@ -141,11 +141,77 @@ def test_missing_model_dir_is_config_error_naming_it(tmp_path, monkeypatch):
         FasterWhisperTranscriber(tmp_path / "empty")
 
 
-def test_packaged_model_is_tiny_en_and_not_loaded_at_construction(fake_model):
+def test_packaged_models_by_name_default_base_and_not_loaded_at_construction(fake_model):
     model, loads, _ = fake_model
     t = FasterWhisperTranscriber()
-    assert (t.name, t.model_id) == ("faster-whisper", "tiny.en")
+    assert (t.name, t.model_id) == ("faster-whisper", "base")
+    assert (t.model_dir / "model.bin").stat().st_size > 100_000_000   # both parts joined
+    assert FasterWhisperTranscriber(model="tiny.en").model_id == "tiny.en"
+    with pytest.raises(ConfigError, match="unknown whisper model 'large'"):
+        FasterWhisperTranscriber(model="large")
+    # And an org picks one by name (transcription.model); its model_dir wins over the name
+    from types import SimpleNamespace
+
+    from chartbridge.adapters.transcription import transcriber_for
+    org = SimpleNamespace(transcription=SimpleNamespace(model="tiny.en", model_dir=None))
+    assert transcriber_for(org).model_id == "tiny.en"
+    org.transcription.model_dir = t.model_dir
+    assert transcriber_for(org).model_dir == t.model_dir
     assert loads == []
+
+
+class HintCopyingModel:
+    """Decodes "No chest pain at all since last week, and metformin." (0-6 s) with hints;
+    without hints the same words but `plain_last` where "metformin" was, with word times
+    as faster-whisper gives them."""
+
+    WORDS = ["No", "chest", "pain", "at", "all", "since", "last", "week,", "and"]
+
+    def __init__(self, plain_last):
+        self.plain_last = plain_last
+        self.calls = []
+
+    def transcribe(self, samples, **opts):
+        self.calls.append(opts)
+        hinted = "initial_prompt" in opts or "hotwords" in opts
+        last = "metformin." if hinted else self.plain_last
+        timed = [(i * 0.55, i * 0.55 + 0.5, " " + w) for i, w in enumerate(self.WORDS)]
+        timed.append((5.0, 6.0, " " + last))
+        W = type("W", (), {})
+        ws = []
+        for a, b, w in timed:
+            x = W()
+            x.start, x.end, x.word = a, b, w
+            ws.append(x)
+        seg = type("Seg", (), {"start": 0.0, "end": 6.0, "avg_logprob": -0.2,
+                               "text": "".join(w for _, _, w in timed),
+                               "words": ws if opts.get("word_timestamps") else None})
+        return iter([seg]), None
+
+
+@pytest.mark.parametrize("plain_word, kept", [("uh-huh.", False), ("met for men.", True)])
+def test_hint_term_the_unhinted_audio_does_not_support_is_dropped(monkeypatch, plain_word,
+                                                                  kept):
+    # Given a model that copies the hint "metformin" into what it hears, and whose
+    # unhinted decoding of that stretch is `plain_word`
+    model = HintCopyingModel(plain_word)
+    whisper_mod.clear_model_cache()
+    monkeypatch.setattr(whisper_mod, "model_factory", lambda *a: model)
+    # When a chunk is transcribed with the default vocabulary as hints
+    segs = FasterWhisperTranscriber().transcribe(make_wav(np.zeros(16_000 * 7)), final=True)
+    whisper_mod.clear_model_cache()
+    # Then the term is kept only where the unhinted audio sounds like it
+    said = "No chest pain at all since last week, and"
+    assert segs[0].text == (said + " metformin." if kept else said + ".")
+    assert "initial_prompt" in model.calls[0] and "initial_prompt" not in model.calls[1]
+    assert not model.calls[0].get("word_timestamps") and model.calls[1]["word_timestamps"]
+    # And with the check off the hinted text is kept as decoded, in one decoding
+    model.calls.clear()
+    monkeypatch.setattr(whisper_mod, "model_factory", lambda *a: model)
+    segs = FasterWhisperTranscriber(hint_check=False).transcribe(
+        make_wav(np.zeros(16_000 * 7)), final=True)
+    whisper_mod.clear_model_cache()
+    assert segs[0].text == said + " metformin." and len(model.calls) == 1
 
 
 def test_hints_org_terms_first_and_passed_to_model(fake_model):
@@ -195,3 +261,47 @@ def test_lead_in_tail_is_prepended_and_timeline_shifted(fake_model):
     # And the previous chunk itself keeps only what precedes its pause
     FasterWhisperTranscriber().transcribe(prev, offset_ms=0)
     assert 8.0 * 16_000 < model.calls[1][0] < 8.3 * 16_000
+
+
+class LoopingWithHintsModel:
+    """With hints: stuck repeating "no,"; without: the real words."""
+
+    def __init__(self):
+        self.calls = []
+
+    def transcribe(self, samples, **opts):
+        self.calls.append(opts)
+        text = (" no," * 40 if "initial_prompt" in opts
+                else " Your blood pressure today is 152 over 94.")
+        seg = type("Seg", (), {"start": 0.0, "end": 2.0, "avg_logprob": -0.3, "text": text,
+                               "words": None})
+        return iter([seg]), None
+
+
+def test_hinted_decoding_stuck_in_a_loop_is_decoded_again_without_hints(monkeypatch):
+    model = LoopingWithHintsModel()
+    whisper_mod.clear_model_cache()
+    monkeypatch.setattr(whisper_mod, "model_factory", lambda *a: model)
+    segs = FasterWhisperTranscriber().transcribe(make_wav(np.zeros(32_000)), final=True)
+    whisper_mod.clear_model_cache()
+    assert [s.text for s in segs] == ["Your blood pressure today is 152 over 94."]
+    assert "initial_prompt" in model.calls[0] and "initial_prompt" not in model.calls[1]
+
+
+def test_a_loop_without_hints_falls_back_to_whispers_temperature_schedule(monkeypatch):
+    class Looping(LoopingWithHintsModel):
+        def transcribe(self, samples, **opts):
+            self.calls.append(opts)
+            text = " no," * 40 if opts["temperature"] == 0.0 else " Fine."
+            seg = type("Seg", (), {"start": 0.0, "end": 2.0, "avg_logprob": -0.3,
+                                   "text": text, "words": None})
+            return iter([seg]), None
+
+    model = Looping()
+    whisper_mod.clear_model_cache()
+    monkeypatch.setattr(whisper_mod, "model_factory", lambda *a: model)
+    segs = FasterWhisperTranscriber(hint_mode="off").transcribe(make_wav(np.zeros(32_000)),
+                                                                final=True)
+    whisper_mod.clear_model_cache()
+    assert [s.text for s in segs] == ["Fine."]
+    assert [c["temperature"] for c in model.calls] == [0.0, whisper_mod.FALLBACK_TEMPERATURES]
