@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(
         None, description="env:NAME or file:PATH of a ≥32-character key signing the clinician pages' "
                           "sessions; unset: a random key per process")
+    model_cache: Path | None = Field(
+        None, description="where a packaged model split across packages (Whisper base) is "
+                          "joined once; default ~/.cache/chartbridge/models")
     whisper_model_dir: Path | None = Field(
         None, description="a local faster-whisper model folder; unset: the packaged tiny.en")
     dev_login: bool = Field(
