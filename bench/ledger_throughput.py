@@ -27,11 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.dialects.postgresql import insert as pg_insert  # noqa: E402
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # noqa: E402
 
-from bench._report import bar_plot  # noqa: E402
+from bench._common import PG_ADMIN, PgDatabases, bar_plot  # noqa: E402
 from chartbridge.core.clock import SystemClock  # noqa: E402
 from chartbridge.core.models import (ApprovalState, NoteDraft, NoteSection,  # noqa: E402
                                      Provenance, WriteCommand, WriteOutcome, WriteStatus)
@@ -40,7 +39,6 @@ from chartbridge.ledger.migrate import upgrade  # noqa: E402
 from chartbridge.ledger.tables import WriteRow  # noqa: E402
 from chartbridge.ledger.writes import WriteLedger  # noqa: E402
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 11, 21, 15, 0, tzinfo=timezone.utc)
 
 
@@ -121,27 +119,6 @@ def backend(name: str, urls: tuple[str, str], n: int) -> dict[str, float]:
           f"{rates['ledger']:7.0f}/s   duplicates {rates['duplicates']:7.0f}/s   ratio "
           f"{rates['ledger'] / rates['reference']:.3f}")
     return rates
-
-
-class PgDatabases:
-    def __init__(self, admin_url: str) -> None:
-        self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        self.base = admin_url.rsplit("/", 1)[0]
-        self.names = [f"cb_bench_{uuid.uuid4().hex[:8]}" for _ in range(2)]
-
-    def __enter__(self) -> tuple[str, str]:
-        with self.admin.connect() as conn:
-            for name in self.names:
-                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        return tuple(f"{self.base}/{name}" for name in self.names)
-
-    def __exit__(self, *exc) -> None:
-        with self.admin.connect() as conn:
-            for name in self.names:
-                conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                     "WHERE datname = %s", (name,))
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-        self.admin.dispose()
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._report import bar_plot  # noqa: E402
+from bench._common import bar_plot  # noqa: E402
 from chartbridge.adapters.hl7_mdm.adapter import Hl7MdmAdapter  # noqa: E402
 from chartbridge.adapters.hl7_mdm.builder import (MdmSettings, Vocabulary, build,  # noqa: E402
                                                   build_strict)

@@ -82,6 +82,8 @@ class EpicStack:
     generator_factory: object = None
     sweep_interval_s: float = 15.0
     queue: str = "chartbridge"
+    in_process_worker: bool = True       # False: jobs wait in the broker for `chartbridge worker`
+    http_threads: int = 8                # waitress threads, as `chartbridge serve` defaults
     engine: Engine | None = None
     sim: EpicSimulator | None = None
     rt: runtime.Runtime | None = None
@@ -99,11 +101,12 @@ class EpicStack:
         self.engine = bootstrap(database_url=self.database_url, config_dir=orgs,
                                 transcriber_factory=self.transcriber_factory,
                                 generator_factory=self.generator_factory)
-        self.rt = runtime.start(self.engine, broker_url=self.broker_url, in_process_worker=True,
+        self.rt = runtime.start(self.engine, broker_url=self.broker_url,
+                                in_process_worker=self.in_process_worker,
                                 sweep_interval_s=self.sweep_interval_s, queue=self.queue)
         from waitress.server import create_server
         self._server = create_server(create_app(self.engine, jobs=self.rt.jobs),
-                                     host="127.0.0.1", port=0, threads=8)
+                                     host="127.0.0.1", port=0, threads=self.http_threads)
         self.engine_url = f"http://127.0.0.1:{self._server.effective_port}"
         self._thread = threading.Thread(target=self._server.run, name="engine-http", daemon=True)
         self._thread.start()

@@ -1,7 +1,11 @@
-"""What every benchmark shares: a PNG under docs/bench/ (matplotlib, headless)."""
+"""What the benchmarks share: a PNG under docs/bench/ (matplotlib, headless) and fresh
+PostgreSQL databases on the local server."""
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 PLOTS = Path(__file__).resolve().parents[1] / "docs" / "bench"
 
@@ -55,3 +59,28 @@ def _save(fig, name: str) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+class PgDatabases:
+    """`with PgDatabases(admin_url, n) as urls:` n fresh databases, dropped afterwards."""
+
+    def __init__(self, admin_url: str = PG_ADMIN, n: int = 2) -> None:
+        from sqlalchemy import create_engine
+
+        self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self.base = admin_url.rsplit("/", 1)[0]
+        self.names = [f"cb_bench_{uuid.uuid4().hex[:8]}" for _ in range(n)]
+
+    def __enter__(self) -> tuple[str, str]:
+        with self.admin.connect() as conn:
+            for name in self.names:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        return tuple(f"{self.base}/{name}" for name in self.names)
+
+    def __exit__(self, *exc) -> None:
+        with self.admin.connect() as conn:
+            for name in self.names:
+                conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                     "WHERE datname = %s", (name,))
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        self.admin.dispose()
