@@ -6,6 +6,16 @@ import uuid
 from pathlib import Path
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def purge_queue(queue: str, url: str = REDIS) -> None:
+    """Drop a run's own dramatiq queue (and its delay/dead-letter queues) from Redis."""
+    import redis
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"dramatiq:{queue}*"))
+    if keys:
+        client.delete(*keys)
 
 PLOTS = Path(__file__).resolve().parents[1] / "docs" / "bench"
 

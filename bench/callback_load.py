@@ -34,9 +34,8 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import PgDatabases, bar_plot  # noqa: E402
+from bench._common import REDIS, PgDatabases, bar_plot, purge_queue  # noqa: E402
 
-REDIS = "redis://127.0.0.1:6379/0"
 
 
 # -- the load (its own process) --------------------------------------------------------------
@@ -183,7 +182,7 @@ def main() -> None:
         load.start()
         result = out.get(timeout=args.seconds * 10 + 120)
         load.join(timeout=30)
-        _purge(queue)
+        purge_queue(queue)
     lat = result["latencies"]
     p50, p95, p99 = pct(lat, 0.5), pct(lat, 0.95), pct(lat, 0.99)
     ratio = result["callbacks"] / result["trivial"]
@@ -202,14 +201,6 @@ def main() -> None:
     print(f"plot                        {plot}")
     print(f"median latency              {statistics.median(lat):.1f} ms")
     print(f"ratio callbacks/trivial     {ratio:.3f}")
-
-
-def _purge(queue: str) -> None:
-    import redis
-    client = redis.Redis.from_url(REDIS)
-    keys = list(client.scan_iter(match=f"dramatiq:{queue}*"))
-    if keys:
-        client.delete(*keys)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import PgDatabases, line_plot  # noqa: E402
+from bench._common import REDIS, PgDatabases, line_plot, purge_queue  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "encounters"
-REDIS = "redis://127.0.0.1:6379/0"
 CHUNK_S = 10
 TARGET_MS = 3000
 
@@ -183,7 +182,7 @@ def main() -> None:
             for p, _ in workers:
                 p.terminate()
                 p.join(timeout=10)
-            _purge(queue)
+            purge_queue(queue)
     ok = [n for n, _, p95 in rows if p95 < TARGET_MS]
     plot = line_plot("clinic_load", f"stop -> DocumentationReady, {args.workers} workers x "
                      f"{args.threads} threads, PostgreSQL + Redis",
@@ -196,14 +195,6 @@ def main() -> None:
     print(f"plot  {plot}")
     print(f"largest N with p95 < 3 s: {max(ok) if ok else 'none'} (target: >= 8)")
     print(f"ratio p95(N={rows[-1][0]}) / 3 s  {rows[-1][2] / TARGET_MS:.3f}")
-
-
-def _purge(queue: str) -> None:
-    import redis
-    client = redis.Redis.from_url(REDIS)
-    keys = list(client.scan_iter(match=f"dramatiq:{queue}*"))
-    if keys:
-        client.delete(*keys)
 
 
 if __name__ == "__main__":
