@@ -55,9 +55,19 @@ class Jobs:
 
     def __post_init__(self) -> None:
         opts = dict(broker=self.broker, queue_name=self.queue, max_retries=0)
-        self.process_chunk = dramatiq.actor(self._process_chunk, actor_name="process_chunk", **opts)
-        self.finish_version = dramatiq.actor(self._finish_version, actor_name="finish_version", **opts)
-        self.execute_write = dramatiq.actor(self._execute_write, actor_name="execute_write", **opts)
+        # Work after Stop (the last chunk, drafting, the handoff; writes) has its own queue
+        # and priority, so it never waits behind other visits' mid-recording chunks; a
+        # worker consumes every queue declared on its broker, so both.
+        self.after_stop_queue = f"{self.queue}-after-stop"
+        after_stop = dict(opts, queue_name=self.after_stop_queue, priority=0)
+        self.process_chunk = dramatiq.actor(self._process_chunk, actor_name="process_chunk",
+                                            **dict(opts, priority=10))
+        self.process_last_chunk = dramatiq.actor(self._process_chunk,
+                                                 actor_name="process_last_chunk", **after_stop)
+        self.finish_version = dramatiq.actor(self._finish_version, actor_name="finish_version",
+                                             **after_stop)
+        self.execute_write = dramatiq.actor(self._execute_write, actor_name="execute_write",
+                                            **after_stop)
         self.engine.enqueue = self.enqueue
 
     # -- enqueueing --------------------------------------------------------------------------

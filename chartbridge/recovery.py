@@ -42,7 +42,9 @@ STALE_S = 4.0
 REDIS_HEARTBEAT_TIMEOUT_MS = 15_000
 REDIS_MAINTENANCE_CHANCE = 100_000          # per million commands
 
-LEASED = ("process_chunk", "finish_version")
+LEASED = ("process_chunk", "process_last_chunk", "finish_version")
+# the after-stop copy of a chunk's job is the same job: one lease for both
+SAME_JOB = {"process_last_chunk": "process_chunk"}
 
 
 class JobLeaseMiddleware(dramatiq.Middleware):
@@ -62,7 +64,8 @@ class JobLeaseMiddleware(dramatiq.Middleware):
         args = tuple(message.args)
         if message.actor_name in LEASED and len(args) >= 4:
             org_id, session_id = args[0], args[1]
-            key, owner = job_key(message.actor_name, *args[:4]), self.prefix + message.message_id
+            key = job_key(SAME_JOB.get(message.actor_name, message.actor_name), *args[:4])
+            owner = self.prefix + message.message_id
             if not self.leases.acquire(org_id, key, owner):
                 log.info("job skipped: a live worker holds it",
                          extra={"event": message.actor_name})

@@ -8,8 +8,11 @@ translation of athena's answers into Chartbridge errors.
   A 401 on an API call invalidates it and fetches one new token, once.
 - Every API path is /v1/{practice_id}/... with this org's practice id; the client is built
   per org from that org's config and has no way to address another practice.
-- Throttle: requests to /v1 are spaced at 1/requests_per_second per (org, practice) in this
-  process (a token bucket of depth 1), so a busy site stays under its per-second quota.
+- Throttle: requests to /v1 are limited to requests_per_second per (org, practice) across
+  every process of the engine when a Redis store is configured (chartbridge.adapters.
+  ratelimit: CHARTBRIDGE_RATE_LIMIT_URL, or a Redis broker URL), so N workers together stay
+  under the site's quota; without one (the embedded single-process engine) they are spaced
+  at 1/requests_per_second in this process (a token bucket of depth 1).
 - Errors: 429 -> TransientError(maybe_delivered=False, retry_after); 5xx, timeouts and lost
   answers after the body went out -> TransientError(maybe_delivered=True); 401 twice, 400,
   403, 404 and other 4xx -> PermanentError keeping athena's `error` text; a 2xx read whose
@@ -69,9 +72,15 @@ _THROTTLES: dict[tuple[str, str], Throttle] = {}
 _THROTTLES_LOCK = threading.Lock()
 
 
-def throttle_for(org_id: str, practice_id: str, rate: float) -> Throttle:
-    """The process-wide throttle of one (org, practice): every adapter instance built for
-    that org (a config reload builds a new one) shares it."""
+def throttle_for(org_id: str, practice_id: str, rate: float):
+    """The throttle of one (org, practice): shared by every process through Redis when a
+    store is configured (see the module doc), else process-wide; every adapter instance
+    built for that org (a config reload builds a new one) shares it."""
+    from chartbridge.adapters.ratelimit import shared_limit_url, shared_throttle
+
+    url = shared_limit_url()
+    if url:
+        return shared_throttle(f"athenaone:{org_id}:{practice_id}", rate, url)
     with _THROTTLES_LOCK:
         found = _THROTTLES.get((org_id, practice_id))
         if found is None:
@@ -271,12 +280,15 @@ class AthenaClient:
         refreshed = False
         while True:
             token = self.tokens.token()
+            # encode the request (a multipart PDF) before taking the slot, so the slot is
+            # taken right before the bytes go out: the practice counts arrivals
+            request = self.http.build_request(
+                method, self._url(path), timeout=self.timeout_s,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                **kwargs)
             self.throttle.acquire()
             try:
-                response = self.http.request(
-                    method, self._url(path), timeout=self.timeout_s,
-                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                    **kwargs)
+                response = self.http.send(request)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 raise TransientError(f"athena unreachable ({type(exc).__name__})",
                                      maybe_delivered=False) from None

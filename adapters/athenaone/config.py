@@ -35,7 +35,8 @@ class AthenaOneConfig(Settings):
     autoclose: bool = False            # true: skip the clinical inbox, file the document closed
     # athena's reference: "Priority of this result. 1 is high; 2 is normal."
     priority: Literal[1, 2] = 2
-    requests_per_second: Annotated[float, Field(gt=0, le=100)] = 5.0   # per org, per process
+    # per org: across all processes with a Redis store (adapters/ratelimit.py), else per process
+    requests_per_second: Annotated[float, Field(gt=0, le=100)] = 5.0
     timeout_s: TimeoutS = 15.0
     # the provider filed on the document when the approver carries no athena-provider id
     provider_id: Id | None = None

@@ -16,7 +16,7 @@ from flask import Blueprint, jsonify, request
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import NotFound, TooLarge
 from chartbridge.httperrors import public_url, register_error_shape
-from chartbridge.core.models import RecordingStatus, SessionSource
+from chartbridge.core.models import ChunkState, RecordingStatus, SessionSource
 
 from . import schemas
 
@@ -60,6 +60,14 @@ def make_blueprint(engine, jobs) -> Blueprint:
             event="RecordingAvailable", event_body=raw)
         if ready is not None:
             enqueue("finish_version", org, session.id, ready.recording_id, ready.version)
+        elif body.Status == RecordingStatus.STOPPED.value:
+            # the clinician is waiting: this version's chunks no job has started go again on
+            # the after-stop queue (the copy left in the chunk queue finds them done; one a
+            # job is working on is left to it, so nothing is downloaded twice)
+            for c in engine.store.chunks(org, session.id):
+                if (c.recording_id == body.RecordingID and c.state == ChunkState.ANNOUNCED
+                        and c.attempts == 0 and c.version <= body.RecordingVersion):
+                    enqueue("process_last_chunk", org, session.id, c.recording_id, c.sequence)
 
     def updated(org, adapter, body: schemas.DocumentationUpdated, raw: dict) -> None:
         session = session_of(org, body.SessionID)

@@ -29,7 +29,8 @@ from chartbridge.core.models import WriteCommand, WriteOutcome
 
 from .builder import MdmSettings, Rendered, Vocabulary, build
 from .config import Hl7MdmConfig
-from .mllp import Ack, AckTimeout, ConnectionLost, MllpClient, MllpFailure, NotConnected
+from .mllp import (Ack, AckTimeout, ConnectionLost, MllpClient, MllpFailure, NotConnected,
+                   open_client)
 
 log = logging.getLogger("chartbridge.adapters.hl7_mdm")
 
@@ -54,8 +55,9 @@ class Hl7MdmAdapter:
             value_type=config.value_type, ack_mode=config.ack_mode,
             accept_ack=config.accept_ack, application_ack=config.application_ack,
             patient_class=config.patient_class)
-        self.client = client or MllpClient(config.host, config.port, ssl_context=ssl_context,
-                                           connect_timeout=config.connect_timeout_s)
+        self.client = client or open_client(config.host, config.port, ssl_context=ssl_context,
+                                            connect_timeout=config.connect_timeout_s,
+                                            connections=config.connections)
 
     def close(self) -> None:
         self.client.close()

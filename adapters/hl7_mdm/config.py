@@ -34,6 +34,9 @@ class Hl7MdmConfig(Settings):
     timeout_s: TimeoutS = 30.0         # wait for the ACK this long (per attempt)
     connect_timeout_s: TimeoutS = 10.0
     max_resends: Annotated[int, Field(ge=0, le=10)] = 3   # same MSH-10/TXA-12 after a timeout
+    # connections to the receiver, each stop-and-wait; more than 1 only where the site's
+    # interface engine accepts several connections on this port (throughput after downtime)
+    connections: Annotated[int, Field(ge=1, le=16)] = 1
     sending_application: HdField = "CHARTBRIDGE"    # MSH-3
     sending_facility: HdField                       # MSH-4
     receiving_application: HdField                  # MSH-5

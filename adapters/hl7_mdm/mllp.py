@@ -224,3 +224,56 @@ class MllpClient:
             if accept is not None and not accept(ack):
                 continue
             return ack
+
+
+class MllpPool:
+    """Several MllpClients to one receiver (`connections` in the target config), for a
+    receiver that accepts more than one connection from us. Each connection stays
+    stop-and-wait, so nothing on one connection is reordered; an exchange takes whichever
+    connection is free. Messages in flight at the same time on different connections are
+    independent writes (a correction names its parent's TXA-12, which exists only after the
+    parent's ACK came back), so the order the standard requires — a document before its
+    edits, replacements and addenda — is kept."""
+
+    def __init__(self, host: str, port: int, connections: int, **kwargs) -> None:
+        import queue
+
+        self.host, self.port = host, port
+        self.clients = [MllpClient(host, port, **kwargs) for _ in range(connections)]
+        self._free: "queue.SimpleQueue[MllpClient]" = queue.SimpleQueue()
+        for client in self.clients:
+            self._free.put(client)
+
+    @property
+    def discarded_acks(self) -> int:
+        return sum(c.discarded_acks for c in self.clients)
+
+    @property
+    def unreadable_frames(self) -> int:
+        return sum(c.unreadable_frames for c in self.clients)
+
+    def exchange(self, payload: bytes, control_id: str, *, timeout: float,
+                 accept: Callable[[Ack], bool] | None = None) -> Ack:
+        client = self._free.get()
+        try:
+            return client.exchange(payload, control_id, timeout=timeout, accept=accept)
+        finally:
+            self._free.put(client)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def __enter__(self) -> "MllpPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_client(host: str, port: int, *, connections: int = 1,
+                **kwargs) -> "MllpClient | MllpPool":
+    """One client, or a pool when the receiver takes several connections."""
+    if connections > 1:
+        return MllpPool(host, port, connections, **kwargs)
+    return MllpClient(host, port, **kwargs)

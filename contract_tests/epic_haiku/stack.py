@@ -83,6 +83,7 @@ class EpicStack:
     sweep_interval_s: float = 15.0
     queue: str = "chartbridge"
     in_process_worker: bool = True       # False: workers run as their own processes
+    http_threads: int = 8                # waitress threads, as `chartbridge serve` defaults
     engine: Engine | None = None
     sim: EpicSimulator | None = None
     rt: runtime.Runtime | None = None
@@ -106,7 +107,7 @@ class EpicStack:
                                 sweep_interval_s=self.sweep_interval_s, queue=self.queue)
         from waitress.server import create_server
         app = create_app(self.engine, jobs=self.rt.jobs)
-        self._server = create_server(app, host="127.0.0.1", port=0, threads=8)
+        self._server = create_server(app, host="127.0.0.1", port=0, threads=self.http_threads)
         self.engine_url = f"http://127.0.0.1:{self._server.effective_port}"
         app.config["CHARTBRIDGE_PUBLIC_URL"] = self.engine_url
         self._thread = threading.Thread(target=self._server.run, name="engine-http", daemon=True)
