@@ -194,9 +194,20 @@ def epic_history(engine, sim, words):
 
         @rule()
         def sweep(self):
-            # on the real clock (the simulator signs Epic's tokens with it): anything not
-            # finished by now counts as stale, as it would after the sweeper's delay
+            self._sweep()
+
+        def _sweep(self):
+            """The sweeper, as it runs once its delays have passed. On the real clock (the
+            simulator signs Epic's tokens with it), so: anything unfinished counts as stale,
+            and every pending write as due (its backoff is random; waiting for it would make
+            the history depend on timing)."""
             Sweeper(self.jobs, stale_after_s=0).sweep_once()
+            queued = {args[1] for job, args in self.jobs.pending if job == "execute_write"}
+            for sid in self.sessions:
+                session = engine.store.find_session(ORG, "epic_haiku", sid)
+                for r in engine.ledger.list(ORG, session_id=session.id):
+                    if r.status == WriteStatus.PENDING and r.key not in queued:
+                        self.jobs.enqueue("execute_write", ORG, r.key)
 
         # -- after every step ----------------------------------------------------------------
         @invariant()
@@ -220,7 +231,7 @@ def epic_history(engine, sim, words):
                 while self.jobs.pending:
                     job, args = self.jobs.pending.pop(0)
                     getattr(self.jobs, job).fn(*args)
-                Sweeper(self.jobs, stale_after_s=0).sweep_once()
+                self._sweep()
                 if not self.jobs.pending and not self.outbox:
                     break
             assert not self.jobs.pending, "work still being re-driven after 40 sweeps"
