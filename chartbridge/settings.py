@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(
         None, description="env:NAME or file:PATH of a ≥32-character key signing the clinician pages' "
                           "sessions; unset: a random key per process")
+    rate_limit_url: str | None = Field(
+        None, description="redis://… where every worker process shares each site's rate limit "
+                          "(athenaOne requests_per_second); default the broker URL if it is "
+                          "Redis, else per process")
     model_cache: Path | None = Field(
         None, description="where a packaged model split across packages (Whisper base) is "
                           "joined once; default ~/.cache/chartbridge/models")
