@@ -259,9 +259,16 @@ class Jobs:
             command = e.ledger.command_of(org_id, key)
             edited = set(e.store.protected(org_id, command.session_id))
             if edited & {s.code for s in (command.draft.sections if command.draft else [])}:
-                self.enqueue("finish_version", org_id, command.session_id,
-                             command.extra["recording_id"], command.extra["recording_version"])
-                return          # the version is drafted anew without the edited section
+                rid, version = command.extra["recording_id"], command.extra["recording_version"]
+                state = next((r.state for r in e.store.recordings(org_id, command.session_id)
+                              if r.recording_id == rid and r.version == version), None)
+                if state == VersionState.READY:     # drafted anew without the edited section
+                    self.enqueue("finish_version", org_id, command.session_id, rid, version)
+                else:                               # nothing will redo it: settle it, visibly
+                    e.ledger.settle(org_id, key, delivered=False,
+                                    reason="not sent again: a section in it was edited in Epic "
+                                           f"since, and its version is {state or 'gone'}")
+                return
         try:
             record = e.ledger.execute_key(org_id, key, e.adapter(org_id, record.target))
         except (TransientError, WriteInProgress, OutcomeUnknown):
