@@ -64,28 +64,15 @@ def _ack_only_server():
     """A receiver that costs next to nothing, like the echo: it reads MSH-10 with a split and
     answers AA (no parsing, no store), so engine send+ACK against it measures the engine and
     the wire, not a receiver's own parser (the full simulator's figure is printed too)."""
-    import asyncio
-
-    from hl7.mllp import InvalidBlockError
-
     from contract_tests.hl7_mdm.simulator import MLLPEchoServer
 
     class AckOnly(MLLPEchoServer):
         application, facility = "EHRSIM", "SIMHOSP"
 
-        async def _serve_connection(self, reader, writer) -> None:
-            while True:
-                try:
-                    block = await reader.readblock()
-                except InvalidBlockError:
-                    continue
-                except asyncio.IncompleteReadError:
-                    return
-                cid = block.split(b"\r", 1)[0].split(b"|")[9]
-                writer.writeblock(b"MSH|^~\\&|EHRSIM|SIMHOSP|B|B|20260101000000||ACK^T02^ACK|A"
-                                  + cid + b"|P|2.5.1\rMSA|AA|" + cid + b"\r")
-                await writer.drain()
-                self.frames_echoed += 1
+        def reply(self, block: bytes) -> bytes:
+            cid = block.split(b"\r", 1)[0].split(b"|")[9]
+            return (b"MSH|^~\\&|EHRSIM|SIMHOSP|B|B|20260101000000||ACK^T02^ACK|A"
+                    + cid + b"|P|2.5.1\rMSA|AA|" + cid + b"\r")
 
     return AckOnly()
 

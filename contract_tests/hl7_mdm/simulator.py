@@ -379,10 +379,15 @@ class MLLPEchoServer(_MLLPServer):
                 continue
             except asyncio.IncompleteReadError:
                 return
-            writer.writeblock(block)
+            writer.writeblock(self.reply(block))
             await writer.drain()
             with self._lock:
                 self.frames_echoed += 1
+
+    def reply(self, block: bytes) -> bytes:
+        """What goes back for one received frame: the frame itself (a subclass may answer
+        otherwise over the same framing loop)."""
+        return block
 
 
 # ---------------------------------------------------------------------------------------
