@@ -1,20 +1,29 @@
-"""EHR adapters by name.
+"""EHR adapters by name: one plugin object per vendor.
 
-Each adapter package exposes `SPEC = AdapterSpec(...)` in its `__init__`. The built-in ones
-are listed below; third-party ones register through the `chartbridge.adapters` entry-point
-group. Registering a second adapter under a taken name raises, as dramatiq does for actors.
+Each adapter package exposes `SPEC = AdapterSpec(...)` (alias `Plugin`) in its `__init__`:
+everything the engine, the CLI, onboarding and the mappings need to know about that vendor
+(config model, adapter factory, inbound endpoints, go-live checks, `org init` template,
+mapping needs, simulator, sandbox, contract suite and its environment, capabilities). No
+module outside `adapters/<vendor>/` and `contract_tests/<vendor>/` names a vendor: they ask
+this registry. The built-in plugins are listed below, in the order `org init` writes their
+blocks; third-party ones register through the `chartbridge.adapters` entry-point group.
+Registering a second adapter under a taken name raises, as dramatiq does for actors.
+
+Pieces that need heavy or test-only imports (checks, endpoints, the simulator, the sandbox)
+are given as "module:attribute" references and imported on first use (`load_ref`), so
+reading the registry needs neither httpx nor contract_tests.
 """
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import BaseModel
 
-from chartbridge.core.errors import ChartbridgeError
+from chartbridge.core.errors import ChartbridgeError, ConfigError
 
 BUILTIN = {
     "epic_haiku": "chartbridge.adapters.epic_haiku",
@@ -24,6 +33,49 @@ BUILTIN = {
 }
 ENTRY_POINT_GROUP = "chartbridge.adapters"
 
+# a callable, or "module:attribute" naming one (imported on first use)
+Ref = Callable[..., Any] | str
+
+
+def load_ref(ref: Ref) -> Any:
+    """The object a plugin reference names ("pkg.module:attr"), or `ref` itself."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the vendor's EHR does, as the engine needs to know it."""
+
+    inbound_events: bool = False      # the EHR calls us (sessions start from its events)
+    hands_off_drafts: bool = False    # drafts go back to the EHR for review there (handoff)
+    conditional_create: bool = False  # a create is deduplicated by the EHR itself
+    corrections: tuple[str, ...] = ()  # correction kinds after a final write: replace, append
+
+
+@dataclass(frozen=True)
+class SimulatorOption:
+    """One extra `chartbridge simulate NAME` option, passed to `serve(**{name: value})`."""
+
+    name: str                         # the keyword of serve(); the option is --name-with-dashes
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Simulator:
+    """A standalone vendor simulator for `chartbridge simulate CLI_NAME`."""
+
+    module: str                       # importable; has serve(host=, port=, **options)
+    default_port: int
+    cli_name: str
+    summary: str
+    options: tuple[SimulatorOption, ...] = ()
+
 
 @dataclass(frozen=True)
 class AdapterSpec:
@@ -32,9 +84,44 @@ class AdapterSpec:
     # factory(org_config, target_config, services) -> EhrAdapter; `services` carries the
     # shared engine pieces an adapter may need (clock, token store, http client factory).
     factory: Callable[..., Any] | None = None
-    needs_approval: bool = True        # Epic hands drafts back for review in Epic instead
+    needs_approval: bool = True        # False: drafts are reviewed in the EHR (a handoff)
     description: str = ""
     resource_kind: str = "document"    # what one write creates at the EHR (part of the key)
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    # endpoints(engine, jobs) -> iterable of Flask blueprints the EHR calls (or None)
+    endpoints: Ref | None = None
+    # checks(org, target_cfg, http, clock) -> iterable of onboarding.checks.Check; read-only
+    checks: Ref | None = None
+    # template(org_id, env_prefix) -> the `targets.<name>` block `org init` writes (YAML text,
+    # two-space indented, valid as written)
+    template: Callable[[str, str], str] | None = None
+    mapping_note: str = ""             # which code-table fields this target uses (org init)
+    # mapping_needs(target_cfg, kind, entry) -> names of the fields `entry` (a sections or
+    # note_types table entry; kind "sections" | "note_types") lacks for this target
+    mapping_needs: Callable[[Any, str, Any], list[str]] | None = None
+    simulator: Simulator | None = None
+    # sandbox(sandbox, secrets, org, target_cfg): start/register the org on its simulator
+    sandbox: Ref | None = None
+    suite: str | None = None           # importable package holding the contract suite
+    # suite_env(target_cfg) -> (environment for the suite's process, note for the operator)
+    suite_env: Callable[[Any], tuple[dict[str, str], str | None]] | None = None
+
+    def go_live_checks(self, org: Any, cfg: Any, http: Any, clock: Any) -> Iterable[Any] | None:
+        return None if self.checks is None else load_ref(self.checks)(org, cfg, http, clock)
+
+    def blueprints(self, engine: Any, jobs: Any) -> list[Any]:
+        return [] if self.endpoints is None else list(load_ref(self.endpoints)(engine, jobs))
+
+    def needs(self, cfg: Any, kind: str, entry: Any) -> list[str]:
+        return [] if self.mapping_needs is None else list(self.mapping_needs(cfg, kind, entry))
+
+    def environment(self, cfg: Any) -> tuple[dict[str, str], str | None]:
+        if self.suite_env is None:
+            return {}, f"no settings mapping for {self.name}"
+        return self.suite_env(cfg)
+
+
+Plugin = AdapterSpec
 
 
 class DuplicateAdapter(ChartbridgeError):
@@ -75,16 +162,33 @@ class Registry:
             self.register(ep.load())
 
     def names(self) -> list[str]:
+        """Every plugin's name: the built-ins in their order, then entry points."""
         self._load()
-        return sorted(self._specs)
+        return list(self._specs)
+
+    def plugins(self) -> list[AdapterSpec]:
+        self._load()
+        return list(self._specs.values())
 
     def get(self, name: str) -> AdapterSpec:
         self._load()
         try:
             return self._specs[name]
         except KeyError:
-            known = ", ".join(sorted(self._specs)) or "none"
+            known = ", ".join(self._specs) or "none"
             raise UnknownAdapter(f"unknown target {name!r} (known: {known})") from None
+
+    def with_capability(self, capability: str) -> list[AdapterSpec]:
+        return [s for s in self.plugins() if getattr(s.capabilities, capability)]
+
+    def handoff_target(self) -> str:
+        """The target drafts are handed back to for review in the EHR (the one plugin with
+        `hands_off_drafts`); ConfigError when none or several are registered."""
+        found = self.with_capability("hands_off_drafts")
+        if len(found) != 1:
+            raise ConfigError(f"{len(found)} registered adapters hand drafts off "
+                              "(capability hands_off_drafts); exactly one is needed")
+        return found[0].name
 
 
 registry = Registry()

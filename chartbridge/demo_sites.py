@@ -50,25 +50,23 @@ def _chunks(wav: bytes, seconds: float) -> list[tuple[bytes, int]]:
 def _start_simulators(stack: ExitStack, workdir: Path) -> dict[str, dict]:
     """Start each target's simulator and return the org's `targets` block for them."""
     targets: dict[str, dict] = {}
+    from contract_tests.athenaone.sandbox import demo_target_settings as athena_settings
     from contract_tests.athenaone.simulator import AthenaSimulator
-
-    from chartbridge.adapters.athenaone import demo_target_settings as athena_settings
     athena = AthenaSimulator()
     athena.start()
     stack.callback(athena.stop)
     os.environ.setdefault("ATHENA_CLIENT_SECRET", "sim-secret")   # the simulator's own credential
     targets["athenaone"] = athena_settings(athena)
 
+    from contract_tests.hl7_mdm.sandbox import demo_target_settings as mllp_settings
     from contract_tests.hl7_mdm.simulator import HL7MDMSimulator
-
-    from chartbridge.adapters.hl7_mdm import demo_target_settings as mllp_settings
     mllp = HL7MDMSimulator()
     mllp.start()
     stack.callback(mllp.stop)
     targets["hl7_mdm"] = mllp_settings(mllp)
 
     try:
-        from chartbridge.adapters.fhir_docref import demo_target_settings as fhir_settings
+        from contract_tests.fhir_docref.sandbox import demo_target_settings as fhir_settings
     except ImportError:
         fhir_settings = None
     if fhir_settings is not None:

@@ -30,6 +30,14 @@ MAX_CHUNK_ATTEMPTS = 8
 MAX_STEP_ATTEMPTS = 8
 
 
+def _handoff_target() -> str:
+    """The target a draft is handed back to for review in the EHR, and whose inbound events
+    start sessions: the registered plugin with the `hands_off_drafts` capability."""
+    from chartbridge.adapters.registry import registry
+
+    return registry.handoff_target()
+
+
 def make_broker(url: str | None = None) -> dramatiq.Broker:
     """The embedded default is dramatiq's in-process StubBroker; production names Redis or
     RabbitMQ in CHARTBRIDGE_BROKER_URL."""
@@ -134,7 +142,7 @@ class Jobs:
             raise PermanentError("no audio was uploaded for this chunk")
         newest = e.store.newest_version(session.org_id, session.id, recording_id)
         chunk = e.store.get_chunk(session.org_id, session.id, recording_id, sequence)
-        adapter = e.adapter(session.org_id, "epic_haiku")
+        adapter = e.adapter(session.org_id, _handoff_target())
         audio, got_type = adapter.fetch_chunk(session.external_id, recording_id,
                                               max(newest or 0, chunk.version), sequence,
                                               callback_url=session.callback_url,
@@ -164,7 +172,7 @@ class Jobs:
         try:
             if recording.status == RecordingStatus.PAUSED:
                 if session.source == SessionSource.EPIC_HAIKU:
-                    self._write(uc.notice_command(session, recording, target="epic_haiku"))
+                    self._write(uc.notice_command(session, recording, target=_handoff_target()))
             else:
                 uc.finalize_recording(e.store, e.transcriber(org_id), org_id=org_id,
                                       session=session, recording=recording,
@@ -197,7 +205,7 @@ class Jobs:
         e, org_id = self.engine, session.org_id
         protected = set(e.store.protected(org_id, session.id))
         if protected & {s.code for s in draft.sections}:
-            earlier = uc.handoff_command(session, draft, recording, target="epic_haiku",
+            earlier = uc.handoff_command(session, draft, recording, target=_handoff_target(),
                                          protected=())
             held = e.ledger.get(org_id, earlier.idempotency_key())
             if held is not None and held.status == WriteStatus.SUCCEEDED:
@@ -208,9 +216,9 @@ class Jobs:
                                   org_id=org_id, session=session, recording=recording,
                                   settings=_drafting_settings(e.org(org_id)))
             record = e.ledger.execute(
-                uc.handoff_command(session, draft, recording, target="epic_haiku",
+                uc.handoff_command(session, draft, recording, target=_handoff_target(),
                                    protected=sorted(protected)),
-                e.adapter(org_id, "epic_haiku"))
+                e.adapter(org_id, _handoff_target()))
             if held is not None and held.status != WriteStatus.FAILED:
                 delivered = (record.status == WriteStatus.FAILED
                              and (record.outcome or {}).get("status") == 409
@@ -227,7 +235,7 @@ class Jobs:
                 raise PermanentError(record.last_error or "Epic refused the note",
                                      status=(record.outcome or {}).get("status"))
             return
-        self._write(uc.handoff_command(session, draft, recording, target="epic_haiku",
+        self._write(uc.handoff_command(session, draft, recording, target=_handoff_target(),
                                        protected=sorted(protected)))
 
     def _draft_for(self, org_id: str, session, recording):

@@ -74,18 +74,15 @@ def create_app(engine: Engine, *, jobs=None, public_url: str | None = None,
 
 
 def _register_adapter_endpoints(app: Flask, engine: Engine, jobs) -> None:
-    """Adapters with inbound endpoints expose `make_blueprint(engine, jobs)`."""
-    import importlib
+    """Each registered adapter's inbound endpoints (its plugin's `endpoints`), then the
+    review pages."""
+    from chartbridge.adapters.registry import registry
+    from chartbridge.review import make_blueprint as review_blueprint
 
-    for module in ("chartbridge.adapters.epic_haiku.endpoints",
-                   "chartbridge.adapters.epic_haiku.page", "chartbridge.review"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                continue
-            raise
-        app.register_blueprint(mod.make_blueprint(engine, jobs))
+    for spec in registry.plugins():
+        for blueprint in spec.blueprints(engine, jobs):
+            app.register_blueprint(blueprint)
+    app.register_blueprint(review_blueprint(engine, jobs))
 
 
 def _secret_key() -> bytes:

@@ -218,15 +218,23 @@ def check_org(org: OrgConfig, tables_dir: Path = TABLES_DIR) -> list[Problem]:
             problems.append((("mappings", "overrides", "note_types", code),
                              f"note type not in the {types.name!r} table"))
 
-    per_section = getattr(org.targets.get("hl7_mdm"), "obx_mode", None) == "per_section"
+    from chartbridge.adapters.registry import registry
+
+    # each target's plugin says which fields of an entry it needs (AdapterSpec.mapping_needs)
+    plugins = [(registry.get(name), cfg) for name, cfg in org.targets.items()]
+
+    def needs(kind: str, entry) -> list[tuple[str, str]]:
+        return [(what, spec.name) for spec, cfg in plugins for what in spec.needs(cfg, kind, entry)]
+
     for i, code in enumerate(org.allowed_sections):
         if code not in sections:
             problems.append((("allowed_sections", i), f"section not in the {sections.name!r} table"))
-        elif per_section and sections.get(code).obx3 is None:
+            continue
+        for what, target in needs("sections", sections.get(code)):
             problems.append((("allowed_sections", i),
-                             "no obx3 mapping for this section (needed by hl7_mdm per_section)"))
+                             f"no {what} mapping for this section (needed by target {target}); "
+                             "add it under mappings.overrides.sections"))
     seen: set[str] = set()
-    fhir_coding = getattr(org.targets.get("fhir_docref"), "note_type_coding", None)
     if org.note_types.allowed:
         located = [(("note_types", "allowed", i), c) for i, c in enumerate(org.note_types.allowed)]
     else:
@@ -238,15 +246,7 @@ def check_org(org: OrgConfig, tables_dir: Path = TABLES_DIR) -> list[Problem]:
         if code not in types:
             problems.append((loc, f"note type not in the {types.name!r} table"))
             continue
-        entry = types.get(code)
-        needs = []
-        if "hl7_mdm" in org.targets and not entry.txa2:
-            needs.append(("txa2", "hl7_mdm"))
-        if "athenaone" in org.targets and not (entry.athena_class and entry.athena_subclass):
-            needs.append(("athena_class/athena_subclass", "athenaone"))
-        if "fhir_docref" in org.targets and fhir_coding is None and entry.fhir_type is None:
-            needs.append(("fhir_type", "fhir_docref"))
-        for what, target in needs:
+        for what, target in needs("note_types", types.get(code)):
             problems.append((loc, f"no {what} mapping for this note type (needed by target "
                                   f"{target}); add it under mappings.overrides.note_types"))
     return problems

@@ -1,17 +1,13 @@
-"""athenaOne clinical-document adapter. Kept tiny: the registry imports it to read SPEC."""
+"""athenaOne clinical-document adapter. Kept tiny: the registry imports it to read SPEC, its
+plugin."""
+from chartbridge.adapters.athenaone import plugin
 from chartbridge.adapters.athenaone.config import AthenaOneConfig
-from chartbridge.adapters.registry import AdapterSpec
+from chartbridge.adapters.registry import AdapterSpec, Capabilities
 
 
 def _build(org_config, target_config, services):
     from chartbridge.adapters.athenaone.adapter import build  # httpx etc. on first use
     return build(org_config, target_config, services)
-
-
-def demo_target_settings(sim) -> dict:
-    """The org-config `targets.athenaone` block for a running AthenaSimulator."""
-    from chartbridge.adapters.athenaone.adapter import demo_target_settings as settings
-    return settings(sim)
 
 
 SPEC = AdapterSpec(
@@ -21,4 +17,13 @@ SPEC = AdapterSpec(
     needs_approval=True,
     description="athenaOne clinicaldocument",
     resource_kind="clinicaldocument",
+    capabilities=Capabilities(),
+    checks="chartbridge.adapters.athenaone.checks:check",
+    template=plugin.template,
+    mapping_note=plugin.MAPPING_NOTE,
+    mapping_needs=plugin.mapping_needs,
+    simulator=plugin.SIMULATOR,
+    sandbox="contract_tests.athenaone.sandbox:register",
+    suite="contract_tests.athenaone",
+    suite_env=plugin.suite_env,
 )

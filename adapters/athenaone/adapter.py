@@ -135,17 +135,3 @@ def build(org_config: Any, target_config: AthenaOneConfig, services: Any, *,
     return AthenaOneAdapter(org_id=org_id, config=cfg, client=client, timezone=timezone,
                             subclass_for=_subclass_resolver(org_config, cfg),
                             titles=section_titles(org_config))
-
-
-def demo_target_settings(sim: Any, *, secret_env: str = "ATHENA_CLIENT_SECRET",
-                         payload: str = "text") -> dict:
-    """The `targets.athenaone` block pointing at a running AthenaSimulator (its seeded
-    practice 195900, department 1, client sim-client). The secret is by reference: set
-    ATHENA_CLIENT_SECRET=sim-secret (simulator-only) in the environment."""
-    base = sim.base_url
-    return {"base_url": base, "token_url": f"{base}/oauth2/v1/token",
-            "client_id": "sim-client", "client_secret": f"env:{secret_env}",
-            "practice_id": "195900", "department_id": "1",
-            "scopes": ["athena/service/Athenanet.MDP.*"], "payload": payload,
-            "autoclose": False, "priority": 2, "requests_per_second": 5,
-            "fallback_subclass": "CLINICALDOCUMENT_CONSULTNOTE", "timeout_s": 10}

@@ -1,6 +1,7 @@
-"""Epic Haiku ambient adapter. Kept tiny: the registry imports it to read SPEC."""
+"""Epic Haiku ambient adapter. Kept tiny: the registry imports it to read SPEC, its plugin."""
+from chartbridge.adapters.epic_haiku import plugin
 from chartbridge.adapters.epic_haiku.config import EpicHaikuConfig
-from chartbridge.adapters.registry import AdapterSpec
+from chartbridge.adapters.registry import AdapterSpec, Capabilities
 
 
 def _build(org_config, target_config, services):
@@ -14,4 +15,13 @@ SPEC = AdapterSpec(
     factory=_build,
     needs_approval=False,   # drafts go back to Epic, where the clinician reviews and signs
     description="Epic Haiku ambient workflow (inbound events, DocumentationReady)",
+    capabilities=Capabilities(inbound_events=True, hands_off_drafts=True),
+    endpoints=plugin.blueprints,
+    checks="chartbridge.adapters.epic_haiku.checks:check",
+    template=plugin.template,
+    mapping_note=plugin.MAPPING_NOTE,
+    simulator=plugin.SIMULATOR,
+    sandbox="contract_tests.epic_haiku.sandbox:register",
+    suite="contract_tests.epic_haiku",
+    suite_env=plugin.suite_env,
 )

@@ -1,6 +1,8 @@
-"""FHIR R4 DocumentReference adapter. Kept tiny: the registry imports it to read SPEC."""
+"""FHIR R4 DocumentReference adapter. Kept tiny: the registry imports it to read SPEC, its
+plugin."""
+from chartbridge.adapters.fhir_docref import plugin
 from chartbridge.adapters.fhir_docref.config import FhirDocRefConfig
-from chartbridge.adapters.registry import AdapterSpec
+from chartbridge.adapters.registry import AdapterSpec, Capabilities
 
 
 def _build(org_config, target_config, services):
@@ -10,14 +12,6 @@ def _build(org_config, target_config, services):
     return build(org_config, target_config, services)
 
 
-def demo_target_settings(sim, **kwargs) -> dict:
-    """The org-config `targets.fhir_docref` block for a running FhirSimulator."""
-    from chartbridge.adapters.fhir_docref.adapter import (
-        demo_target_settings as settings,
-    )
-    return settings(sim, **kwargs)
-
-
 SPEC = AdapterSpec(
     name="fhir_docref",
     config_model=FhirDocRefConfig,
@@ -25,4 +19,14 @@ SPEC = AdapterSpec(
     needs_approval=True,
     description="FHIR R4 DocumentReference create/replace",
     resource_kind="DocumentReference",
+    # conditional create is per profile (us-core yes, epic no): see profiles.py
+    capabilities=Capabilities(conditional_create=True, corrections=("replace", "append")),
+    checks="chartbridge.adapters.fhir_docref.checks:check",
+    template=plugin.template,
+    mapping_note=plugin.MAPPING_NOTE,
+    mapping_needs=plugin.mapping_needs,
+    simulator=plugin.SIMULATOR,
+    sandbox="contract_tests.fhir_docref.sandbox:register",
+    suite="contract_tests.fhir_docref",
+    suite_env=plugin.suite_env,
 )

@@ -353,18 +353,6 @@ def build(org_config: Any, target_config: FhirDocRefConfig, services: Any) -> Fh
                              titles=section_titles(org_config))
 
 
-def demo_target_settings(sim: Any, *, key_ref: str = "env:CHARTBRIDGE_FHIR_SIM_KEY",
-                         key_id: str = "sim-key-1", client_id: str = "chartbridge-sim",
-                         algorithm: str = "ES384") -> dict:
-    """The `targets.fhir_docref` block for a running FhirSimulator. The caller registers the
-    public key with `sim.register_client(client_id, jwk, scopes=...)` and puts the PEM
-    private key where `key_ref` points (see demo_keypair())."""
-    return {"base_url": sim.base_url, "client_id": client_id, "private_key": key_ref,
-            "key_id": key_id, "algorithm": algorithm, "profile": sim.profile,
-            "content_type": "text/plain", "identifier_system": "urn:chartbridge:write",
-            "timeout_s": 10}
-
-
 def demo_keypair(algorithm: str = "ES384", kid: str = "sim-key-1") -> tuple[str, dict]:
     """(private PEM, public JWK with kid) for a simulator client. Test/demo use only."""
     from joserfc.jwk import ECKey, RSAKey

@@ -200,13 +200,3 @@ def build_adapter(org_config: Any, target_config: Hl7MdmConfig, services: Any) -
     org_id = getattr(org_config, "org", "") or ""
     return Hl7MdmAdapter(target_config, org_vocabulary(org_config), org_id=org_id,
                          ssl_context=client_ssl_context(target_config.tls))
-
-
-def demo_target_settings(sim: Any) -> dict:
-    """The `targets.hl7_mdm` block pointing at a running HL7MDMSimulator (no secrets:
-    plain MLLP on 127.0.0.1; for TLS add tls.enabled + ca_file of the simulator's cert)."""
-    return {"host": sim.host, "port": sim.port, "timeout_s": 5, "max_resends": 2,
-            "sending_application": "CHARTBRIDGE", "sending_facility": "DEMO",
-            "receiving_application": getattr(sim, "application", "EHRSIM"),
-            "receiving_facility": getattr(sim, "facility", "SIMHOSP"),
-            "obx_mode": "per_section", "ack_mode": "original"}

@@ -3,11 +3,13 @@ simulator (default) or a real sandbox named on the command line.
 
 `chartbridge contract-test --org ORG --env sandbox`: run the contract suite of each target
 ORG has configured (or just --vendor) against that org's endpoints in that environment (the
-ORG.sandbox.yaml overlay merged over ORG.yaml). The org's target settings become the
-suites' environment variables (`suite_env`); each suite runs in its own pytest process, so
+ORG.sandbox.yaml overlay merged over ORG.yaml). Each vendor's suite and its settings are its
+plugin's (`AdapterSpec.suite`, `suite_env`): the org's target settings become the suites'
+environment variables; each suite runs in its own pytest process, so
 one vendor's settings never leak into another's. The suites WRITE test documents, so a
 production environment is refused.
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,56 +17,36 @@ from pathlib import Path
 
 import click
 
-import contract_tests
+from chartbridge.adapters.registry import registry
 
-VENDORS = ("epic_haiku", "fhir_docref", "athenaone", "hl7_mdm")
 REFUSED_ENVS = ("production", "prod", "live")
+
+
+def vendors() -> list[str]:
+    """Every registered adapter that names a contract suite (`AdapterSpec.suite`)."""
+    return [s.name for s in registry.plugins() if s.suite]
 
 
 def suite_env(target: str, cfg) -> tuple[dict[str, str], str | None]:
     """The environment variables that point `target`'s suite at this target config, and a
-    note for the operator (or None). Secrets travel by reference where the suite takes one;
-    athena's suite takes the secret value, resolved here and given to its process only."""
-    env: dict[str, str] = {}
-    if target == "fhir_docref":
-        key = cfg.private_key
-        env.update({"CHARTBRIDGE_CONTRACT_BASE_URL": cfg.base_url,
-                    "CHARTBRIDGE_CONTRACT_CLIENT_ID": cfg.client_id,
-                    "CHARTBRIDGE_CONTRACT_KEY": key.ref if key.scheme == "env" else f"file:{key.path}",
-                    "CHARTBRIDGE_FHIR_PROFILE": cfg.profile,
-                    "CHARTBRIDGE_FHIR_CLIENT_ID": cfg.client_id,
-                    "CHARTBRIDGE_FHIR_KEY_REF": key.ref if key.scheme == "env" else f"file:{key.path}",
-                    "CHARTBRIDGE_FHIR_KEY_ID": cfg.key_id,
-                    "CHARTBRIDGE_FHIR_ALGORITHM": cfg.algorithm})
-        if cfg.token_url:
-            env["CHARTBRIDGE_FHIR_TOKEN_URL"] = cfg.token_url
-        return env, "set CHARTBRIDGE_FHIR_PATIENT_ID / _ENCOUNTER_ID to a test patient of the sandbox"
-    if target == "athenaone":
-        env.update({"CHARTBRIDGE_CONTRACT_BASE_URL": cfg.base_url,
-                    "CHARTBRIDGE_CONTRACT_CLIENT_ID": cfg.client_id,
-                    "CHARTBRIDGE_CONTRACT_KEY": cfg.client_secret.ref,
-                    "CHARTBRIDGE_ATHENA_TOKEN_URL": cfg.token_url,
-                    "CHARTBRIDGE_ATHENA_CLIENT_ID": cfg.client_id,
-                    "CHARTBRIDGE_ATHENA_CLIENT_SECRET": cfg.client_secret.resolve(),
-                    "CHARTBRIDGE_ATHENA_PRACTICE_ID": cfg.practice_id,
-                    "CHARTBRIDGE_ATHENA_DEPARTMENT_ID": cfg.department_id})
-        return env, "set CHARTBRIDGE_ATHENA_PATIENT_ID to a test patient of the practice"
-    if target == "hl7_mdm":
-        scheme = "mllps" if cfg.tls.enabled else "mllp"
-        env.update({"CHARTBRIDGE_CONTRACT_BASE_URL": f"{scheme}://{cfg.host}:{cfg.port}",
-                    "CHARTBRIDGE_CONTRACT_HOST": cfg.host,
-                    "CHARTBRIDGE_CONTRACT_PORT": str(cfg.port),
-                    "CHARTBRIDGE_HL7_RECEIVING_APPLICATION": cfg.receiving_application,
-                    "CHARTBRIDGE_HL7_RECEIVING_FACILITY": cfg.receiving_facility,
-                    "CHARTBRIDGE_HL7_SENDING_FACILITY": cfg.sending_facility})
-        if cfg.tls.enabled and cfg.tls.ca_file:
-            env["CHARTBRIDGE_HL7_CA_FILE"] = str(cfg.tls.ca_file)
-        return env, None
-    if target == "epic_haiku":
-        # the Epic suite plays Epic's side against our engine: it always runs on the
-        # simulator; the site's endpoints are covered by `chartbridge org check`
-        return {}, "the Epic suite runs against the Epic simulator; the site is checked by `org check`"
-    return {}, f"no settings mapping for {target}"
+    note for the operator (or None): the plugin's `suite_env`. Secrets travel by reference
+    where the suite takes one."""
+    return registry.get(target).environment(cfg)
+
+
+def suite_dir(target: str) -> Path | None:
+    """The folder of `target`'s contract suite (its plugin's `suite` package), or None when
+    the plugin names none or it is not part of this build."""
+    name = registry.get(target).suite
+    if not name:
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _junit_for(junit: str | None, vendor: str, many: bool) -> str | None:
@@ -96,8 +78,8 @@ def _run_org(org_id: str, env_name: str | None, config_dir: str | None, only: st
         raise click.ClickException(f"org {org_id} has no target {only}")
     worst = 0
     for target in targets:
-        suite = Path(contract_tests.__file__).parent / target
-        if not suite.is_dir():
+        suite = suite_dir(target)
+        if suite is None or not suite.is_dir():
             click.echo(f"{target}: no contract suite in this build; skipped", err=True)
             continue
         extra, note = suite_env(target, eff.org.targets[target])
@@ -117,7 +99,7 @@ def _run_org(org_id: str, env_name: str | None, config_dir: str | None, only: st
 
 
 @click.command("contract-test")
-@click.option("--vendor", type=click.Choice(VENDORS), default=None,
+@click.option("--vendor", type=click.Choice(vendors()), default=None,
               help="The suite to run (required without --org; with --org, only this target).")
 @click.option("--org", "org_id", default=None, help="Run ORG's configured targets' suites against its endpoints.")
 @click.option("--env", "env_name", default=None, help="With --org: the environment overlay (e.g. sandbox).")
@@ -143,8 +125,8 @@ def contract_test(vendor, org_id, env_name, config_dir, base_url, host, port, cl
         raise click.UsageError("give --vendor (or --org)")
     import pytest
 
-    suite = Path(contract_tests.__file__).parent / vendor
-    if not suite.is_dir():
+    suite = suite_dir(vendor)
+    if suite is None or not suite.is_dir():
         raise click.ClickException(f"no contract suite for {vendor} in this build")
     for name, value in (("BASE_URL", base_url), ("HOST", host), ("PORT", port),
                         ("CLIENT_ID", client_id), ("KEY", key)):

@@ -1,15 +1,12 @@
-"""`chartbridge simulate VENDOR --port P`: run a vendor simulator standalone so an
-implementation team can point an org (or a real engine) at it."""
+"""`chartbridge simulate NAME --port P`: run a vendor simulator standalone so an
+implementation team can point an org (or a real engine) at it. One subcommand per
+registered plugin with a simulator (`AdapterSpec.simulator`); its module is imported only
+when that subcommand runs."""
 import importlib
 
 import click
 
-SIMULATORS = {
-    "epic": ("contract_tests.epic_haiku.simulator", 8790, "Epic Haiku ambient (Interconnect + token endpoint)"),
-    "fhir": ("contract_tests.fhir_docref.simulator", 8791, "FHIR R4 server (us-core or epic profile)"),
-    "athena": ("contract_tests.athenaone.simulator", 8792, "athenaOne API"),
-    "mllp": ("contract_tests.hl7_mdm.simulator", 2575, "HL7 v2 MLLP receiver"),
-}
+from chartbridge.adapters.registry import Simulator, registry
 
 
 @click.group("simulate")
@@ -17,25 +14,23 @@ def simulate() -> None:
     """Run a vendor simulator in the foreground (Ctrl-C stops it)."""
 
 
-def _command(name: str, module: str, default_port: int, summary: str) -> click.Command:
-    @click.command(name, help=f"Run the {summary} simulator.")
-    @click.option("--host", default="127.0.0.1", show_default=True)
-    @click.option("--port", default=default_port, show_default=True, type=int)
-    @click.option("--engine-url", default=None, help="epic only: the engine to deliver callbacks to.")
-    @click.option("--profile", default=None, help="fhir only: us-core or epic.")
-    def run(host: str, port: int, engine_url: str | None, profile: str | None) -> None:
-        serve = importlib.import_module(module).serve
-        options = {}
-        if engine_url:
-            options["engine_url"] = engine_url
-        if profile:
-            options["profile"] = profile
+def _command(sim: Simulator) -> click.Command:
+    def run(host: str, port: int, **options: object) -> None:
+        serve = importlib.import_module(sim.module).serve
+        given = {k: v for k, v in options.items() if v is not None}
         try:
-            serve(host=host, port=port, **options)
+            serve(host=host, port=port, **given)
         except KeyboardInterrupt:
             pass
-    return run
+
+    for opt in reversed(sim.options):
+        run = click.option(f"--{opt.name.replace('_', '-')}", opt.name, default=None,
+                           help=opt.help or None)(run)
+    run = click.option("--port", default=sim.default_port, show_default=True, type=int)(run)
+    run = click.option("--host", default="127.0.0.1", show_default=True)(run)
+    return click.command(sim.cli_name, help=f"Run the {sim.summary} simulator.")(run)
 
 
-for _name, (_module, _port, _summary) in SIMULATORS.items():
-    simulate.add_command(_command(_name, _module, _port, _summary))
+for _spec in registry.plugins():
+    if _spec.simulator is not None:
+        simulate.add_command(_command(_spec.simulator))

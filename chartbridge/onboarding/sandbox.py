@@ -1,14 +1,11 @@
 """The onboarding sandbox: every vendor simulator the orgs of a config folder point at, on
 the host and port their URLs name, with each org's client registered.
 
-It reads the (layered) org configs and, per target:
-- epic_haiku: an Epic simulator on the token_url's port; the org's `inbound.issuer` is the
-  `iss` it signs with; the org's client is registered with the public half of its key;
-- fhir_docref: a FHIR simulator (the org's profile) serving the base_url's path; the client
-  registered with its public key, kid and scopes;
-- athenaone: an athena simulator on the base_url's port with the org's practice, department
-  and client (its secret);
-- hl7_mdm: an MLLP receiver on host:port (plain TCP; a TLS target is reported, not served).
+It reads the (layered) org configs and, per target, calls that target's plugin's sandbox
+(`AdapterSpec.sandbox`, e.g. contract_tests/<vendor>/sandbox.py:register): it starts its
+simulator once per host:port (`shared_sim`) on the host and port the org's URLs name
+(loopback only) and registers the org's client there. This module is the vendor-neutral
+part: the running set, secrets, and the helpers those functions use.
 Keys and secrets come from the orgs' own references. A reference that does not resolve is
 generated when `generate=True`: `file:` secrets are written (mode 600) and `env:` ones
 appended to `env_file` as `export NAME='...'` lines to source before `org check`.
@@ -28,7 +25,7 @@ from chartbridge.config.schema import OrgConfig
 from chartbridge.config.secrets import SecretRef
 from chartbridge.core.errors import ConfigError, InputError
 from chartbridge.onboarding.keys import new_private_key as _new_private_key
-from chartbridge.onboarding.keys import public_jwk
+from chartbridge.onboarding.keys import public_jwk  # noqa: F401 - kept importable from here
 
 
 @dataclass
@@ -49,7 +46,7 @@ class Sandbox:
         self.stop()
 
 
-def _host_port(url: str) -> tuple[str, int, str]:
+def host_port(url: str) -> tuple[str, int, str]:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.hostname or "127.0.0.1", port, parts.path.rstrip("/")
@@ -59,7 +56,7 @@ def _loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
-class _Secrets:
+class Secrets:
     def __init__(self, sandbox: Sandbox, generate: bool, env_file: Path | None) -> None:
         self.sandbox, self.generate, self.env_file = sandbox, generate, env_file
 
@@ -89,50 +86,12 @@ class _Secrets:
         return value
 
 
-class _FhirPrefix:
-    """Serve the FHIR simulator under the org's base path (e.g. /fhir/R4)."""
-
-    def __init__(self, prefix: str, app: Any) -> None:
-        self.prefix, self.app = prefix, app
-
-    def __call__(self, environ: dict, start_response: Any) -> Any:
-        path = environ.get("PATH_INFO", "")
-        if self.prefix and (path == self.prefix or path.startswith(self.prefix + "/")):
-            environ = dict(environ, PATH_INFO=path[len(self.prefix):] or "/",
-                           SCRIPT_NAME=environ.get("SCRIPT_NAME", "") + self.prefix)
-        elif self.prefix:
-            start_response("404 Not Found", [("Content-Type", "application/json")])
-            return [b'{"error": "not under the FHIR base path"}']
-        return self.app(environ, start_response)
-
-
-def _start_fhir(sb: Sandbox, host: str, port: int, prefix: str, profile: str) -> Any:
-    import threading
-
-    from werkzeug.serving import make_server
-
-    from contract_tests.fhir_docref.simulator import FhirSimulator, _QuietHandler
-
-    sim = FhirSimulator(profile, host=host, port=port)
-    server = make_server(host, port, _FhirPrefix(prefix, sim.wsgi_app), threaded=True,
-                         request_handler=_QuietHandler)
-    server.daemon_threads = True
-    sim._server = server                                   # so sim.stop() shuts it down
-    sim.port = server.server_port
-    sim._base_url = f"http://{host}:{server.server_port}{prefix}"   # token aud, Location
-    sim._thread = threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05),
-                                   name="fhir-sim", daemon=True)
-    sim._thread.start()
-    sb.stack.callback(sim.stop)
-    return sim
-
-
 def start_sandbox(orgs: list[OrgConfig], *, generate: bool = False,
                   env_file: str | Path | None = None) -> Sandbox:
     """Start the simulators the orgs point at and register each org. Raises InputError for a
     target that is not on loopback (the sandbox never pretends to be a real site)."""
     sb = Sandbox()
-    keys = _Secrets(sb, generate, Path(env_file) if env_file else None)
+    keys = Secrets(sb, generate, Path(env_file) if env_file else None)
     try:
         for org in orgs:
             for name, cfg in org.targets.items():
@@ -146,7 +105,9 @@ def start_sandbox(orgs: list[OrgConfig], *, generate: bool = False,
     return sb
 
 
-def _sim(sb: Sandbox, vendor: str, host: str, port: int, factory: Any) -> Any:
+def shared_sim(sb: Sandbox, vendor: str, host: str, port: int, factory: Any) -> Any:
+    """The simulator `vendor` runs on host:port: started by `factory()` the first time
+    (which registers its stop on `sb.stack`), the same one for every later org."""
     key = (vendor, host, port)
     if key not in sb.sims:
         try:
@@ -159,71 +120,22 @@ def _sim(sb: Sandbox, vendor: str, host: str, port: int, factory: Any) -> Any:
     return sb.sims[key]
 
 
-def _register(sb: Sandbox, keys: _Secrets, org: OrgConfig, name: str, cfg: Any) -> None:
-    if name == "epic_haiku":
-        host, port, _ = _host_port(cfg.token_url)
-        _need_loopback(org, name, host)
+def _register(sb: Sandbox, keys: Secrets, org: OrgConfig, name: str, cfg: Any) -> None:
+    from chartbridge.adapters.registry import load_ref, registry
 
-        def make() -> Any:
-            from contract_tests.epic_haiku.simulator import EpicSimulator
-            sim = EpicSimulator(epic_client_id={})
-            sim.start(host, port)
-            sb.stack.callback(sim.stop)
-            return sim
-        sim = _sim(sb, "epic", host, port, make)
-        sim.epic_client_id[org.org] = cfg.inbound.issuer
-        pem = keys.get(cfg.private_key, "key", cfg.algorithm)
-        if pem is not None:
-            sim.register_client(cfg.client_id, {"keys": [public_jwk(pem, cfg.key_id, cfg.algorithm)]})
-            sb.lines.append(f"  {org.org}: epic client {cfg.client_id} (kid {cfg.key_id}), iss {cfg.inbound.issuer}")
-    elif name == "fhir_docref":
-        host, port, prefix = _host_port(cfg.base_url)
-        _need_loopback(org, name, host)
-        sim = _sim(sb, "fhir", host, port, lambda: _start_fhir(sb, host, port, prefix, cfg.profile))
-        if sim.profile != cfg.profile:
-            sb.warnings.append(f"{org.org}: fhir simulator on {host}:{port} already runs profile "
-                               f"{sim.profile}, org wants {cfg.profile}")
-        pem = keys.get(cfg.private_key, "key", cfg.algorithm)
-        if pem is not None:
-            sim.register_client(cfg.client_id, public_jwk(pem, cfg.key_id, cfg.algorithm),
-                                scopes=list(cfg.scopes))
-            sb.lines.append(f"  {org.org}: fhir client {cfg.client_id} (kid {cfg.key_id}) at {cfg.base_url}")
-    elif name == "athenaone":
-        host, port, _ = _host_port(cfg.base_url)
-        _need_loopback(org, name, host)
-
-        def make() -> Any:
-            from contract_tests.athenaone.simulator import AthenaSimulator
-            sim = AthenaSimulator(host=host, port=port)
-            sim.start()
-            sb.stack.callback(sim.stop)
-            return sim
-        sim = _sim(sb, "athena", host, port, make)
-        sim.add_practice(cfg.practice_id, departments=[cfg.department_id],
-                         patients=[str(i) for i in range(1, 21)])
-        secret = keys.get(cfg.client_secret, "secret")
-        if secret is not None:
-            sim.add_client(cfg.client_id, secret, cfg.practice_id, scopes=list(cfg.scopes))
-            sb.lines.append(f"  {org.org}: athena client {cfg.client_id}, practice {cfg.practice_id}")
-    elif name == "hl7_mdm":
-        _need_loopback(org, name, cfg.host)
-        if cfg.tls.enabled:
-            sb.warnings.append(f"{org.org}: hl7_mdm has tls.enabled; the sandbox serves plain MLLP "
-                               "only (use an overlay with tls.enabled: false against it)")
-
-        def make() -> Any:
-            from contract_tests.hl7_mdm.simulator import HL7MDMSimulator
-            sim = HL7MDMSimulator(cfg.host, cfg.port)
-            sim.start()
-            sb.stack.callback(sim.stop)
-            return sim
-        _sim(sb, "mllp", cfg.host, cfg.port, make)
-        sb.lines.append(f"  {org.org}: MLLP receiver {cfg.host}:{cfg.port}")
-    else:
+    spec = registry.get(name)
+    if spec.sandbox is None:
         sb.warnings.append(f"{org.org}: no simulator for target {name}")
+        return
+    try:
+        register = load_ref(spec.sandbox)
+    except ModuleNotFoundError:
+        sb.warnings.append(f"{org.org}: the {name} simulator is not part of this build")
+        return
+    register(sb, keys, org, cfg)
 
 
-def _need_loopback(org: OrgConfig, target: str, host: str) -> None:
+def need_loopback(org: OrgConfig, target: str, host: str) -> None:
     if not _loopback(host):
         raise InputError(f"org {org.org}: target {target} points at a non-loopback host; the "
                          "sandbox only serves 127.0.0.1/localhost (use a sandbox overlay)",

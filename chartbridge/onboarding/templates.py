@@ -4,6 +4,8 @@ The skeleton validates as written (`chartbridge org validate`): URLs point at `*
 hosts (RFC 2606: never resolvable, so a forgotten placeholder fails `org check` loudly
 instead of reaching a real system), credentials are `env:` references named after the org,
 and every field a target needs is present with a comment saying what to ask the site for.
+Each target's block and its mapping note are its plugin's (`AdapterSpec.template`,
+`mapping_note`); targets are written in registry order.
 """
 from __future__ import annotations
 
@@ -13,106 +15,21 @@ from pathlib import Path
 from chartbridge.config.schema import ORG_ID
 from chartbridge.core.errors import ConfigError, InputError, StateConflict
 
-TARGET_ORDER = ("epic_haiku", "fhir_docref", "athenaone", "hl7_mdm")
-
-
 def env_prefix(org: str) -> str:
     return org.upper().replace("-", "_")
 
 
-def _epic(org: str, p: str) -> str:
-    return f"""\
-  epic_haiku:
-    # --- outbound: SMART Backend Services (client credentials + signed JWT assertion) ---
-    client_id: {org}-backend-client          # CHANGE ME: our backend client id registered in the site's Epic
-    token_url: https://epic.{org}.invalid/interconnect/oauth2/token   # CHANGE ME: the site's OAuth 2.0 token endpoint
-    private_key: env:{p}_EPIC_PRIVATE_KEY     # PEM private key (or file:keys/epic.pem); its public half goes to the site
-    key_id: {org}-epic-1                      # `kid` of that key in the JWKS we gave the site
-    algorithm: RS384                          # RS384 | ES384
-    timeout_s: 10
-    # callback_url: https://epic.{org}.invalid/interconnect/api/epic/2026/Ambient   # the site's Ambient base (recommended)
-    # --- inbound: how Epic's calls to us are verified ---
-    inbound:
-      issuer: {org}-epic-interconnect         # CHANGE ME: Epic's client id at the site (the JWT `iss`)
-      jwks_url: https://epic.{org}.invalid/.well-known/jwks.json   # CHANGE ME: or jwks_file: keys/epic-jwks.json (exactly one)
-    # --- the embedded Haiku page (SMART EHR launch) ---
-    fhir_base: https://epic.{org}.invalid/api/FHIR/R4   # CHANGE ME: the site's FHIR base (the launch `iss`)
-    launch_client_id: {org}-haiku-page        # the web view's SMART client id
-"""
+def _plugins(targets: list[str]) -> list:
+    from chartbridge.adapters.registry import registry
 
-
-def _fhir(org: str, p: str) -> str:
-    return f"""\
-  fhir_docref:
-    base_url: https://fhir.{org}.invalid/R4   # CHANGE ME: the site's FHIR R4 base
-    # token_url: omitted -> discovered from {{base_url}}/.well-known/smart-configuration
-    client_id: {org}-fhir-client              # CHANGE ME: our backend client id at the site
-    private_key: env:{p}_FHIR_PRIVATE_KEY     # PEM private key (or file:keys/fhir.pem)
-    key_id: {org}-fhir-1                      # `kid` of that key in the JWKS the site registered
-    algorithm: RS384                          # RS384 | ES384
-    scopes: [system/DocumentReference.write, system/DocumentReference.read, system/Provenance.write]
-    profile: us-core                          # us-core | epic (epic sends no scope)
-    content_type: text/plain                  # text/plain | text/html
-    identifier_system: https://{org}.invalid/fhir/sid/note-write   # CHANGE ME: URI of our note identifiers (dedupe)
-    timeout_s: 15
-"""
-
-
-def _athena(org: str, p: str) -> str:
-    return f"""\
-  athenaone:
-    base_url: https://api.{org}.invalid       # CHANGE ME: e.g. https://api.preview.platform.athenahealth.com
-    token_url: https://api.{org}.invalid/oauth2/v1/token   # CHANGE ME: the OAuth 2.0 token endpoint
-    client_id: {org}-athena-client            # CHANGE ME: our athena app's client id
-    client_secret: env:{p}_ATHENA_SECRET      # client secret by reference (or file:secrets/athena.txt)
-    practice_id: "1"                          # CHANGE ME: the site's athena practice id
-    department_id: "1"                        # CHANGE ME: department used when a session names none
-    scopes: [athena/service/Athenanet.MDP.*]
-    payload: text                             # text | pdf
-    autoclose: false                          # true = file the document closed (skip the inbox)
-    priority: 2                               # 1 high | 2 normal
-    requests_per_second: 5                    # stay under the practice's quota
-    timeout_s: 15
-"""
-
-
-def _mllp(org: str, p: str) -> str:
-    facility = env_prefix(org)[:40]
-    return f"""\
-  hl7_mdm:
-    host: mllp.{org}.invalid                  # CHANGE ME: the site's interface engine
-    port: 2575                                # CHANGE ME: its MLLP listener
-    tls:
-      enabled: false                          # true for MLLP over TLS (then the handshake is checked)
-      # ca_file: certs/ca.pem                 # file refs, relative to this folder
-      # cert_file: certs/client.pem           # mutual TLS: cert_file and key_file together
-      # key_file: certs/client.key
-    timeout_s: 30                             # wait this long for the ACK
-    max_resends: 3
-    sending_application: CHARTBRIDGE          # MSH-3
-    sending_facility: {facility}              # MSH-4
-    receiving_application: EHR                # CHANGE ME: MSH-5, as the site's engine expects
-    receiving_facility: HOSP                  # CHANGE ME: MSH-6
-    processing_id: T                          # MSH-11: T (training) until go-live, then P
-    obx_mode: per_section                     # per_section | per_note
-    ack_mode: original                        # original | enhanced
-"""
-
-
-BLOCKS = {"epic_haiku": _epic, "fhir_docref": _fhir, "athenaone": _athena, "hl7_mdm": _mllp}
-
-_USES = {
-    "epic_haiku": "sections: epic_section_id (the site's Epic SectionID when it differs from the LOINC code)",
-    "fhir_docref": "note_types: fhir_type (DocumentReference.type)",
-    "athenaone": "note_types: athena_class + athena_subclass (documentsubclass)",
-    "hl7_mdm": "note_types: txa2 (TXA-2); sections: obx3 (OBX-3, per_section mode)",
-}
+    return [registry.get(t) for t in targets]
 
 
 def render(org: str, targets: list[str], name: str | None = None) -> str:
     p = env_prefix(org)
-    uses = "\n".join(f"#   {t}: {_USES[t]}" for t in targets)
-    blocks = "\n".join(BLOCKS[t](org, p) for t in targets)
+    plugins = _plugins(targets)
+    uses = "\n".join(f"#   {s.name}: {s.mapping_note or 'no code-table fields'}" for s in plugins)
+    blocks = "\n".join(s.template(org, p) for s in plugins if s.template is not None)
     return f"""\
 # Org config for {org}, written by `chartbridge org init`. One file per org: the file name is the org id.
 # Lines marked CHANGE ME hold placeholders (hosts under .invalid never resolve); replace them
@@ -181,13 +98,16 @@ def parse_targets(value: str) -> list[str]:
     names = [t.strip() for t in value.split(",") if t.strip()]
     if not names:
         raise InputError("give at least one target", field="targets")
-    unknown = [t for t in names if t not in BLOCKS]
+    from chartbridge.adapters.registry import registry
+
+    order = [s.name for s in registry.plugins() if s.template is not None]
+    unknown = [t for t in names if t not in order]
     if unknown:
-        raise InputError(f"unknown target(s) {', '.join(unknown)} (known: {', '.join(TARGET_ORDER)})",
+        raise InputError(f"unknown target(s) {', '.join(unknown)} (known: {', '.join(order)})",
                          field="targets")
     if len(set(names)) != len(names):
         raise InputError("a target is listed twice", field="targets")
-    return [t for t in TARGET_ORDER if t in names]
+    return [t for t in order if t in names]
 
 
 def write_skeleton(config_dir: str | Path, org: str, targets: list[str],

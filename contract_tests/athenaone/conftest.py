@@ -70,7 +70,7 @@ def athena(monkeypatch):
                     "requests_per_second": 2}
         yield Athena(None, settings, os.environ.get("CHARTBRIDGE_ATHENA_PATIENT_ID", "1"))
         return
-    from chartbridge.adapters.athenaone.adapter import demo_target_settings
+    from contract_tests.athenaone.sandbox import demo_target_settings
 
     from contract_tests.athenaone.simulator import AthenaSimulator
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from chartbridge.adapters.athenaone import SPEC, demo_target_settings
+from chartbridge.adapters.athenaone import SPEC
 from chartbridge.adapters.athenaone.client import Throttle, _retry_after
 from chartbridge.adapters.athenaone.config import AthenaOneConfig
 from chartbridge.adapters.athenaone.mapping import write_id
@@ -22,6 +22,7 @@ from chartbridge.core.errors import PermanentError, TransientError
 from chartbridge.core.models import Identifier, WriteStatus
 
 from chartbridge.bootstrap import make_services
+from contract_tests.athenaone.sandbox import demo_target_settings
 
 from .conftest import make_command, org_config
 

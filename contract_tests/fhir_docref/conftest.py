@@ -77,7 +77,7 @@ def fhir(request, monkeypatch, clock):
         yield Fhir(None, profile, settings, os.environ.get("CHARTBRIDGE_FHIR_PATIENT_ID", ""),
                    os.environ.get("CHARTBRIDGE_FHIR_ENCOUNTER_ID", ""))
         return
-    from chartbridge.adapters.fhir_docref import demo_target_settings
+    from contract_tests.fhir_docref.sandbox import demo_target_settings
     from chartbridge.adapters.fhir_docref.adapter import SIM_SCOPES, demo_keypair
 
     from contract_tests.fhir_docref.simulator import FhirSimulator

@@ -411,9 +411,9 @@ def test_golden_samples_parse_with_python_hl7():
 # -- factory -------------------------------------------------------------------------------------
 def test_registry_factory_builds_a_working_adapter_from_an_org_config(sim, ledger):
     # Given the demo org config and the demo target block pointing at the simulator
-    from chartbridge.adapters.hl7_mdm import demo_target_settings
     from chartbridge.adapters.hl7_mdm.config import Hl7MdmConfig
     from chartbridge.adapters.registry import registry
+    from contract_tests.hl7_mdm.sandbox import demo_target_settings
     from chartbridge.config.loader import load_org_file
 
     s = needs_simulator(sim)

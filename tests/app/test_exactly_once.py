@@ -12,15 +12,15 @@ import pytest
 import yaml
 from dramatiq.brokers.stub import StubBroker
 
-from chartbridge.adapters.fhir_docref import demo_target_settings as fhir_settings
 from chartbridge.adapters.fhir_docref.adapter import SIM_SCOPES, demo_keypair
-from chartbridge.adapters.hl7_mdm import demo_target_settings as mllp_settings
 from chartbridge.bootstrap import bootstrap
 from chartbridge.core import usecases as uc
 from chartbridge.core.models import (Consent, ConsentScope, Decision, Identifier,
                                      RecordingStatus, SessionSource, WriteKind, WriteStatus)
 from chartbridge.jobs import Jobs
+from contract_tests.fhir_docref.sandbox import demo_target_settings as fhir_settings
 from contract_tests.fhir_docref.simulator import FhirSimulator
+from contract_tests.hl7_mdm.sandbox import demo_target_settings as mllp_settings
 from contract_tests.hl7_mdm.simulator import HL7MDMSimulator
 from tests.fakes import EchoTranscriber as Echo
 from tests.fakes import OneSection

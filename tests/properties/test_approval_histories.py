@@ -30,9 +30,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition, rule,
                                  run_state_machine_as_test)
 
-from chartbridge.adapters.fhir_docref import demo_target_settings as fhir_settings
 from chartbridge.adapters.fhir_docref.adapter import SIM_SCOPES, demo_keypair
-from chartbridge.adapters.hl7_mdm import demo_target_settings as mllp_settings
 from chartbridge.bootstrap import bootstrap
 from chartbridge.core import usecases as uc
 from chartbridge.core.clock import FrozenClock
@@ -40,7 +38,9 @@ from chartbridge.core.errors import ChartbridgeError
 from chartbridge.core.models import (Consent, ConsentScope, Decision, Identifier,
                                      RecordingStatus, SessionSource, WriteKind, WriteStatus)
 from chartbridge.jobs import Sweeper
+from contract_tests.fhir_docref.sandbox import demo_target_settings as fhir_settings
 from contract_tests.fhir_docref.simulator import FhirSimulator
+from contract_tests.hl7_mdm.sandbox import demo_target_settings as mllp_settings
 from contract_tests.hl7_mdm.simulator import HL7MDMSimulator
 from tests.fakes import EchoTranscriber as Echo
 from tests.fakes import OneSection, QueueJobs
