@@ -159,6 +159,8 @@ class Registry:
             if spec is not None:
                 self.register(spec)
         for ep in entry_points().select(group=ENTRY_POINT_GROUP):
+            if ep.name in BUILTIN:
+                continue                # loaded above (and tolerated if absent from a build)
             self.register(ep.load())
 
     def names(self) -> list[str]:

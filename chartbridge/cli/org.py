@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from chartbridge.adapters.registry import registry
 from chartbridge.config.loader import (DEFAULT_CONFIG_DIR, ENV_CONFIG_DIR, current_env, env_for,
                                        org_files, overlay_files, overlay_path, split_name,
                                        validate_files)
@@ -90,7 +91,8 @@ def validate(paths: tuple[str, ...], config_dir: str | None, env: str | None) ->
 
 @org.command()
 @click.argument("org_id", metavar="ORG")
-@click.option("--targets", required=True, help="Comma-separated: epic_haiku,fhir_docref,athenaone,hl7_mdm.")
+@click.option("--targets", required=True,
+              help=f"Comma-separated, of: {','.join(registry.names())}.")
 @click.option("--name", default=None, help="Display name (default: the org id).")
 @config_dir_option
 def init(org_id: str, targets: str, name: str | None, config_dir: str | None) -> None:
