@@ -16,7 +16,7 @@ reading the registry needs neither httpx nor contract_tests.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -96,6 +96,10 @@ class AdapterSpec:
     # two-space indented, valid as written)
     template: Callable[[str, str], str] | None = None
     mapping_note: str = ""             # which code-table fields this target uses (org init)
+    # fields this target adds to each code-table entry (mappings/*.yaml and the org's
+    # mappings.overrides): name -> (type, default), as pydantic.create_model takes them
+    section_fields: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    note_type_fields: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
     # mapping_needs(target_cfg, kind, entry) -> names of the fields `entry` (a sections or
     # note_types table entry; kind "sections" | "note_types") lacks for this target
     mapping_needs: Callable[[Any, str, Any], list[str]] | None = None
@@ -179,6 +183,20 @@ class Registry:
         except KeyError:
             known = ", ".join(self._specs) or "none"
             raise UnknownAdapter(f"unknown target {name!r} (known: {known})") from None
+
+    def mapping_fields(self, kind: str) -> dict[str, tuple[Any, Any]]:
+        """Every plugin's code-table fields of `kind` ("sections" | "note_types"); two
+        plugins declaring one name differently is a DuplicateAdapter error."""
+        merged: dict[str, tuple[Any, Any]] = {}
+        owner: dict[str, str] = {}
+        for spec in self.plugins():
+            own = spec.section_fields if kind == "sections" else spec.note_type_fields
+            for name, decl in own.items():
+                if name in merged and merged[name] != decl:
+                    raise DuplicateAdapter(f"{spec.name} and {owner[name]} both declare the "
+                                           f"{kind} field {name!r}, differently")
+                merged[name], owner[name] = decl, spec.name
+        return merged
 
     def with_capability(self, capability: str) -> list[AdapterSpec]:
         return [s for s in self.plugins() if getattr(s.capabilities, capability)]

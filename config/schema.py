@@ -4,7 +4,9 @@ Every section of the file is a frozen pydantic model; unknown keys are errors. T
 files config/orgs/demo-epic.yaml and demo-multi.yaml document each field in comments.
 Target blocks are validated by the config model the named adapter declares
 (`AdapterSpec.config_model`), looked up in the adapter registry when the schema is first
-used, so adding an adapter needs no change here.
+used, and a code-table override takes the fields the adapters declare
+(`AdapterSpec.section_fields` / `note_type_fields`), so adding an adapter needs no change
+here.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, GetCoreSchemaHandler,
-                      model_validator)
+                      create_model, model_validator)
 from pydantic_core import PydanticCustomError, core_schema
 
 from chartbridge.config.types import FileRef, Id, Name, SecretRef, Settings, Uri, Url, field_error
@@ -129,34 +131,25 @@ class Drafting(Settings):
         return self
 
 
-class Obx3(Settings):
-    code: Name
-    text: Name
-    system: Name = "LN"
+def _override_model(kind: str, name: str, generic: dict[str, Any], doc: str) -> type[Settings]:
+    """An override of one code-table entry: the generic fields plus every registered
+    plugin's fields of that kind (`AdapterSpec.section_fields` / `note_type_fields`), so a
+    vendor's codes (e.g. its section id) are declared by its plugin, not here."""
+    from chartbridge.adapters.registry import registry
+
+    own = registry.mapping_fields(kind)
+    fields = {**generic, **{k: v for k, v in own.items() if k not in generic}}
+    model = create_model(name, __base__=Settings, __doc__=doc, **fields)
+    model.__module__ = __name__
+    return model
 
 
-class Coding(Settings):
-    system: Uri
-    code: Name
-    display: Name | None = None
-
-
-class SectionOverride(Settings):
-    """Changes to one entry of the sections table for this org only."""
-
-    title: Name | None = None
-    epic_section_id: Id | None = None            # this site's Epic SectionID
-    obx3: Obx3 | None = None
-
-
-class NoteTypeOverride(Settings):
-    """Changes to one entry of the note types table for this org only."""
-
-    name: Name | None = None
-    fhir_type: Coding | None = None
-    txa2: Annotated[str, Field(pattern=r"^[A-Z0-9]{1,30}$")] | None = None
-    athena_class: Literal["clinicaldocument", "encounterdocument"] | None = None
-    athena_subclass: Annotated[str, Field(pattern=r"^[A-Z0-9_]+$")] | None = None
+SectionOverride = _override_model(
+    "sections", "SectionOverride", {"title": (Name | None, None)},
+    "Changes to one entry of the sections table for this org only.")
+NoteTypeOverride = _override_model(
+    "note_types", "NoteTypeOverride", {"name": (Name | None, None)},
+    "Changes to one entry of the note types table for this org only.")
 
 
 TableName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]

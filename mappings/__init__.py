@@ -2,12 +2,12 @@
 
 Each `mappings/<name>.yaml` holds one table of a `kind` (`sections` or `note_types`); an org
 picks its tables by name (`mappings.sections`, `mappings.note_types`) and may override
-single entries (`mappings.overrides`). The API is small and typed:
+single entries (`mappings.overrides`). An entry's fields beyond its code and title/name are
+the ones the registered adapters declare (`AdapterSpec.section_fields` /
+`note_type_fields`); each adapter reads its own:
 
-    section_table(org).epic_section_id("51847-2")    # the site's Epic SectionID
-    section_table(org).code_for_epic_section_id(x)   # and back (DocumentationUpdated)
-    note_type(org, "11506-3").txa2                   # "PR"
-    note_type(org, "11506-3").athena_subclass
+    section_table(org).get("51847-2").title
+    note_type(org, "11506-3").txa2                   # "PR" (a field the MDM adapter declares)
 
 A code the tables cannot map raises InputError naming the field (never the value's
 context); `check_org(org)` lists every mapping gap of an org config (used by the loader,
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import yaml
-from chartbridge.config.schema import Coding, NoteTypeOverride, Obx3, SectionOverride
-from chartbridge.config.types import Id, Name, Settings
+from chartbridge.config.schema import NoteTypeOverride, SectionOverride
+from chartbridge.config.types import Name, Settings
 from chartbridge.core.errors import ChartbridgeError, ConfigError, InputError, NotFound
-from pydantic import ValidationError
+from pydantic import ValidationError, create_model
 
 if TYPE_CHECKING:
     from chartbridge.config.schema import OrgConfig
@@ -33,24 +33,19 @@ TABLES_DIR = Path(__file__).resolve().parent
 Kind = Literal["sections", "note_types"]
 
 
-class SectionEntry(Settings):
-    code: str                                    # LOINC section code (the canonical id)
-    title: Name
-    epic_section_id_: Id | None = None
-    obx3: Obx3 | None = None
+def _entry_model(name: str, key: str, override: type[Settings]) -> type[Settings]:
+    """A table entry: its code and the override's fields (the generic ones and those the
+    registered adapters declare for this kind of table)."""
+    fields = {"code": (str, ...), key: (Name, ...)}
+    fields.update({f: (info.annotation, None) for f, info in override.model_fields.items()
+                   if f != key})
+    model = create_model(name, __base__=Settings, **fields)
+    model.__module__ = __name__
+    return model
 
-    @property
-    def epic_section_id(self) -> str:
-        return self.epic_section_id_ or self.code
 
-
-class NoteTypeEntry(Settings):
-    code: str                                    # LOINC note type code
-    name: Name
-    fhir_type: Coding | None = None
-    txa2: str | None = None
-    athena_class: Literal["clinicaldocument", "encounterdocument"] | None = None
-    athena_subclass: str | None = None
+SectionEntry = _entry_model("SectionEntry", "title", SectionOverride)        # code: LOINC section
+NoteTypeEntry = _entry_model("NoteTypeEntry", "name", NoteTypeOverride)      # code: LOINC note type
 
 
 class _SectionFile(Settings):
@@ -69,7 +64,6 @@ class SectionTable:
     def __init__(self, name: str, entries: dict[str, SectionEntry]) -> None:
         self.name = name
         self.entries = entries
-        self._by_epic = {e.epic_section_id: e.code for e in entries.values()}
 
     @property
     def codes(self) -> list[str]:
@@ -86,15 +80,6 @@ class SectionTable:
 
     def title(self, code: str) -> str:
         return self.get(code).title
-
-    def epic_section_id(self, code: str) -> str:
-        return self.get(code).epic_section_id
-
-    def code_for_epic_section_id(self, epic_id: str) -> str:
-        try:
-            return self._by_epic[epic_id]
-        except KeyError:
-            raise InputError("unknown Epic section id", field="SectionID") from None
 
 
 class NoteTypeTable:
@@ -116,11 +101,8 @@ class NoteTypeTable:
             raise InputError(f"note type not in the {self.name!r} table", field="note_type") from None
 
 
-def _entry_fields(override: SectionOverride | NoteTypeOverride) -> dict:
-    data = override.model_dump(exclude_none=True)
-    if "epic_section_id" in data:
-        data["epic_section_id_"] = data.pop("epic_section_id")
-    return data
+def _entry_fields(override: Settings) -> dict:
+    return override.model_dump(exclude_none=True)
 
 
 @lru_cache(maxsize=64)

@@ -21,6 +21,7 @@ SPEC = AdapterSpec(
     checks="chartbridge.adapters.athenaone.checks:check",
     template=plugin.template,
     mapping_note=plugin.MAPPING_NOTE,
+    note_type_fields=plugin.NOTE_TYPE_FIELDS,
     mapping_needs=plugin.mapping_needs,
     simulator=plugin.SIMULATOR,
     sandbox="contract_tests.athenaone.sandbox:register",

@@ -3,11 +3,19 @@ its `org init` block, mapping needs, simulator and contract-suite settings. Ligh
 checks and the simulator load on first use."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from chartbridge.adapters.registry import Simulator
 
 MAPPING_NOTE = "note_types: athena_class + athena_subclass (documentsubclass)"
+
+# code-table fields: a note type's athena document class and subclass
+NOTE_TYPE_FIELDS = {
+    "athena_class": (Literal["clinicaldocument", "encounterdocument"] | None, None),
+    "athena_subclass": (Annotated[str, Field(pattern=r"^[A-Z0-9_]+$")] | None, None),
+}
 
 SIMULATOR = Simulator(module="contract_tests.athenaone.simulator", default_port=8792,
                       cli_name="athena", summary="athenaOne API")

@@ -20,6 +20,7 @@ SPEC = AdapterSpec(
     checks="chartbridge.adapters.epic_haiku.checks:check",
     template=plugin.template,
     mapping_note=plugin.MAPPING_NOTE,
+    section_fields=plugin.SECTION_FIELDS,
     simulator=plugin.SIMULATOR,
     sandbox="contract_tests.epic_haiku.sandbox:register",
     suite="contract_tests.epic_haiku",

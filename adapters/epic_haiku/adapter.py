@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from chartbridge.core.errors import InputError, PermanentError
+from chartbridge.core.errors import PermanentError
 from chartbridge.core.models import WriteCommand, WriteKind, WriteOutcome
 from chartbridge.core.ports import AdapterCapabilities, Clock, ReplayGuard, TokenCache
 
@@ -168,13 +168,14 @@ def _section_mapping(org_config: Any) -> tuple[Callable[[str], str], Callable[[s
     except (ImportError, AttributeError, TypeError):
         return (lambda code: code), (lambda epic_id: epic_id)
 
+    # `epic_section_id` is this plugin's code-table field (plugin.SECTION_FIELDS)
+    ids = {e.code: e.epic_section_id or e.code for e in table.entries.values()}
+    codes = {epic_id: code for code, epic_id in ids.items()}
+
     def section_id(code: str) -> str:
-        return table.epic_section_id(code) if code in table else code
+        return ids.get(code, code)
 
     def section_code(epic_id: str) -> str:
-        try:
-            return table.code_for_epic_section_id(epic_id)
-        except InputError:      # not a mapped Epic id: kept as sent
-            return epic_id
+        return codes.get(epic_id, epic_id)      # not a mapped Epic id: kept as sent
 
     return section_id, section_code

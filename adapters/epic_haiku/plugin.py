@@ -6,8 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from chartbridge.adapters.registry import Simulator, SimulatorOption
+from chartbridge.config.types import Id
 
 MAPPING_NOTE = "sections: epic_section_id (the site's Epic SectionID when it differs from the LOINC code)"
+
+# code-table fields: the site's Epic SectionID of a section (default: its LOINC code)
+SECTION_FIELDS = {"epic_section_id": (Id | None, None)}
 
 SIMULATOR = Simulator(module="contract_tests.epic_haiku.simulator", default_port=8790,
                       cli_name="epic", summary="Epic Haiku ambient (Interconnect + token endpoint)",

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from chartbridge.adapters.fhir_docref.config import Coding
 from chartbridge.adapters.registry import Simulator, SimulatorOption
 
 MAPPING_NOTE = "note_types: fhir_type (DocumentReference.type)"
+
+# code-table fields: a note type's DocumentReference.type coding
+NOTE_TYPE_FIELDS = {"fhir_type": (Coding | None, None)}
 
 SIMULATOR = Simulator(module="contract_tests.fhir_docref.simulator", default_port=8791,
                       cli_name="fhir", summary="FHIR R4 server (us-core or epic profile)",

@@ -3,11 +3,28 @@
 checks and the simulator load on first use."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from chartbridge.adapters.registry import Simulator
+from chartbridge.config.types import Name, Settings
 
 MAPPING_NOTE = "note_types: txa2 (TXA-2); sections: obx3 (OBX-3, per_section mode)"
+
+
+
+class Obx3(Settings):
+    """A section's OBX-3 observation identifier (per_section mode)."""
+
+    code: Name
+    text: Name
+    system: Name = "LN"
+
+
+# code-table fields: a note type's TXA-2 document type, a section's OBX-3
+NOTE_TYPE_FIELDS = {"txa2": (Annotated[str, Field(pattern=r"^[A-Z0-9]{1,30}$")] | None, None)}
+SECTION_FIELDS = {"obx3": (Obx3 | None, None)}
 
 SIMULATOR = Simulator(module="contract_tests.hl7_mdm.simulator", default_port=2575,
                       cli_name="mllp", summary="HL7 v2 MLLP receiver")

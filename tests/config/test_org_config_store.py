@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from chartbridge.adapters.epic_haiku.adapter import _section_mapping
 from chartbridge.config.loader import ConfigStore, get_org, load_org_file, reset_default_store
 from chartbridge.config.secrets import SecretRef, resolve
 from chartbridge.core.errors import ConfigError, InputError, NotFound
@@ -124,14 +125,17 @@ def test_section_table_defaults_and_overrides(write_org):
                        '      "51847-2": {epic_section_id: "1000456"}\n')
     org = load_org_file(write_org(text))
     table = section_table(org)
-    # Then the override applies to that section only, both ways
-    assert table.epic_section_id("51847-2") == "1000456"
-    assert table.code_for_epic_section_id("1000456") == "51847-2"
-    assert table.epic_section_id("10164-2") == "10164-2"          # default = LOINC code
+    # Then the override applies to that section only (the field the Epic plugin declares)
+    assert table.get("51847-2").epic_section_id == "1000456"
+    assert table.get("10164-2").epic_section_id is None             # none: Epic uses the code
     assert table.title("10164-2") == "History of present illness"
+    # and the Epic adapter maps both ways, the LOINC code by default
+    section_id, section_code = _section_mapping(org)
+    assert section_id("51847-2") == "1000456" and section_code("1000456") == "51847-2"
+    assert section_id("10164-2") == "10164-2" and section_code("10164-2") == "10164-2"
     # and an unknown code is a clear input error naming the field
     with pytest.raises(InputError) as info:
-        table.epic_section_id("00000-0")
+        table.get("00000-0")
     assert info.value.field == "section"
 
 
