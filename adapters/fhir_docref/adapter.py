@@ -43,8 +43,7 @@ from .mapping import (
     transaction_bundle,
     write_identifier,
 )
-from .profiles import Profile
-from .profiles import profile as profile_of
+from .profiles import Profile, for_config
 
 log = logging.getLogger("chartbridge.fhir_docref")
 
@@ -78,7 +77,7 @@ class FhirDocRefAdapter:
                  note_type_for: Callable[[str | None], dict | None] | None = None,
                  titles: Callable[[str], str] | None = None) -> None:
         self.org_id, self.config, self.client = org_id, config, client
-        self.profile: Profile = profile_of(config.profile)
+        self.profile: Profile = for_config(config)
         self.note_type_for = note_type_for or (lambda code: None)
         self.titles = titles
 
@@ -109,7 +108,8 @@ class FhirDocRefAdapter:
             updates = []
             if parent is not None:
                 updates = [self._superseded(parent)]
-            return transaction_bundle(rendered, updates=updates)
+            return transaction_bundle(rendered, conditional=self.profile.conditional_create,
+                                      updates=updates)
         return rendered.document
 
     # -- send ---------------------------------------------------------------------------
@@ -127,7 +127,8 @@ class FhirDocRefAdapter:
             if command.kind == WriteKind.REPLACE:
                 parent, version = self._read_own(parent_reference(command))
                 updates = [self._superseded(parent, self._expected_version(command, version))]
-            resp = self.client.transaction(transaction_bundle(rendered, updates=updates))
+            resp = self.client.transaction(transaction_bundle(
+                rendered, conditional=self.profile.conditional_create, updates=updates))
             return self._from_transaction(resp, detail)
         if self.profile.conditional_create:
             resp = self.client.create(rendered.document,
@@ -347,7 +348,7 @@ def build(org_config: Any, target_config: FhirDocRefConfig, services: Any) -> Fh
     def private_key() -> str:
         return services.secrets(str(ref), getattr(ref, "base_dir", None))
 
-    prof = profile_of(cfg.profile)
+    prof = for_config(cfg)
     tokens = SmartBackendTokens(
         org_id=org_id, client_id=cfg.client_id, key_id=cfg.key_id, algorithm=cfg.algorithm,
         private_key=private_key, cache=services.token_cache, clock=services.clock, http=http,

@@ -12,7 +12,7 @@ from chartbridge.config.types import (
     Uri,
     Url,
 )
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .profiles import PROFILES
 
@@ -21,6 +21,24 @@ class Coding(Settings):
     system: Uri
     code: Name
     display: Name | None = None
+
+
+class ProfileQuirks(Settings):
+    """What this site's server does differently from its profile's row (profiles.py). A
+    us-core site (Meditech Expanse, NextGen, eClinicalWorks, OpenEMR, Veradigm...) records
+    here what its onboarding found, e.g. `conditional_create: false` for a server that
+    ignores If-None-Exist. Unset fields keep the profile's value."""
+    conditional_create: bool | None = None
+    transaction: bool | None = None
+    update: bool | None = None
+    relates_to: bool | None = None
+    provenance: bool | None = None
+    send_scope: bool | None = None
+    encounter_required: bool | None = None
+    preliminary: bool | None = None
+    max_authors: int | None = Field(default=None, ge=1)
+    search_by_identifier: bool | None = None
+    search_keeps_identifier: bool | None = None
 
 
 class FhirDocRefConfig(Settings):
@@ -37,6 +55,7 @@ class FhirDocRefConfig(Settings):
     scopes: Scopes = ["system/DocumentReference.write", "system/DocumentReference.read",
                       "system/Provenance.write"]
     profile: str = "us-core"          # a row of profiles.PROFILES
+    quirks: ProfileQuirks | None = None   # this site's departures from the profile's row
     # ignored where the profile forces a format (epic: text/plain; oracle-health: XHTML)
     content_type: Literal["text/plain", "text/html"] = "text/plain"
     identifier_system: Uri             # URI of our DocumentReference.identifier (dedupe key)
@@ -56,3 +75,12 @@ class FhirDocRefConfig(Settings):
         if value not in PROFILES:
             raise ValueError(f"unknown FHIR profile; expected one of {', '.join(PROFILES)}")
         return value
+
+    @model_validator(mode="after")
+    def _coherent_quirks(self) -> "FhirDocRefConfig":
+        from .profiles import for_config
+        prof = for_config(self)
+        if prof.search_keeps_identifier and not prof.search_by_identifier:
+            raise ValueError("quirks: search_keeps_identifier needs search_by_identifier "
+                             "(no identifier search cannot prove absence)")
+        return self

@@ -243,7 +243,8 @@ def attachment_body(command: WriteCommand, config: FhirDocRefConfig, profile: Pr
                     titles: Callable[[str], str] | None = None) -> tuple[str, str]:
     """(contentType, text) of the note: the profile's forced format, else the config's."""
     if profile.note_format == "xhtml":
-        return "application/xhtml+xml; charset=utf-8", note_xhtml(command, titles)
+        # written exactly as Millennium documents its supported values (no space)
+        return "application/xhtml+xml;charset=utf-8", note_xhtml(command, titles)
     if profile.note_format == "text/plain":
         # one inline text/plain attachment: an HTML rendering is converted to text
         text = (html_to_text(note_html(command, titles)) if config.content_type == "text/html"

@@ -24,9 +24,9 @@ oracle-health: Oracle Health Millennium R4 "Create a document reference" (docs.o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 NoteFormat = Literal["text/plain", "xhtml"]
 
@@ -90,3 +90,13 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
 
 def profile(name: str) -> Profile:
     return PROFILES[name]
+
+
+def for_config(config: Any) -> Profile:
+    """The profile a target's config selects, with the site's recorded `quirks` applied."""
+    base = PROFILES[config.profile]
+    quirks = getattr(config, "quirks", None)
+    if quirks is None:
+        return base
+    changes = {k: v for k, v in quirks.model_dump(exclude_none=True).items()}
+    return replace(base, **changes) if changes else base

@@ -40,7 +40,7 @@ class ServerRules:
     dates_need_time: bool               # every date given carries a time
     content_entries: Literal["any", "first-kept", "exactly-one"]
     content_types: tuple[str, ...] | None   # accepted attachment MIME types (None: any)
-    charset_required: bool
+    charset_required: bool              # content_types are then exact contentType values
     xhtml_only: bool                    # the attachment's bytes must be XHTML
     inline_required: bool               # attachment.data required
     max_authors: int | None
@@ -106,7 +106,8 @@ RULES: dict[str, ServerRules] = {r.name: r for r in (
         encounter_required=True,                            # "only a single encounter"
         context_required=True, period_end_required=True, dates_need_time=True,
         content_entries="exactly-one",
-        content_types=("application/xhtml+xml", "text/html"),   # XHTML only
+        # XHTML only, written exactly as the documented values (MIME type and charset)
+        content_types=("application/xhtml+xml;charset=utf-8", "text/html;charset=utf-8"),
         charset_required=True, xhtml_only=True, inline_required=True,
         max_authors=1, author_practitioner_only=True, type_loinc_or_one_proprietary=True,
         unknown_reference_status=422,                       # silent

@@ -673,6 +673,8 @@ class FhirSimulator:
         self.validator.validate(rtype, body, pending, current=current)
         if not commit:
             return body
+        if self.rules.text_by_url and rtype == "DocumentReference":
+            body = self._store_text_by_url(copy.deepcopy(body))
         return self.store.put_version(rtype, rid, body, int(current["meta"]["versionId"]) + 1)
 
     # ------------------------------------------------------------ search

@@ -189,11 +189,16 @@ class Store:
             m = DATE_PARAM_RE.match(raw)
             rng = date_range(m.group(2)) if m else None
             if rng is None:
-                raise fail(400, "invalid", "date must be [prefix]YYYY[-MM[-DD[Thh:mm[:ss]]]]", "date")
+                raise fail(400, "invalid", f"{name} must be [prefix]YYYY[-MM[-DD[Thh:mm[:ss]]]]",
+                           name)
             prefix, (lo, hi) = m.group(1) or "eq", rng
 
             def date_test(res: dict[str, Any]) -> bool:
-                t = parse_instant(res.get("date"))
+                # date: DocumentReference.date; period: context.period (its end, else start)
+                period = (res.get("context") or {}).get("period") or {}
+                when = res.get("date") if name == "date" else (period.get("end")
+                                                               or period.get("start"))
+                t = parse_instant(when)
                 if t is None:
                     return False
                 return {"eq": lo <= t < hi, "ne": not lo <= t < hi, "gt": t >= hi, "ge": t >= lo,

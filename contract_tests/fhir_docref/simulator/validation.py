@@ -246,15 +246,14 @@ class Validator:
         elif not isinstance(ctype, str) or "/" not in ctype:
             v.add(400, "value", "attachment.contentType must be a MIME type", f"{where}.contentType")
         else:
-            mime, _, params = ctype.partition(";")
-            mime = mime.strip().lower()
-            if rules.content_types is not None and mime not in rules.content_types:
+            mime = ctype.partition(";")[0].strip().lower()
+            if rules.content_types is not None and rules.charset_required:
+                if ctype.strip().lower() not in rules.content_types:
+                    v.add(422, "not-supported", "attachment.contentType must be exactly one of "
+                          + ", ".join(rules.content_types), f"{where}.contentType")
+            elif rules.content_types is not None and mime not in rules.content_types:
                 v.add(422, "not-supported", "attachment.contentType must be one of "
                       + ", ".join(rules.content_types), f"{where}.contentType")
-            charset = re.search(r"charset\s*=\s*\"?([A-Za-z0-9_\-]+)", params)
-            if rules.charset_required and not (charset and charset.group(1).lower() == "utf-8"):
-                v.add(422, "required", "attachment.contentType must carry charset=utf-8",
-                      f"{where}.contentType")
         if "data" in att and not is_b64(att["data"]):
             v.add(400, "value", "attachment.data is not valid base64", f"{where}.data")
         elif "data" in att and rules.xhtml_only and not _is_xhtml(att["data"]):
