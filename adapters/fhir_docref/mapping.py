@@ -145,13 +145,17 @@ def note_text(command: WriteCommand, titles: Callable[[str], str] | None = None)
                        for s in sections).strip() + "\n"
 
 
-def note_html(command: WriteCommand, titles: Callable[[str], str] | None = None) -> str:
+def _html_body(command: WriteCommand, titles: Callable[[str], str] | None) -> str:
+    """Each section as an <h3> title and its lines as <p>, escaped (also well-formed XML)."""
     sections = command.draft.sections if command.draft else []
-    body = "".join(
+    return "".join(
         f"<h3>{html.escape(_title(s.code, s.title, titles))}</h3>"
         + "".join(f"<p>{html.escape(line)}</p>" for line in s.text.strip().split("\n") if line)
         for s in sections)
-    return f"<!DOCTYPE html><html><body>{body}</body></html>\n"
+
+
+def note_html(command: WriteCommand, titles: Callable[[str], str] | None = None) -> str:
+    return f"<!DOCTYPE html><html><body>{_html_body(command, titles)}</body></html>\n"
 
 
 class _Text(HTMLParser):
@@ -226,17 +230,12 @@ def note_type_codings(note_type: dict[str, Any] | None, config: FhirDocRefConfig
 
 def note_xhtml(command: WriteCommand, titles: Callable[[str], str] | None = None) -> str:
     """The note as a strict XHTML 1.0 document (namespace, head with title, body)."""
-    sections = command.draft.sections if command.draft else []
-    body = "".join(
-        f"<h3>{html.escape(_title(s.code, s.title, titles))}</h3>"
-        + "".join(f"<p>{html.escape(line)}</p>" for line in s.text.strip().split("\n") if line)
-        for s in sections)
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
             '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\n'
             '<html xmlns="http://www.w3.org/1999/xhtml" xml:lang="en" lang="en">'
             '<head><title>Clinical note</title></head>'
-            f"<body>{body}</body></html>\n")
+            f"<body>{_html_body(command, titles)}</body></html>\n")
 
 
 def attachment_body(command: WriteCommand, config: FhirDocRefConfig, profile: Profile,

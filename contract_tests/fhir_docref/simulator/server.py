@@ -10,7 +10,6 @@ import base64
 import copy
 import json
 import re
-import socket
 import threading
 import time
 from collections import deque
@@ -22,7 +21,7 @@ from werkzeug.wrappers import Request, Response
 
 from chartbridge.core.errors import InputError
 
-from contract_tests.support.http import BackgroundServer, json_response
+from contract_tests.support.http import BackgroundServer, drop_connection, json_response
 
 from .answers import FHIR_JSON, FhirAnswer, fail, issue, outcome
 from .auth import SUPPORTED_ALGS, Token, TokenService
@@ -130,6 +129,8 @@ class FhirSimulator:
         return self._base_url
 
     def stop(self) -> None:
+        # `_server`/`_thread`: set by a caller serving wsgi_app on its own werkzeug server
+        # (onboarding/sandbox.py); drop when it uses start(wrap=..., base_path=...)
         background, self._background = self._background, None
         if background is not None:
             background.stop()
@@ -352,12 +353,7 @@ class FhirSimulator:
         if fault and fault.kind == "lose_response" and response.status_code < 300:
             # the write happened; the client must not be able to tell
             if fault.drop_connection:
-                sock = request.environ.get("werkzeug.socket")
-                if sock is not None:
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                drop_connection(request.environ)
                 record["dropped"] = True
             return Response("Bad Gateway", status=fault.status or 502, content_type="text/plain")
         return response
