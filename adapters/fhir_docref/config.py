@@ -54,7 +54,8 @@ class FhirDocRefConfig(Settings):
     # the client was registered with.
     scopes: Scopes = ["system/DocumentReference.write", "system/DocumentReference.read",
                       "system/Provenance.write"]
-    profile: str = "us-core"          # a row of profiles.PROFILES
+    # a row of profiles.PROFILES (validated below; the JSON schema lists the rows)
+    profile: str = Field(default="us-core", json_schema_extra={"enum": list(PROFILES)})
     quirks: ProfileQuirks | None = None   # this site's departures from the profile's row
     # ignored where the profile forces a format (epic: text/plain; oracle-health: XHTML)
     content_type: Literal["text/plain", "text/html"] = "text/plain"
