@@ -1,18 +1,21 @@
 """The FHIR R4 DocumentReference EhrAdapter.
 
-send(command):
-  create / replace / append -> us-core: a transaction Bundle [DocumentReference with
-      ifNoneExist identifier=<system>|<key>, its Provenance] (or a single conditional create
-      when `transaction: false`); a replace also PUTs the replaced document as `superseded`
-      with If-Match. 200 on a conditional match = already there = success.
-      epic: one POST (no If-None-Exist: Epic ignores it), relative Location, no body.
-  edit   -> us-core only: PUT of our own preliminary document with If-Match; 412 = "stale".
-  cancel -> us-core only: PUT of our own not-yet-final document as entered-in-error.
+send(command): what is sent is decided by the Profile's attributes (profiles.py), never by
+its name.
+  create / replace / append -> `transaction` (us-core): a transaction Bundle
+      [DocumentReference with ifNoneExist identifier=<system>|<key>, its Provenance] (or a
+      single conditional create when `transaction: false`); a replace also PUTs the replaced
+      document as `superseded` with If-Match. 200 on a conditional match = already there.
+      Otherwise one POST, with If-None-Exist only where `conditional_create`; the answer's
+      Location may be relative (epic) or absolute and unversioned (oracle-health).
+  edit   -> `update` only: PUT of our own preliminary document with If-Match; 412 = "stale".
+  cancel -> `update` only: PUT of our own not-yet-final document as entered-in-error.
 reconcile(command):
-  search the patient's DocumentReferences by our identifier. us-core keeps it, so no match
-  means "not there" (None). epic: also match type + date window + the text's hash among the
-  encounter's documents; no match -> OutcomeUnknown (a person checks; the ledger marks the
-  write needs_reconciliation), because Epic's search is no proof of absence.
+  `search_by_identifier`: search the patient's DocumentReferences by our identifier; where
+  `search_keeps_identifier` no match means "not there" (None). Otherwise (epic,
+  oracle-health) match type + time window + the text's hash among the encounter's
+  documents; no match -> OutcomeUnknown (a person checks; the ledger marks the write
+  needs_reconciliation), because such a search is no proof of absence.
 """
 from __future__ import annotations
 
@@ -40,8 +43,7 @@ from .mapping import (
     transaction_bundle,
     write_identifier,
 )
-from .profiles import Profile
-from .profiles import profile as profile_of
+from .profiles import Profile, for_config
 
 log = logging.getLogger("chartbridge.fhir_docref")
 
@@ -75,7 +77,7 @@ class FhirDocRefAdapter:
                  note_type_for: Callable[[str | None], dict | None] | None = None,
                  titles: Callable[[str], str] | None = None) -> None:
         self.org_id, self.config, self.client = org_id, config, client
-        self.profile: Profile = profile_of(config.profile)
+        self.profile: Profile = for_config(config)
         self.note_type_for = note_type_for or (lambda code: None)
         self.titles = titles
 
@@ -95,7 +97,7 @@ class FhirDocRefAdapter:
 
     def render(self, command: WriteCommand):
         self._check(command)
-        return render(command, self.config, profile=self.profile.name,
+        return render(command, self.config, profile=self.profile,
                       note_type=self.note_type_for(command.extra.get("note_type")),
                       titles=self.titles)
 
@@ -106,7 +108,8 @@ class FhirDocRefAdapter:
             updates = []
             if parent is not None:
                 updates = [self._superseded(parent)]
-            return transaction_bundle(rendered, updates=updates)
+            return transaction_bundle(rendered, conditional=self.profile.conditional_create,
+                                      updates=updates)
         return rendered.document
 
     # -- send ---------------------------------------------------------------------------
@@ -124,7 +127,8 @@ class FhirDocRefAdapter:
             if command.kind == WriteKind.REPLACE:
                 parent, version = self._read_own(parent_reference(command))
                 updates = [self._superseded(parent, self._expected_version(command, version))]
-            resp = self.client.transaction(transaction_bundle(rendered, updates=updates))
+            resp = self.client.transaction(transaction_bundle(
+                rendered, conditional=self.profile.conditional_create, updates=updates))
             return self._from_transaction(resp, detail)
         if self.profile.conditional_create:
             resp = self.client.create(rendered.document,
@@ -250,18 +254,20 @@ class FhirDocRefAdapter:
         patient = fhir_id(command.patient_ids, "patient")
         # typed references: the spec also allows a bare id, but servers that match
         # references strictly only find `Patient/<id>`, and every server accepts it
-        params = {"patient": f"Patient/{patient}",
-                  "identifier": f"{ident['system']}|{ident['value']}"}
-        found = [d for d in self.client.search("DocumentReference", params)
-                 if any(i == ident or (isinstance(i, dict) and i.get("system") == ident["system"]
-                                       and i.get("value") == ident["value"])
-                        for i in d.get("identifier") or [])]
+        found: list[dict] = []
+        if self.profile.search_by_identifier:
+            params = {"patient": f"Patient/{patient}",
+                      "identifier": f"{ident['system']}|{ident['value']}"}
+            found = [d for d in self.client.search("DocumentReference", params)
+                     if any(i == ident or (isinstance(i, dict) and i.get("system") == ident["system"]
+                                           and i.get("value") == ident["value"])
+                            for i in d.get("identifier") or [])]
         if len(found) > 1:
             raise OutcomeUnknown("several documents carry this write's identifier; a person "
                                  "must retire the extra ones")
         if found:
             return self._found(found[0], "identifier")
-        if self.profile.search_keeps_identifier:
+        if not self.profile.reconcile_by_content:
             return None
         match = self._match_by_content(command, rendered.document, patient)
         if match is not None:
@@ -274,11 +280,11 @@ class FhirDocRefAdapter:
         when = datetime.fromisoformat(doc["date"].replace("Z", "+00:00"))
         window = timedelta(seconds=self.config.reconcile_window_s)
         type_code = doc["type"]["coding"][0]
-        params = {"patient": f"Patient/{patient}",
-                  "type": f"{type_code['system']}|{type_code['code']}",
-                  "date": f"ge{(when - window).isoformat()}"}
+        params = [("patient", f"Patient/{patient}"),
+                  ("type", f"{type_code['system']}|{type_code['code']}"),
+                  *self.profile.window_params(when, window)]
         if encounter:
-            params["encounter"] = f"Encounter/{encounter}"
+            params.append(("encounter", f"Encounter/{encounter}"))
         want = content_hash(doc["content"][0]["attachment"]["data"])
         hits = []
         for cand in self.client.search("DocumentReference", params):
@@ -288,6 +294,8 @@ class FhirDocRefAdapter:
                 continue
             if abs(cand_when - when) > window:
                 continue
+            # a server that keeps the text behind attachment.url (no inline data) gives no
+            # proof here: no match, so the write goes to a person (OutcomeUnknown)
             att = ((cand.get("content") or [{}])[0] or {}).get("attachment") or {}
             if att.get("data") and content_hash(att["data"]) == want:
                 hits.append(cand)
@@ -340,14 +348,14 @@ def build(org_config: Any, target_config: FhirDocRefConfig, services: Any) -> Fh
     def private_key() -> str:
         return services.secrets(str(ref), getattr(ref, "base_dir", None))
 
-    prof = profile_of(cfg.profile)
+    prof = for_config(cfg)
     tokens = SmartBackendTokens(
         org_id=org_id, client_id=cfg.client_id, key_id=cfg.key_id, algorithm=cfg.algorithm,
         private_key=private_key, cache=services.token_cache, clock=services.clock, http=http,
         base_url=str(cfg.base_url), token_url=str(cfg.token_url) if cfg.token_url else None,
         scopes=list(cfg.scopes), send_scope=prof.send_scope, timeout_s=cfg.timeout_s)
     client = FhirClient(base_url=str(cfg.base_url), tokens=tokens, http=http,
-                        timeout_s=cfg.timeout_s, profile=cfg.profile)
+                        timeout_s=cfg.timeout_s)
     return FhirDocRefAdapter(org_id=org_id, config=cfg, client=client,
                              note_type_for=_note_type_resolver(org_config),
                              titles=section_titles(org_config))

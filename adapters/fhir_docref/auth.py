@@ -5,7 +5,8 @@ token cache, one refresh after a 401) plus what differs for FHIR servers:
 - Token endpoint: config `token_url`, else `token_endpoint` from
   `{base}/.well-known/smart-configuration` (SMART App Launch 2.x, "Backend Services"),
   fetched once per instance.
-- Scope: profile us-core sends the configured scopes; profile epic sends NO scope (Epic
+- Scope: where the profile's `send_scope` is set (us-core, oracle-health) the configured
+  scopes are sent; otherwise (epic) NO scope (Epic
   grants what the client was registered with) and reads the granted scope from the answer.
 """
 from __future__ import annotations

@@ -34,6 +34,7 @@ log = logging.getLogger("chartbridge.fhir_docref.client")
 FHIR_JSON = "application/fhir+json"
 MAX_ISSUES = 20
 MAX_TEXT = 200
+Params = dict[str, str] | list[tuple[str, str]]
 
 
 @dataclass
@@ -82,17 +83,18 @@ def _describe(issues: list[dict[str, str]]) -> str:
 
 
 class FhirClient:
-    """One FHIR R4 server for one org."""
+    """One FHIR R4 server for one org. Profile-free: what a server allows is decided by the
+    adapter from its Profile; this class only speaks HTTP and translates answers."""
 
     def __init__(self, *, base_url: str, tokens: SmartBackendTokens, http: httpx.Client,
-                 timeout_s: float = 15.0, profile: str = "us-core") -> None:
+                 timeout_s: float = 15.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.tokens, self.http, self.timeout, self.profile = tokens, http, timeout_s, profile
+        self.tokens, self.http, self.timeout = tokens, http, timeout_s
 
     # -- one logical call ---------------------------------------------------------------
     def call(self, method: str, path: str, *, what: str, writes: bool,
              json_body: Any = None, headers: dict[str, str] | None = None,
-             params: dict[str, str] | None = None, target: str | None = None) -> FhirResponse:
+             params: Params | None = None, target: str | None = None) -> FhirResponse:
         url = self.base_url + "/" + path.lstrip("/") if path else self.base_url + "/"
         if params:
             url += "?" + urlencode(params)
@@ -212,9 +214,9 @@ class FhirClient:
         return self.call("POST", "", what="transaction", writes=True, json_body=bundle,
                          target="patient or encounter")
 
-    def search(self, rtype: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    def search(self, rtype: str, params: Params) -> list[dict[str, Any]]:
         """The matching resources of a searchset (first page; follows `next` links for up to
-        ten pages)."""
+        ten pages). `params` is a dict, or (name, value) pairs where a name repeats."""
         resp = self.call("GET", rtype, what=f"{rtype} search", writes=False, params=params)
         found: list[dict[str, Any]] = []
         body = resp.body

@@ -43,6 +43,7 @@ from pydantic import ValidationError
 from chartbridge import __version__
 
 from .config import FhirDocRefConfig
+from .profiles import Profile
 
 CATEGORY_SYSTEM = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
 PARTICIPANT_SYSTEM = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
@@ -144,13 +145,17 @@ def note_text(command: WriteCommand, titles: Callable[[str], str] | None = None)
                        for s in sections).strip() + "\n"
 
 
-def note_html(command: WriteCommand, titles: Callable[[str], str] | None = None) -> str:
+def _html_body(command: WriteCommand, titles: Callable[[str], str] | None) -> str:
+    """Each section as an <h3> title and its lines as <p>, escaped (also well-formed XML)."""
     sections = command.draft.sections if command.draft else []
-    body = "".join(
+    return "".join(
         f"<h3>{html.escape(_title(s.code, s.title, titles))}</h3>"
         + "".join(f"<p>{html.escape(line)}</p>" for line in s.text.strip().split("\n") if line)
         for s in sections)
-    return f"<!DOCTYPE html><html><body>{body}</body></html>\n"
+
+
+def note_html(command: WriteCommand, titles: Callable[[str], str] | None = None) -> str:
+    return f"<!DOCTYPE html><html><body>{_html_body(command, titles)}</body></html>\n"
 
 
 class _Text(HTMLParser):
@@ -210,41 +215,67 @@ class Rendered:
         self.identifier, self.doc_uuid, self.prov_uuid = identifier, doc_uuid, prov_uuid
 
 
-def note_type_codings(note_type: dict[str, Any] | None, config: FhirDocRefConfig) -> list[dict]:
+def note_type_codings(note_type: dict[str, Any] | None, config: FhirDocRefConfig,
+                      profile: Profile | None = None) -> list[dict]:
     codings = [dict(note_type or DEFAULT_TYPE)]
     if config.note_type_coding is not None:
         site = config.note_type_coding.model_dump(exclude_none=True)
         site["system"] = str(site["system"])
+        if profile is not None and profile.site_type_replaces_loinc and site["system"] != LOINC:
+            return [site]           # the server takes LOINC codings or ONE proprietary one
         if site not in codings:
             codings.append(site)
     return codings
 
 
-def render(command: WriteCommand, config: FhirDocRefConfig, *, profile: str,
+def note_xhtml(command: WriteCommand, titles: Callable[[str], str] | None = None) -> str:
+    """The note as a strict XHTML 1.0 document (namespace, head with title, body)."""
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
+            '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\n'
+            '<html xmlns="http://www.w3.org/1999/xhtml" xml:lang="en" lang="en">'
+            '<head><title>Clinical note</title></head>'
+            f"<body>{_html_body(command, titles)}</body></html>\n")
+
+
+def attachment_body(command: WriteCommand, config: FhirDocRefConfig, profile: Profile,
+                    titles: Callable[[str], str] | None = None) -> tuple[str, str]:
+    """(contentType, text) of the note: the profile's forced format, else the config's."""
+    if profile.note_format == "xhtml":
+        # written exactly as Millennium documents its supported values (no space)
+        return "application/xhtml+xml;charset=utf-8", note_xhtml(command, titles)
+    if profile.note_format == "text/plain":
+        # one inline text/plain attachment: an HTML rendering is converted to text
+        text = (html_to_text(note_html(command, titles)) if config.content_type == "text/html"
+                else note_text(command, titles))
+        return "text/plain; charset=utf-8", text
+    if config.content_type == "text/html":
+        return "text/html; charset=utf-8", note_html(command, titles)
+    return "text/plain; charset=utf-8", note_text(command, titles)
+
+
+def render(command: WriteCommand, config: FhirDocRefConfig, *, profile: Profile,
            note_type: dict[str, Any] | None = None, titles: Callable[[str], str] | None = None
            ) -> Rendered:
     if command.draft is None:
         raise PermanentError("a DocumentReference write needs the draft", field="draft")
-    epic = profile == "epic"
     approved = command.approval_state == ApprovalState.APPROVED
     if approved and command.approval is None:
         raise PermanentError("an approved write needs its approval", field="approval")
+    if not approved and not profile.preliminary:
+        raise PermanentError(f"the {profile.name} profile files final documents only; a "
+                             "preliminary note cannot be written there (approve it first)",
+                             vendor_code="unsupported_kind", field="approval_state")
     patient = fhir_id(command.patient_ids, "patient")
-    encounter = fhir_id(command.encounter_ids, "encounter", required=epic)
+    encounter = fhir_id(command.encounter_ids, "encounter", required=profile.encounter_required)
     ident = write_identifier(command, config)
     key = command.idempotency_key()
     doc_uuid = f"urn:uuid:{uuid.uuid5(NAMESPACE, key + '/DocumentReference')}"
     prov_uuid = f"urn:uuid:{uuid.uuid5(NAMESPACE, key + '/Provenance')}"
 
-    if epic or config.content_type == "text/plain":
-        # Epic keeps one inline text/plain attachment: an HTML rendering is converted to text
-        text = html_to_text(note_html(command, titles)) if (
-            epic and config.content_type == "text/html") else note_text(command, titles)
-        ctype, data = "text/plain; charset=utf-8", text
-    else:
-        ctype, data = "text/html; charset=utf-8", note_html(command, titles)
+    ctype, data = attachment_body(command, config, profile, titles)
     raw = data.encode("utf-8")
-    codings = note_type_codings(note_type, config)
+    codings = note_type_codings(note_type, config, profile)
     when = command.approval.at if (approved and command.approval) else command.draft.created_at
     doc: dict[str, Any] = {
         "resourceType": "DocumentReference",
@@ -264,19 +295,28 @@ def render(command: WriteCommand, config: FhirDocRefConfig, *, profile: str,
             "creation": _instant(command.draft.created_at)}}],
     }
     author = _person(command.user)
+    if author and profile.author_reference_only and "reference" not in author:
+        author = None               # the server takes literal Practitioner references only
     if author:
-        doc["author"] = [author]
+        doc["author"] = [author][:profile.max_authors]
     if approved and command.approval is not None:
-        doc["authenticator"] = _person(command.approval.approver, command.approval.approver_name)
+        approver = _person(command.approval.approver, command.approval.approver_name)
+        if approver and not (profile.author_reference_only and "reference" not in approver):
+            doc["authenticator"] = approver
+    context: dict[str, Any] = {}
     if encounter:
-        doc["context"] = {"encounter": [{"reference": f"Encounter/{encounter}"}]}
-    if command.kind in (WriteKind.REPLACE, WriteKind.APPEND) and not epic:
+        context["encounter"] = [{"reference": f"Encounter/{encounter}"}]
+    if profile.context_period:
+        context["period"] = {"end": _instant(when)}
+    if context:
+        doc["context"] = context
+    if command.kind in (WriteKind.REPLACE, WriteKind.APPEND) and profile.relates_to:
         doc["relatesTo"] = [{"code": "replaces" if command.kind == WriteKind.REPLACE else "appends",
                              "target": {"reference": parent_reference(command)}}]
     document = dump(DocumentReference, doc)
 
     provenance = None
-    if not epic:
+    if profile.provenance:
         agents = []
         if approved and command.approval is not None:
             agents.append({"type": {"coding": [{"system": PARTICIPANT_SYSTEM, "code": "verifier"}]},

@@ -1,10 +1,13 @@
 """Fixtures of the FHIR DocumentReference contract suite.
 
 By default every test runs against the in-process FhirSimulator, once per server profile
-(us-core, epic), with the simulator's clock tied to the test's FrozenClock. With
+of the simulator (us-core, epic, oracle-health: simulator.rules.RULES), with the
+simulator's clock tied to the test's FrozenClock. A test asks what differs through
+`fhir.profile_of` (the adapter's Profile: what it sends) and `sim.rules` (the server's
+rules, written from the vendor's docs), never through the profile's name. With
 CHARTBRIDGE_CONTRACT_BASE_URL set, the suite targets that FHIR server instead, with:
 
-    CHARTBRIDGE_FHIR_PROFILE        us-core | epic (tests of the other profile skip)
+    CHARTBRIDGE_FHIR_PROFILE        us-core | epic | oracle-health (tests of the others skip)
     CHARTBRIDGE_FHIR_TOKEN_URL      (default: SMART discovery)
     CHARTBRIDGE_FHIR_CLIENT_ID
     CHARTBRIDGE_FHIR_KEY_REF        env:NAME or file:PATH of the PEM private key (by reference)
@@ -38,6 +41,8 @@ from chartbridge.core.models import (
     WriteKind,
 )
 
+from contract_tests.fhir_docref.simulator.rules import PROFILES as SIM_PROFILES
+
 LIVE_URL = os.environ.get("CHARTBRIDGE_CONTRACT_BASE_URL")
 KEY_ENV = "CHARTBRIDGE_FHIR_SIM_KEY"
 _encounters = itertools.count(800001)
@@ -58,8 +63,14 @@ class Fhir:
             pytest.skip(f"needs the simulator ({why}); CHARTBRIDGE_CONTRACT_BASE_URL is set")
         return self.sim
 
+    @property
+    def profile_of(self):
+        """The adapter's Profile row for this run (what the adapter sends)."""
+        from chartbridge.adapters.fhir_docref.profiles import profile
+        return profile(self.profile)
 
-@pytest.fixture(params=["us-core", "epic"])
+
+@pytest.fixture(params=list(SIM_PROFILES))
 def fhir(request, monkeypatch, clock):
     profile = request.param
     if LIVE_URL:

@@ -1,5 +1,7 @@
 """FHIR DocumentReference contract: the real adapter, through the WriteLedger, against the
-FHIR simulator in both server profiles (us-core, epic)."""
+FHIR simulator in every server profile (us-core, epic, oracle-health). What differs is asked
+of the adapter's Profile (`fhir.profile_of`: what it sends) and the simulator's rules
+(`sim.rules`: what the server does, from the vendor's docs) — never of the profile's name."""
 from __future__ import annotations
 
 import base64
@@ -24,6 +26,15 @@ def _creates(fhir) -> int:
     return fhir.sim.creates("DocumentReference")
 
 
+def _write_call(fhir) -> str:
+    """The simulator call a create/replace goes out as."""
+    return "transaction" if fhir.profile_of.transaction else "create"
+
+
+CONTENT_TYPE = {None: "text/plain; charset=utf-8", "text/plain": "text/plain; charset=utf-8",
+                "xhtml": "application/xhtml+xml;charset=utf-8"}
+
+
 # --------------------------------------------------------------------------- create
 def test_create_files_one_r4_document(fhir, adapter, ledger):
     sim = fhir.need_sim("inspects the stored document")
@@ -39,27 +50,31 @@ def test_create_files_one_r4_document(fhir, adapter, ledger):
     doc = docs[0]
     assert doc["status"] == "current" and doc["docStatus"] == "final"
     assert doc["context"]["encounter"] == [{"reference": f"Encounter/{fhir.encounter}"}]
-    assert doc["identifier"] == [{"system": "urn:chartbridge:write",
-                                  "value": command.idempotency_key()}]
+    if sim.rules.kept_fields is None or "identifier" in sim.rules.kept_fields:
+        assert doc["identifier"] == [{"system": "urn:chartbridge:write",
+                                      "value": command.idempotency_key()}]
     assert doc["type"]["coding"][0]["code"] == "11506-3"
     assert doc["authenticator"]["reference"] == "Practitioner/prac-1"
-    assert doc["content"][0]["attachment"]["contentType"] == "text/plain; charset=utf-8"
-    assert "Cough for three days" in _text(doc)
+    prof = fhir.profile_of
+    assert doc["content"][0]["attachment"]["contentType"] == CONTENT_TYPE[prof.note_format]
+    assert "Cough for three days" in sim.document_text(doc)
     assert sim.documents(fhir.other_patient) == []
     token = sim.token_log()[0]
-    if fhir.profile == "epic":
-        # Epic: no scope in the token request; no If-None-Exist; no Provenance
-        assert token["scope_param"] is None
-        assert all(not c.get("if_none_exist") for c in sim.calls("create"))
-        assert sim.resources("Provenance") == []
-        assert record.external_version is None          # no ETag, relative Location
-    else:
+    if prof.send_scope:
         assert "system/DocumentReference.write" in token["scope_param"]
+    else:       # Epic grants the registration's scopes: none is sent
+        assert token["scope_param"] is None
+    if not prof.conditional_create:
+        assert all(not c.get("if_none_exist") for c in sim.calls("create"))
+    if prof.provenance:
         provs = sim.resources("Provenance")
         assert len(provs) == 1 and provs[0]["target"] == [{"reference": record.external_id}]
         roles = [a["type"]["coding"][0]["code"] for a in provs[0]["agent"]]
         assert roles == ["verifier", "assembler"]
-        assert record.external_version == "1"
+    else:
+        assert sim.resources("Provenance") == []
+    # the version comes from the ETag (or a versioned Location); none without either
+    assert record.external_version == ("1" if sim.rules.etag else None)
 
 
 def test_duplicate_approvals_file_one_document(fhir, adapter, ledger):
@@ -78,13 +93,21 @@ def test_duplicate_approvals_file_one_document(fhir, adapter, ledger):
 def test_lost_response_after_201_never_files_twice(fhir, adapter, ledger):
     sim = fhir.need_sim("lose_response fault")
     # Given a server that stores the note and then loses its answer
-    call = "transaction" if fhir.profile == "us-core" else "create"
-    sim.faults.add(call=call, kind="lose_response", times=1)
+    sim.faults.add(call=_write_call(fhir), kind="lose_response", times=1)
     command = make_command(fhir)
     with pytest.raises(TransientError) as exc:
         ledger.execute(command, adapter)
     assert exc.value.maybe_delivered is True
     assert len(sim.documents(fhir.patient)) == 1
+    if not fhir.profile_of.search_by_identifier:
+        # When retried where the server keeps no identifier and its search cannot show the
+        # text (oracle-health): Then nothing is resent; a person checks the chart
+        with pytest.raises(OutcomeUnknown):
+            ledger.execute(command, adapter)
+        assert ledger.get("fhir-org", command.idempotency_key()).status == \
+            WriteStatus.NEEDS_RECONCILIATION
+        assert len(sim.documents(fhir.patient)) == 1 and _creates(fhir) == 1
+        return
     # When the write is retried
     record = ledger.execute(command, adapter)
     # Then the reconcile finds it by identifier and nothing is sent again
@@ -109,6 +132,12 @@ def test_crash_after_201_before_ledger_commit(fhir, adapter, ledger, clock):
         row.status, row.maybe_sent = WriteStatus.IN_FLIGHT, True
         row.lease_owner, row.lease_expires_at = "dead", clock.now()
     clock.advance(1)
+    if not fhir.profile_of.search_by_identifier:
+        # Then (no identifier kept, oracle-health) it is flagged for a person, not re-sent
+        with pytest.raises(OutcomeUnknown):
+            ledger.execute(command, adapter)
+        assert _creates(fhir) == 1
+        return
     record = ledger.execute(command, adapter)
     # Then it is matched, not re-sent
     assert record.status == WriteStatus.SUCCEEDED and record.outcome["reconciled"] is True
@@ -118,20 +147,19 @@ def test_crash_after_201_before_ledger_commit(fhir, adapter, ledger, clock):
 def test_5xx_not_stored_us_core_resends_epic_needs_a_person(fhir, adapter, ledger):
     sim = fhir.need_sim("5xx fault")
     # Given a 503 on the first write (nothing stored, but we cannot know that)
-    call = "transaction" if fhir.profile == "us-core" else "create"
-    sim.faults.add(call=call, status=503, times=1)
+    sim.faults.add(call=_write_call(fhir), status=503, times=1)
     command = make_command(fhir)
     with pytest.raises(TransientError) as exc:
         ledger.execute(command, adapter)
     assert exc.value.maybe_delivered is True
     # When retried
-    if fhir.profile == "us-core":
+    if fhir.profile_of.search_keeps_identifier:
         # Then us-core's identifier search proves absence: sent once more, one document
         record = ledger.execute(command, adapter)
         assert record.status == WriteStatus.SUCCEEDED and "reconciled" not in record.outcome
         assert len(sim.documents(fhir.patient)) == 1
     else:
-        # Then Epic's search is no proof of absence: flagged, never re-sent
+        # Then the server's search is no proof of absence: flagged, never re-sent
         with pytest.raises(OutcomeUnknown):
             ledger.execute(command, adapter)
         assert ledger.get("fhir-org", command.idempotency_key()).status == \
@@ -139,16 +167,23 @@ def test_5xx_not_stored_us_core_resends_epic_needs_a_person(fhir, adapter, ledge
         assert _creates(fhir) == 0
 
 
-def test_epic_reconcile_matches_by_content_when_identifier_is_dropped(fhir, adapter):
+def test_reconcile_by_content_when_the_identifier_is_dropped(fhir, adapter):
     sim = fhir.need_sim("edits the stored document")
-    if fhir.profile != "epic":
-        pytest.skip("epic-only fallback")
+    if not fhir.profile_of.reconcile_by_content:
+        pytest.skip(f"{fhir.profile}: the identifier search proves absence; no content match")
     # Given a filed note whose identifier the server did not keep
     command = make_command(fhir)
     sent = adapter.send(command)
     rid = sent.external_id.split("/")[1]
     with sim._lock:                                    # the server "dropped" our identifier
-        sim._store["DocumentReference"][rid][-1].pop("identifier")
+        sim._store["DocumentReference"][rid][-1].pop("identifier", None)
+    if sim.rules.text_by_url:
+        # When reconciled where searches give the text only behind attachment.url: Then
+        # the (valid) search finds candidates but no proof, so a person decides
+        with pytest.raises(OutcomeUnknown):
+            adapter.reconcile(command)
+        assert [c["status"] for c in sim.calls("search")] == [200]
+        return
     # When reconciled
     found = adapter.reconcile(command)
     # Then the type + date window + text hash finds it
@@ -165,10 +200,16 @@ def test_preliminary_then_final(fhir, adapter, ledger):
     # Given a preliminary note (not yet approved)
     prelim = make_command(fhir, version=1, approved=False, encounter_key="CSN-pf")
     r1 = ledger.execute(prelim, adapter)
+    if not fhir.profile_of.preliminary:
+        # (a server that files final documents only, oracle-health) Then the preliminary is
+        # refused before anything is sent, naming why
+        assert r1.status == WriteStatus.FAILED and r1.outcome["vendor_code"] == "unsupported_kind"
+        assert sim.documents(fhir.patient) == [] and sim.calls("create") == []
+        return
     doc = sim.documents(fhir.patient)[0]
     assert doc["docStatus"] == "preliminary" and "authenticator" not in doc
     # When the approved final version follows
-    if fhir.profile == "us-core":
+    if fhir.profile_of.update:
         final = make_command(fhir, version=2, kind=WriteKind.EDIT, parent=r1.external_id,
                              encounter_key="CSN-pf", extra={"parent_version": r1.external_version})
         r2 = ledger.execute(final, adapter)
@@ -202,19 +243,19 @@ def test_amendment_relates_to_parent(fhir, adapter, ledger, kind, code):
     assert r2.status == WriteStatus.SUCCEEDED and r2.external_id != r1.external_id
     new = sim.get("DocumentReference", r2.external_id.split("/")[1])
     old = sim.get("DocumentReference", r1.external_id.split("/")[1])
-    if fhir.profile == "us-core":
+    if fhir.profile_of.relates_to:
         # Then the new document points at the old one; a replaced one is superseded
         assert new["relatesTo"] == [{"code": code, "target": {"reference": r1.external_id}}]
         assert old["status"] == ("superseded" if kind == WriteKind.REPLACE else "current")
     else:
-        # Then Epic gets a plain new note (no relatesTo); the old one is left as it is
+        # Then (no relatesTo: epic, oracle-health) a plain new note; the old one stays
         assert "relatesTo" not in new and old["status"] == "current"
 
 
 def test_stale_if_match_is_a_permanent_stale_conflict(fhir, adapter, ledger):
     sim = fhir.need_sim("versioned update")
-    if fhir.profile == "epic":
-        pytest.skip("epic has no update")
+    if not fhir.profile_of.update:
+        pytest.skip(f"{fhir.profile}: the adapter files no update for this profile")
     # Given our preliminary document that someone else updated since (now version 2)
     r1 = ledger.execute(make_command(fhir, version=1, approved=False, encounter_key="CSN-st"), adapter)
     ledger.execute(make_command(fhir, version=2, approved=False, kind=WriteKind.EDIT,
@@ -234,7 +275,7 @@ def test_stale_if_match_is_a_permanent_stale_conflict(fhir, adapter, ledger):
 # --------------------------------------------------------------------------- errors
 def test_forbidden_scope_is_permanent_and_not_retried(fhir, adapter, ledger):
     sim = fhir.need_sim("403 fault")
-    call = "transaction" if fhir.profile == "us-core" else "create"
+    call = _write_call(fhir)
     sim.faults.add(call=call, kind="forbidden_scope", times=None)
     # When the write meets a 403
     record = ledger.execute(make_command(fhir), adapter)
@@ -246,7 +287,7 @@ def test_forbidden_scope_is_permanent_and_not_retried(fhir, adapter, ledger):
 
 def test_empty_403_names_the_unregistered_api(fhir, adapter, ledger):
     sim = fhir.need_sim("403 fault")
-    call = "transaction" if fhir.profile == "us-core" else "create"
+    call = _write_call(fhir)
     sim.faults.add(call=call, kind="not_registered", times=1)
     record = ledger.execute(make_command(fhir), adapter)
     assert record.status == WriteStatus.FAILED
@@ -272,7 +313,7 @@ def test_token_expiry_refreshes_once(fhir, adapter, ledger, clock):
 
 def test_429_is_transient_not_delivered_and_resent_without_reconcile(fhir, adapter, ledger):
     sim = fhir.need_sim("429 fault")
-    call = "transaction" if fhir.profile == "us-core" else "create"
+    call = _write_call(fhir)
     sim.faults.add(call=call, status=429, retry_after=3, times=1)
     command = make_command(fhir)
     with pytest.raises(TransientError) as exc:
@@ -300,7 +341,7 @@ def test_unknown_patient_is_a_clear_permanent_error(fhir, adapter, ledger):
     fhir.need_sim("seeded patients")
     record = ledger.execute(make_command(fhir, patient="nobody", encounter="nowhere"), adapter)
     assert record.status == WriteStatus.FAILED
-    assert record.outcome["status"] == (404 if fhir.profile == "epic" else 422)
+    assert record.outcome["status"] == fhir.sim.rules.unknown_reference_status
     assert any(i["code"] == "not-found" for i in record.outcome["issues"])
     assert "nobody" not in record.last_error
 
@@ -326,7 +367,9 @@ def test_payloads_parse_as_r4b_and_match_golden_samples(fhir, adapter):
         pytest.skip("golden samples are rendered for the simulator's ids")
     from fhir.resources.R4B import get_fhir_model_class
     for name, (command, parent) in _sample_cases(fhir).items():
-        if fhir.profile == "epic" and parent is not None:
+        if not fhir.profile_of.preliminary and not command.approval:
+            continue                    # refused before rendering (see the test above)
+        if not fhir.profile_of.transaction and parent is not None:
             parent = None
         payload = adapter.payload(command, parent)
         # deterministic: rendered twice, identical
@@ -385,7 +428,7 @@ def test_authlib_defaults_would_break_smart():
     assert one["exp"] - one["iat"] == 3600 and one["jti"] == two["jti"]
 
 
-def test_epic_gets_plain_text_when_the_org_wants_html(fhir, services, tmp_path):
+def test_the_profile_format_wins_over_the_org_content_type(fhir, services, tmp_path):
     fhir.need_sim("renders for the simulator")
     from chartbridge.adapters.registry import registry
     from contract_tests.fhir_docref.conftest import org_config
@@ -395,7 +438,14 @@ def test_epic_gets_plain_text_when_the_org_wants_html(fhir, services, tmp_path):
     doc = payload["entry"][0]["resource"] if payload["resourceType"] == "Bundle" else payload
     att = doc["content"][0]["attachment"]
     text = _text(doc)
-    if fhir.profile == "epic":
+    fmt = fhir.profile_of.note_format
+    if fmt == "xhtml":
+        import xml.etree.ElementTree as ET
+        assert att["contentType"] == "application/xhtml+xml;charset=utf-8"
+        root = ET.fromstring(text.encode("utf-8"))               # well-formed XHTML
+        assert root.tag == "{http://www.w3.org/1999/xhtml}html"
+        assert "&lt;3 days&gt;" in text and "<h3>" in text
+    elif fmt == "text/plain":
         assert att["contentType"] == "text/plain; charset=utf-8"
         assert "<" not in text.replace("<3 days>", "")           # markup gone, the note's own text kept
         assert "History of present illness:\nCough for three days" in text
@@ -404,6 +454,27 @@ def test_epic_gets_plain_text_when_the_org_wants_html(fhir, services, tmp_path):
         assert att["contentType"] == "text/html; charset=utf-8"
         assert "&lt;3 days&gt;" in text and "<h3>" in text
     adapter.client.http.close()
+
+
+def test_site_quirks_in_the_org_file_change_what_is_sent(fhir, services, tmp_path):
+    sim = fhir.need_sim("inspects the calls")
+    if not fhir.profile_of.conditional_create:
+        pytest.skip(f"{fhir.profile}: sends no If-None-Exist, so there is no quirk to record")
+    from chartbridge.adapters.registry import registry
+    from contract_tests.fhir_docref.conftest import org_config
+    # Given a us-core site whose server ignores If-None-Exist and takes no transaction,
+    # recorded in the org file
+    settings = {**fhir.settings, "transaction": False,
+                "quirks": {"conditional_create": False}}
+    org = org_config(tmp_path, settings)
+    adapter = registry.get("fhir_docref").factory(org, org.targets["fhir_docref"], services)
+    # When a note is sent
+    adapter.send(make_command(fhir))
+    adapter.client.http.close()
+    # Then one plain create went out, without the condition
+    creates = sim.calls("create")
+    assert len(creates) == 1 and creates[0]["if_none_exist"] is False
+    assert sim.calls("transaction") == []
 
 
 def test_a_non_fhir_answer_is_permanent():

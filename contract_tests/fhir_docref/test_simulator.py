@@ -115,7 +115,8 @@ def epic(_epic):
 
 
 def client_for(sim: FhirSimulator, scope: str | None = None) -> httpx.Client:
-    form = token_form(SIGNER.sign(claims_for(sim)), None if sim.epic else (scope or " ".join(SCOPES)))
+    ignored = sim.rules.scope_param == "ignored"
+    form = token_form(SIGNER.sign(claims_for(sim)), None if ignored else (scope or " ".join(SCOPES)))
     answer = httpx.post(sim.token_url, data=form)
     assert answer.status_code == 200, answer.text
     return httpx.Client(base_url=sim.base_url, timeout=10,

@@ -66,3 +66,17 @@ class BackgroundServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+def drop_connection(environ: Mapping[str, Any]) -> bool:
+    """Close the client's socket under a request being answered (a lost answer); False if
+    the server gives no socket."""
+    import socket
+    sock = environ.get("werkzeug.socket")
+    if sock is None:
+        return False
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    return True
