@@ -43,6 +43,10 @@ class BackgroundServer:
         return self._server.server_port
 
     @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
