@@ -18,10 +18,10 @@ from flask import Flask, Response, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
-from werkzeug.serving import make_server
 
 from contract_tests.epic_haiku import CALLBACK_PATH, EpicSimulator, synth_wav
-from contract_tests.epic_haiku.simulator import ASSERTION_TYPE, _QuietHandler
+from contract_tests.epic_haiku.simulator import ASSERTION_TYPE
+from contract_tests.support.http import BackgroundServer
 
 CLIENT_ID = "chartbridge-backend"
 EPIC_ISS = "epic-site-client-1"
@@ -49,10 +49,8 @@ class StubEngine:
                 self.events.append((event, request.get_json()))
             return Response('{"Status":"Accepted"}', 200, content_type="application/json")
 
-        self.server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.server = BackgroundServer(app, name="stub-engine")
+        self.url = self.server.start()
 
     def verify(self, auth: str, url: str) -> bool:
         scheme, _, token = auth.partition(" ")
@@ -78,8 +76,7 @@ class StubEngine:
             return [e for e, _ in self.events]
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 @pytest.fixture(scope="module")
