@@ -8,13 +8,16 @@ import httpx
 import pytest
 from werkzeug.wrappers import Request, Response
 
-from contract_tests.support.http import BackgroundServer, QuietHandler, json_response
+from contract_tests.support.http import BackgroundServer, QuietHandler, drop_connection, json_response
 
 
 @Request.application
 def _app(request: Request) -> Response:
     if request.path == "/boom":
         raise ConnectionResetError("client went away")
+    if request.path == "/drop":
+        drop_connection(request.environ)
+        raise ConnectionResetError("dropped")
     return json_response({"path": request.path}, 201, {"X-Sim": "yes"})
 
 
@@ -82,3 +85,17 @@ def test_quiet_handler_writes_no_request_lines(caplog, capfd):
 def test_quiet_handler_is_a_werkzeug_request_handler():
     from werkzeug.serving import WSGIRequestHandler
     assert issubclass(QuietHandler, WSGIRequestHandler)
+
+
+def test_drop_connection_leaves_the_client_without_an_answer():
+    server = BackgroundServer(_app)
+    base = server.start()
+    try:
+        # When the app drops the connection mid-request
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(base + "/drop", timeout=5)
+        # Then the server goes on answering other requests
+        assert httpx.get(base + "/after").status_code == 201
+    finally:
+        server.stop()
+    drop_connection({})                     # no socket (not werkzeug): nothing to do

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import socket
 import threading
 import time
 from collections import deque
@@ -14,7 +13,7 @@ from typing import Any, Callable, Iterable
 from werkzeug.wrappers import Request, Response
 
 from chartbridge.core.errors import InputError
-from contract_tests.support.http import BackgroundServer, json_response as _json
+from contract_tests.support.http import BackgroundServer, drop_connection, json_response as _json
 
 from .auth import (DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_SCOPE, TOKEN_RATE_PER_MIN,
                    AthenaAuth)
@@ -224,12 +223,7 @@ class AthenaSimulator:
                           fault.kind if fault else None, **extra)
 
     def _drop(self, request: Request) -> None:
-        sock = request.environ.get("werkzeug.socket")
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        drop_connection(request.environ)
         raise _Dropped("dropped by fault injection")
 
     def _wait(self, seconds: float) -> None:

@@ -79,7 +79,7 @@ class EpicAuth:
         self._lock, self.clock, self.alg, self.token_ttl = lock, clock, alg, int(token_ttl)
         self.key = load_epic_key(key, alg) if key is not None else generate_key(alg)
         self._wrong_key: RSAKey | ECKey | None = None
-        self._clients: dict[str, KeySet] = {}
+        self.clients: dict[str, KeySet] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -101,7 +101,7 @@ class EpicAuth:
             raise InputError("client_id must be a non-empty string", field="client_id")
         keyset = load_keyset(key, field_name="key")
         with self._lock:
-            self._clients[client_id] = keyset
+            self.clients[client_id] = keyset
 
     def expire_tokens(self) -> int:
         """Expire every access token issued so far: the next outbound call with one gets 401."""
@@ -188,7 +188,7 @@ class EpicAuth:
             raise bad("client_assertion must be signed with RS384 or ES384")
         client_id = unverified.get("iss")
         with self._lock:
-            keyset = self._clients.get(client_id) if isinstance(client_id, str) else None
+            keyset = self.clients.get(client_id) if isinstance(client_id, str) else None
         if keyset is None:
             raise bad("client_assertion iss is not a registered client")
         key: Any = keyset

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 from urllib.parse import quote
 
 import httpx
-from joserfc.jwk import ECKey, RSAKey
+from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from chartbridge.core.errors import InputError, NotFound, StateConflict
 
@@ -92,6 +92,11 @@ class EpicSite:
     @property
     def _sessions(self) -> dict[str, _Session]:
         return self._store.sessions
+
+    @property
+    def _clients(self) -> dict[str, KeySet]:
+        """Backend clients by id (tests make the site forget them)."""
+        return self._auth.clients
 
     # ----------------------------------------------------------------- URLs and keys
 
