@@ -401,6 +401,24 @@ def test_faults_are_injected_per_call_and_logged(sim: EpicSimulator, client_key:
     assert sim.call_count("DocumentationReady") == 5 and len(sim.documentation("S-fault")) == 1
 
 
+def test_an_any_call_fault_hits_outbound_calls_but_not_the_token_endpoint(
+        sim: EpicSimulator, client_key: RSAKey) -> None:
+    # Given a session ready for documentation and a fault for "*" (any outbound call), twice
+    sim.begin_session(ORG, session_id="S-any")
+    sim.record("S-any", synth_wav(1), chunk_seconds=1)
+    sim.faults.add(call="*", status=503, times=2)
+    # When a token is fetched  Then the fault leaves the token endpoint alone
+    h = bearer(sim, client_key)
+    assert sim.faults.pending()[0]["times"] == 2 and sim.faults.pending()[0]["fired"] == 0
+    # When two outbound calls follow  Then each meets it once, and the spent fault is gone
+    processed = {"SessionID": "S-any", "RecordingVersion": 1}
+    assert call(sim, "AmbientRecordingsProcessed", processed, h).status_code == 503
+    assert sim.faults.pending()[0]["times"] == 1 and sim.faults.pending()[0]["fired"] == 1
+    assert call(sim, "DocumentationReady", doc_body("S-any", 1, ["10164-2"]), h).status_code == 503
+    assert sim.faults.pending() == []
+    assert call(sim, "AmbientRecordingsProcessed", processed, h).status_code == 200
+
+
 def test_fault_after_processing_and_slow_answer(sim: EpicSimulator, client_key: RSAKey) -> None:
     # Given a session ready for documentation
     sim.begin_session(ORG, session_id="S-lost")

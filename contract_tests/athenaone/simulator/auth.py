@@ -75,36 +75,36 @@ class AthenaAuth:
         """The token endpoint's answer and the client it authenticated (None if none)."""
         if request.method != "POST":
             return json_response({"error": "invalid_request",
-                          "error_description": "the token endpoint takes POST"}, 405,
-                         {"Allow": "POST"}), None
+                                  "error_description": "the token endpoint takes POST"}, 405,
+                                 {"Allow": "POST"}), None
         auth = request.authorization
         unauthorized = {"WWW-Authenticate": 'Basic realm="athenahealth"'}
         if auth is None or auth.type != "basic" or not auth.username:
             return json_response({"error": "invalid_client",
-                          "error_description": "client authentication (HTTP Basic) is required"},
-                         401, unauthorized), None
+                                  "error_description": "client authentication (HTTP Basic) is required"},
+                                 401, unauthorized), None
         with self._lock:
             client = self.clients.get(auth.username)
             ok = client is not None and secrets.compare_digest(
                 client.secret.encode(), (auth.password or "").encode())
         if not ok:
             return json_response({"error": "invalid_client",
-                          "error_description": "the client authentication was invalid"},
-                         401, unauthorized), None
+                                  "error_description": "the client authentication was invalid"},
+                                 401, unauthorized), None
         assert client is not None
         grant = request.form.get("grant_type")
         if not grant:
             return json_response({"error": "invalid_request",
-                          "error_description": "grant_type is required"}, 400), client.client_id
+                                  "error_description": "grant_type is required"}, 400), client.client_id
         if grant != "client_credentials":
             return json_response({"error": "unsupported_grant_type",
-                          "error_description": "only client_credentials is supported"},
-                         400), client.client_id
+                                  "error_description": "only client_credentials is supported"},
+                                 400), client.client_id
         requested = (request.form.get("scope") or "").split()
         if any(s not in client.scopes for s in requested):
             return json_response({"error": "invalid_scope",
-                          "error_description": "a requested scope is not registered for this "
-                                               "client"}, 400), client.client_id
+                                  "error_description": "a requested scope is not registered for this "
+                                                       "client"}, 400), client.client_id
         with self._lock:
             now = self._now()
             window = self._windows.setdefault(client.client_id, deque())
@@ -113,11 +113,11 @@ class AthenaAuth:
             if len(window) >= rate_per_min:
                 wait = 60 - (now - window[0])
                 return json_response({"error": "rate_limit_exceeded",
-                              "error_description": "too many token requests; cache the "
-                                                   "token until it expires"},
-                             429, {**retry_after_header(max(1.0, wait)),
-                                   "X-RateLimit-Limit": str(rate_per_min),
-                                   "X-RateLimit-Remaining": "0"}), client.client_id
+                                      "error_description": "too many token requests; cache the "
+                                                           "token until it expires"},
+                                     429, {**retry_after_header(max(1.0, wait)),
+                                           "X-RateLimit-Limit": str(rate_per_min),
+                                           "X-RateLimit-Remaining": "0"}), client.client_id
             window.append(now)
             value = secrets.token_urlsafe(24)
             scope = " ".join(requested or client.scopes)
@@ -128,11 +128,10 @@ class AthenaAuth:
             self.issued += 1
             remaining = rate_per_min - len(window)
         return json_response({"access_token": value, "token_type": "Bearer",
-                      "expires_in": ttl_s, "scope": scope}, 200,
-                     {"Cache-Control": "no-store", "Pragma": "no-cache",
-                      "X-RateLimit-Limit": str(rate_per_min),
-                      "X-RateLimit-Remaining": str(remaining)}), client.client_id
-
+                              "expires_in": ttl_s, "scope": scope}, 200,
+                             {"Cache-Control": "no-store", "Pragma": "no-cache",
+                              "X-RateLimit-Limit": str(rate_per_min),
+                              "X-RateLimit-Remaining": str(remaining)}), client.client_id
 
     def authenticate(self, request: Request, practiceid: str, known_practice: bool
                      ) -> Response | None:

@@ -335,7 +335,6 @@ class AthenaSimulator:
         self._log(request, call, practiceid, response.status_code, fault, stored=stored)
         return response
 
-
     def _upload(self, request: Request, practiceid: str, patientid: str
                 ) -> tuple[Response, int | None]:
         upload = check_upload(request, self._store.practice(practiceid), patientid)

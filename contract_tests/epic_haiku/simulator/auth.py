@@ -48,12 +48,10 @@ def load_keyset(key: Any, *, field_name: str = "key") -> KeySet:
     raise InputError(f"{field_name} is not a usable JWKS, JWK or PEM public key", field=field_name)
 
 
-
 def generate_key(alg: str) -> RSAKey | ECKey:
     key = RSAKey.generate_key(2048, private=True) if alg == "RS384" else ECKey.generate_key("P-384", private=True)
     key.ensure_kid()
     return key
-
 
 
 def load_epic_key(key: Any, alg: str) -> RSAKey | ECKey:

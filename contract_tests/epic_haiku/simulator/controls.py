@@ -98,8 +98,8 @@ def add_control_routes(app: Flask, sim: EpicSimulator) -> None:
                                        "announce_chunks", "announce_available") if k in body}
         result = sim.record(sid, wav, **kwargs)
         return json_response({"recording_id": result.recording_id, "version": result.version,
-                      "new_sequences": result.new_sequences, "chunk_count": result.chunk_count,
-                      "deliveries": [deliveryjson_response(d) for d in result.deliveries]})
+                              "new_sequences": result.new_sequences, "chunk_count": result.chunk_count,
+                              "deliveries": [deliveryjson_response(d) for d in result.deliveries]})
 
     @app.post("/_sim/sessions/<sid>/announce")
     def _announce(sid: str) -> Response:
@@ -124,10 +124,10 @@ def add_control_routes(app: Flask, sim: EpicSimulator) -> None:
     def _global_state() -> Response:
         counts, sessions = sim._store.overview()
         return json_response({"engine_url": sim.engine_url, "sessions": sessions, "counts": counts,
-                      "token_requests": sim.token_requests,
-                      "calls": [{"call": c, "status": s} for c, s in sim.call_log()],
-                      "deliveries": [d.as_dict() for d in sim.deliveries],
-                      "documentation": sim.documentation(), "faults": sim.faults.pending()})
+                              "token_requests": sim.token_requests,
+                              "calls": [{"call": c, "status": s} for c, s in sim.call_log()],
+                              "deliveries": [d.as_dict() for d in sim.deliveries],
+                              "documentation": sim.documentation(), "faults": sim.faults.pending()})
 
     @app.post("/_sim/faults")
     def _add_fault() -> Response:

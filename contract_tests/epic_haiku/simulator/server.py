@@ -68,7 +68,7 @@ class EpicSimulator(EpicSite):
         @app.errorhandler(HTTPException)
         def _http_error(exc: HTTPException) -> Response:
             return json_response({"Error": exc.name.replace(" ", ""), "Detail": exc.description or exc.name},
-                         exc.code or 500)
+                                 exc.code or 500)
 
         @app.errorhandler(InputError)
         def _input_error(exc: InputError) -> Response:
@@ -89,9 +89,9 @@ class EpicSimulator(EpicSite):
         @app.get("/.well-known/smart-configuration")
         def _smart_config() -> Response:
             return json_response({"token_endpoint": self.token_url, "jwks_uri": self.jwks_url,
-                          "grant_types_supported": ["client_credentials"],
-                          "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-                          "token_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGS)})
+                                  "grant_types_supported": ["client_credentials"],
+                                  "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+                                  "token_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGS)})
 
         @app.post(TOKEN_PATH)
         def _token() -> Response:

@@ -138,7 +138,6 @@ class EpicSite:
             return self.epic_client_id[org]
         return self.epic_client_id
 
-
     # ----------------------------------------------------------------- inbound JWTs
 
     def make_inbound_token(self, url: str, org: str, mode: str = "valid") -> str:
@@ -197,7 +196,6 @@ class EpicSite:
         self._store.add_delivery(delivery)
         return delivery
 
-
     # ----------------------------------------------------------------- Epic-side actions
 
     def begin_session(self, org: str, *, session_id: str | None = None, user: Any = _DEFAULT,
@@ -238,7 +236,6 @@ class EpicSite:
 
     def new_session_id(self) -> str:
         return f"AMB-SIM-{next(self._seq):06d}"
-
 
     def record(self, session_id: str, wav: str | Path | bytes, *, recording_id: str = "R1",
                chunk_seconds: float = 30, status: str = "Stopped", duplicate: bool = False,
@@ -289,7 +286,6 @@ class EpicSite:
             self._store.mark_announced(events[-1][1] if not reorder else
                                  next(b for e, b in events if e == "RecordingAvailable"))
         return RecordResult(recording_id, version, new_seqs, count, deliveries)
-
 
     def _chunk_event(self, session_id: str, recording_id: str, seq: int) -> dict[str, Any]:
         return self._store.chunk_event(session_id, recording_id, seq)

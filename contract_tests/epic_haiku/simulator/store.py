@@ -47,7 +47,6 @@ class CallRecord:
     at: float = 0.0
 
 
-
 @dataclass
 class RecordResult:
     recording_id: str

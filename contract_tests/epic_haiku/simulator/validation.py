@@ -21,7 +21,6 @@ class _CallError(Exception):
         self.status, self.code, self.detail, self.extra = status, code, detail, extra
 
 
-
 class _OAuthError(_CallError):
     """An OAuth 2.0 error answer of the token endpoint (``error`` / ``error_description``)."""
 
@@ -55,7 +54,6 @@ def _require_pos_int(body: dict[str, Any], name: str) -> int:
     if not _is_int(value) or value < 1:
         raise _CallError(400, "InvalidBody", f"{name} is required and must be an integer >= 1", Field=name)
     return value
-
 
 
 def _ids(value: Any, name: str) -> list[dict[str, str]]:

@@ -29,12 +29,12 @@ ACKs), ``faults`` (what may be injected; queued by contract_tests.support.faults
 """
 from .acks import problem_or
 from .faults import FAULT_KINDS, Fault, FaultPlan
-from .mllp import CR, EB, SB, MLLPEchoServer, frame, server_ssl_context
+from .mllp import CR, EB, SB, MLLPEchoServer, MLLPServer, frame, server_ssl_context
 from .server import HL7MDMSimulator, serve
 from .validation import (CONTENT_EVENTS, EVENTS, PROCESSING_IDS, TABLE_0155, TABLE_0271,
                          TABLE_0273, TABLE_0357)
 
 __all__ = ["CONTENT_EVENTS", "CR", "EB", "EVENTS", "FAULT_KINDS", "Fault", "FaultPlan",
-           "HL7MDMSimulator", "MLLPEchoServer", "PROCESSING_IDS", "SB", "TABLE_0155",
+           "HL7MDMSimulator", "MLLPEchoServer", "MLLPServer", "PROCESSING_IDS", "SB", "TABLE_0155",
            "TABLE_0271", "TABLE_0273", "TABLE_0357", "frame", "problem_or", "serve",
            "server_ssl_context"]

@@ -91,7 +91,6 @@ class Acks:
                 "fault": None}
 
 
-
 def problem_or(text: Any, code: str) -> Any:
     """Pass a _Problem through; anything else becomes a generic problem for ``code``."""
     if isinstance(text, _Problem):

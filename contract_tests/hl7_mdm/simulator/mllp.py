@@ -20,7 +20,6 @@ def frame(payload: bytes) -> bytes:
     return SB + payload + EB + CR
 
 
-
 def server_ssl_context(certfile: str, keyfile: str | None = None,
                        cafile: str | None = None) -> ssl.SSLContext:
     """TLS server context from a PEM cert/key; ``cafile`` turns on client-cert checking."""
@@ -36,7 +35,7 @@ def server_ssl_context(certfile: str, keyfile: str | None = None,
     return ctx
 
 
-class _MLLPServer:
+class MLLPServer:
     """Owns the event loop thread, the listening socket and live connections."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
@@ -157,7 +156,7 @@ class _MLLPServer:
         raise NotImplementedError
 
 
-class MLLPEchoServer(_MLLPServer):
+class MLLPEchoServer(MLLPServer):
     """Frames back every payload it receives, unchanged: the lead's throughput benchmark."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **kw: Any) -> None:

@@ -26,7 +26,7 @@ from contract_tests.support.http import BackgroundServer, json_response
 
 from .acks import Acks, problem_or
 from .faults import Fault, FaultPlan
-from .mllp import MLLPEchoServer, _MLLPServer, frame, server_ssl_context
+from .mllp import MLLPEchoServer, MLLPServer, frame, server_ssl_context
 from .store import DocumentStore
 from .validation import _Header, _Problem, check_body, parse
 
@@ -40,8 +40,7 @@ class _Outgoing:
     fault: Fault | None = None
 
 
-
-class HL7MDMSimulator(_MLLPServer):
+class HL7MDMSimulator(MLLPServer):
     """HL7 v2.5.1 MDM receiver with a document store, dedupe, enhanced acks and faults.
 
     application_ack: what to do with the application ACK in enhanced mode (MSH-16):
@@ -73,7 +72,7 @@ class HL7MDMSimulator(_MLLPServer):
         self._control = (BackgroundServer(self._wsgi, host=host, port=control_port,
                                           name="hl7-sim-control") if control else None)
         self.control_url: str | None = None
-        self._acks_of = Acks(application, facility, encoding)
+        self._ack_builder = Acks(application, facility, encoding)
         self._reset_state()
 
     # state -----------------------------------------------------------------------------
@@ -210,7 +209,7 @@ class HL7MDMSimulator(_MLLPServer):
 
             if fault and fault.kind == "reject":
                 self._stats["rejected_by_fault"] += 1
-                frames, records = self._acks_of.reject_for_retry(msg, header, fault)
+                frames, records = self._ack_builder.reject_for_retry(msg, header, fault)
                 log["ack_code"] = "AR"
                 return _Outgoing(frames, records, fault)
 
@@ -290,14 +289,14 @@ class HL7MDMSimulator(_MLLPServer):
             except _Problem as p:
                 problem = p
         if msg is None:  # unparseable: an original-mode AR is all we can say
-            ack = self._acks_of.fallback(header.control_id, problem)
-            return [frame(ack.encode(self.encoding))], [self._acks_of.record(ack, "original")], \
+            ack = self._ack_builder.fallback(header.control_id, problem)
+            return [frame(ack.encode(self.encoding))], [self._ack_builder.record(ack, "original")], \
                 "AR", None, None
 
         if not header.enhanced:
             code, text, key = self._run(header, problem, facts)
-            ack = self._acks_of.build(msg, code, text if code == "AA" else problem_or(text, code))
-            return [frame(ack.encode(self.encoding))], [self._acks_of.record(ack, "original")], \
+            ack = self._ack_builder.build(msg, code, text if code == "AA" else problem_or(text, code))
+            return [frame(ack.encode(self.encoding))], [self._ack_builder.record(ack, "original")], \
                 code, None, key
 
         # enhanced mode: commit ACK after "safe storage"; application result separately
@@ -306,15 +305,15 @@ class HL7MDMSimulator(_MLLPServer):
         accept = header.accept_type or "AL"
         if accept == "AL" or (accept == "ER" and commit != "CA") or \
                 (accept == "SU" and commit == "CA"):
-            ack = self._acks_of.build(msg, commit, problem)
+            ack = self._ack_builder.build(msg, commit, problem)
             frames.append(frame(ack.encode(self.encoding)))
-            records.append(self._acks_of.record(ack, "commit"))
+            records.append(self._ack_builder.record(ack, "commit"))
         app_code = key = None
         if commit == "CA":
             app_code, text, key = self._run(header, None, facts)
-            app_ack = self._acks_of.build(msg, app_code,
+            app_ack = self._ack_builder.build(msg, app_code,
                                       text if app_code == "AA" else problem_or(text, app_code))
-            rec = self._acks_of.record(app_ack, "application")
+            rec = self._ack_builder.record(app_ack, "application")
             self._app_acks.append(rec)
             wanted = header.app_type or "NE"
             send = wanted == "AL" or (wanted == "ER" and app_code != "AA") or \
@@ -391,7 +390,7 @@ def serve(host: str = "127.0.0.1", port: int = 2575, *, control_port: int = 0,
     """Run until interrupted; prints one line with the address and how to point an org at it."""
     ctx = server_ssl_context(certfile, keyfile) if certfile else None
     if echo:
-        server: _MLLPServer = MLLPEchoServer(host, port, ssl_context=ctx)
+        server: MLLPServer = MLLPEchoServer(host, port, ssl_context=ctx)
     else:
         server = HL7MDMSimulator(host, port, ssl_context=ctx, control=True,
                                  control_port=control_port, **options)
