@@ -269,6 +269,21 @@ def test_injected_503s_then_success(http: httpx.Client, sim: AthenaSimulator) ->
     assert [c["status"] for c in sim.calls("upload")] == [503, 503, 200]
 
 
+def test_an_any_fault_until_cleared_hits_api_calls_but_not_the_token_endpoint(
+        http: httpx.Client, sim: AthenaSimulator) -> None:
+    # Given a 503 on "any" call until cleared
+    sim.faults.add(call="any", status=503, times=None)
+    # When a token is fetched  Then the token endpoint is spared
+    headers = token(http)
+    # When API calls follow  Then every one meets the fault, counted, until it is cleared
+    codes = [http.get(DOCS, headers=headers, params={"departmentid": "1"}).status_code
+             for _ in range(3)]
+    assert codes == [503, 503, 503]
+    assert [(f["times"], f["fired"]) for f in sim.faults.pending()] == [(None, 3)]
+    assert http.delete("/_sim/faults").status_code == 200
+    assert http.get(DOCS, headers=headers, params={"departmentid": "1"}).status_code == 200
+
+
 def test_lose_response_stores_then_answers_502(http: httpx.Client, sim: AthenaSimulator) -> None:
     # Given the next upload's answer will be lost after athena files it
     headers = token(http)

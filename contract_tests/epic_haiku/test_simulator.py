@@ -18,10 +18,10 @@ from flask import Flask, Response, request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
-from werkzeug.serving import make_server
 
 from contract_tests.epic_haiku import CALLBACK_PATH, EpicSimulator, synth_wav
-from contract_tests.epic_haiku.simulator import ASSERTION_TYPE, _QuietHandler
+from contract_tests.epic_haiku.simulator import ASSERTION_TYPE
+from contract_tests.support.http import BackgroundServer
 
 CLIENT_ID = "chartbridge-backend"
 EPIC_ISS = "epic-site-client-1"
@@ -49,10 +49,8 @@ class StubEngine:
                 self.events.append((event, request.get_json()))
             return Response('{"Status":"Accepted"}', 200, content_type="application/json")
 
-        self.server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.server = BackgroundServer(app, name="stub-engine")
+        self.url = self.server.start()
 
     def verify(self, auth: str, url: str) -> bool:
         scheme, _, token = auth.partition(" ")
@@ -78,8 +76,7 @@ class StubEngine:
             return [e for e, _ in self.events]
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -402,6 +399,24 @@ def test_faults_are_injected_per_call_and_logged(sim: EpicSimulator, client_key:
     assert answers[0].headers["retry-after"] == "1" and answers[2].headers["retry-after"] == "2"
     assert sim.call_log("DocumentationReady") == [("DocumentationReady", s) for s in (503, 503, 429, 403, 200)]
     assert sim.call_count("DocumentationReady") == 5 and len(sim.documentation("S-fault")) == 1
+
+
+def test_an_any_call_fault_hits_outbound_calls_but_not_the_token_endpoint(
+        sim: EpicSimulator, client_key: RSAKey) -> None:
+    # Given a session ready for documentation and a fault for "*" (any outbound call), twice
+    sim.begin_session(ORG, session_id="S-any")
+    sim.record("S-any", synth_wav(1), chunk_seconds=1)
+    sim.faults.add(call="*", status=503, times=2)
+    # When a token is fetched  Then the fault leaves the token endpoint alone
+    h = bearer(sim, client_key)
+    assert sim.faults.pending()[0]["times"] == 2 and sim.faults.pending()[0]["fired"] == 0
+    # When two outbound calls follow  Then each meets it once, and the spent fault is gone
+    processed = {"SessionID": "S-any", "RecordingVersion": 1}
+    assert call(sim, "AmbientRecordingsProcessed", processed, h).status_code == 503
+    assert sim.faults.pending()[0]["times"] == 1 and sim.faults.pending()[0]["fired"] == 1
+    assert call(sim, "DocumentationReady", doc_body("S-any", 1, ["10164-2"]), h).status_code == 503
+    assert sim.faults.pending() == []
+    assert call(sim, "AmbientRecordingsProcessed", processed, h).status_code == 200
 
 
 def test_fault_after_processing_and_slow_answer(sim: EpicSimulator, client_key: RSAKey) -> None:

@@ -1,6 +1,6 @@
 """Fixtures for the HL7 MDM contract suite.
 
-By default every test runs against the in-process MLLP simulator (simulator.py). To point
+By default every test runs against the in-process MLLP simulator (simulator/). To point
 the suite at a real interface engine's test port instead, set
     CHARTBRIDGE_CONTRACT_BASE_URL=mllp://HOST:PORT      (or mllps:// with
     CHARTBRIDGE_HL7_CA_FILE=path/to/ca.pem)

@@ -281,6 +281,17 @@ def test_fault_wrong_control_id_garbage_reset_and_reject(sim):
     assert sim.faults.pending() == []
 
 
+def test_a_fault_for_one_trigger_waits_for_that_trigger(sim, conn):
+    # Given a reject planned for T06 messages only
+    sim.faults.add("reject", event="T06")
+    # When a T02 arrives  Then it is filed as usual and the fault still waits
+    assert msa(exchange(conn, mdm("T02", "C1", "D1", availability="AV"))) == ("AA", "C1")
+    assert [(f["event"], f["times"], f["fired"]) for f in sim.faults.pending()] == [("T06", 1, 0)]
+    # When the T06 arrives  Then it meets the fault (AR, not filed) and the plan is spent
+    assert msa(exchange(conn, mdm("T06", "C2", "D2", parent="D1", availability="AV")))[0] == "AR"
+    assert sim.document("D2") is None and sim.faults.pending() == []
+
+
 def test_fault_options_are_validated():
     with pytest.raises(InputError) as err:
         HL7MDMSimulator().faults.add("explode")

@@ -61,3 +61,22 @@ class FaultQueue(Generic[F]):
     def __len__(self) -> int:
         with self._lock:
             return len(self._faults)
+
+
+class VendorFaults(Generic[F]):
+    """Base of a simulator's ``faults`` attribute. The vendor's subclass adds ``add(...)``
+    (checks what may be injected, builds its Fault, hands it to ``self._queue.add``) and
+    ``take(<request facts>)`` (its matching rule over ``self._queue.take``); listing and
+    clearing are the same for every vendor."""
+
+    def __init__(self, *, limit: int = 1000, lock: threading.RLock | None = None) -> None:
+        self._queue: FaultQueue[F] = FaultQueue(limit=limit, lock=lock)
+
+    def pending(self) -> list[dict[str, Any]]:
+        return self._queue.pending()
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+    def __len__(self) -> int:
+        return len(self._queue)

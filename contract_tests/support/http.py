@@ -3,6 +3,7 @@ to stderr, a JSON answer, and a werkzeug server run on a background thread."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,6 +28,18 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
                     headers=dict(headers or {}))
 
 
+def drop_connection(environ: Mapping[str, Any]) -> None:
+    """Shut the request's socket down in both directions (a connection lost mid-answer).
+    The WSGI app should then raise ConnectionResetError (or a subclass): werkzeug takes it
+    as a client gone and writes nothing more."""
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class BackgroundServer:
     """A threaded werkzeug server for one WSGI app on a daemon thread."""
 
@@ -41,6 +54,10 @@ class BackgroundServer:
         if self._server is None:
             raise RuntimeError("server not started")
         return self._server.server_port
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
 
     @property
     def base_url(self) -> str:
