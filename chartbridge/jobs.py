@@ -20,7 +20,7 @@ from chartbridge.bootstrap import Engine
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import (ChartbridgeError, OutcomeUnknown, PermanentError,
                                      TransientError, WriteInProgress)
-from chartbridge.core.models import (ChunkState, RecordingStatus, SessionSource, SessionStatus,
+from chartbridge.core.models import (ChunkState, RecordingStatus, SessionStatus,
                                      VersionState, WriteKind, WriteStatus)
 from chartbridge.ledger.writes import backoff_seconds
 
@@ -68,7 +68,7 @@ class Jobs:
                                              **after_stop)
         self.execute_write = dramatiq.actor(self._execute_write, actor_name="execute_write",
                                             **after_stop)
-        self.engine.enqueue = self.enqueue
+        self.engine.attach_queue(self)
 
     # -- enqueueing --------------------------------------------------------------------------
     def enqueue(self, job: str, *args, delay_s: float | None = None) -> None:
@@ -130,7 +130,7 @@ class Jobs:
 
     def _download(self, session, recording_id: str, sequence: int, content_type: str) -> bytes:
         e = self.engine
-        if session.source != SessionSource.EPIC_HAIKU:
+        if session.source != "epic_haiku":
             raise PermanentError("no audio was uploaded for this chunk")
         newest = e.store.newest_version(session.org_id, session.id, recording_id)
         chunk = e.store.get_chunk(session.org_id, session.id, recording_id, sequence)
@@ -163,14 +163,14 @@ class Jobs:
             return
         try:
             if recording.status == RecordingStatus.PAUSED:
-                if session.source == SessionSource.EPIC_HAIKU:
+                if session.source == "epic_haiku":
                     self._write(uc.notice_command(session, recording, target="epic_haiku"))
             else:
                 uc.finalize_recording(e.store, e.transcriber(org_id), org_id=org_id,
                                       session=session, recording=recording,
                                       hotwords=_hotwords(e.org(org_id)))
                 draft = self._draft_for(org_id, session, recording)
-                if session.source == SessionSource.EPIC_HAIKU:
+                if session.source == "epic_haiku":
                     self._hand_off(session, recording, draft)
             uc.version_finished(e.store, org_id=org_id, recording=recording, ok=True)
         except TransientError as exc:

@@ -312,8 +312,8 @@ def make_blueprint(engine, jobs) -> Blueprint:
 
     def trigger_writes(org: str, draft_id: str) -> list[str]:
         keys = engine.submit_approved(org, draft_id)        # prepared (pending) first
-        if engine.enqueue is not None:
-            return keys                                     # the jobs wiring enqueued them
+        if engine.queue is not None:
+            return keys                                     # enqueued on the engine's queue
         if jobs is not None:
             for key in keys:
                 jobs.enqueue("execute_write", org, key)
