@@ -22,6 +22,15 @@ def register(bp: Blueprint, ctx: Review) -> None:
     engine, pages, pending_login = ctx.engine, ctx.pages, ctx.pending_login
     path, render, signed_in, audit = ctx.path, ctx.render, ctx.signed_in, ctx.audit
 
+    def signed_in_answer(org: str, user: dict, *, method: str):
+        """The identity checked: a fresh page session (a new id, so a fixated one is never
+        promoted), the pending-login cookie gone, the sign-in audited; on to the list."""
+        resp = redirect(url_for(".drafts", org=org), code=303)
+        pages.save(org, {"phase": "signed_in", "user": user}, resp, path=path(org), new_id=True)
+        pending_login.clear(resp, path=path(org))
+        audit(org, "review.signed_in", user, method=method)
+        return resp
+
     # -- sign-in ---------------------------------------------------------------------------
     @bp.get("/orgs/<org>/review/login")
     def login(org: str):
@@ -62,11 +71,7 @@ def register(bp: Blueprint, ctx: Review) -> None:
         if role not in ROLES:
             raise InputError("choose a role from the list", field="role")
         user = {"id": user_id, "name": name or user_id, "role": role, "issuer": "dev-login"}
-        resp = redirect(url_for(".drafts", org=org), code=303)
-        pages.save(org, {"phase": "signed_in", "user": user}, resp, path=path(org), new_id=True)
-        pending_login.clear(resp, path=path(org))
-        audit(org, "review.signed_in", user, method="dev-login")
-        return resp
+        return signed_in_answer(org, user, method="dev-login")
 
     @bp.get("/orgs/<org>/review/oidc/callback")
     def oidc_callback(org: str):
@@ -78,11 +83,7 @@ def register(bp: Blueprint, ctx: Review) -> None:
                              field="state")
         user = oidc.finish(engine, provider, pending, request.args,
                            external_url_for(".oidc_callback", org=org))
-        resp = redirect(url_for(".drafts", org=org), code=303)
-        pages.save(org, {"phase": "signed_in", "user": user}, resp, path=path(org), new_id=True)
-        pending_login.clear(resp, path=path(org))
-        audit(org, "review.signed_in", user, method="oidc")
-        return resp
+        return signed_in_answer(org, user, method="oidc")
 
     @bp.post("/orgs/<org>/review/logout")
     def logout(org: str):
