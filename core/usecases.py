@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from .errors import NotFound, RuleViolation, StateConflict
 from .models import (Approval, ApprovalState, CareContext, Chunk, ConsentScope, Decision,
                      Identifier, NoteDraft, NoteSection, NoteType, Protection, Provenance,
-                     Recording, RecordingStatus, Session, SessionSource, SessionStatus,
+                     Recording, RecordingStatus, Session, SessionStatus,
                      TranscriptSegment, VersionState, WriteCommand, WriteKind)
 from .ports import (Clock, DraftStore, JobQueue, NoteGenerator, RecordingStore,
                     SafeguardStore, SessionStore, Store, Transcriber, WriteRecorder)
