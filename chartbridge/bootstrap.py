@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 
 from chartbridge.adapters.registry import registry
+from chartbridge.core import usecases as uc
 from chartbridge.core.clock import SystemClock
 from chartbridge.core.errors import ConfigError, NotFound
-from chartbridge.core.ports import Clock, NoteGenerator, Transcriber
+from chartbridge.core.ports import Clock, JobQueue, NoteGenerator, Store, Transcriber
 from chartbridge.ledger.db import Database
 from chartbridge.ledger.migrate import upgrade
 from chartbridge.ledger.store import SqlStore
@@ -39,13 +40,13 @@ class Services:
 class Engine:
     db: Database
     clock: Clock
-    store: SqlStore
+    store: Store
     ledger: WriteLedger
     services: Services
     config_dir: Path
     transcriber_factory: Callable[[Any], Transcriber] | None = None
     generator_factory: Callable[[Any], NoteGenerator] | None = None
-    enqueue: Callable[..., None] | None = None      # set by the worker wiring (jobs.py)
+    queue: JobQueue | None = None                   # attach_queue(); the worker's Jobs
     _adapters: dict = field(default_factory=dict)
     _configs: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -88,34 +89,32 @@ class Engine:
                 self._adapters[cache_key] = found
             return found
 
-    # -- writes after approval ----------------------------------------------------------------
-    def submit_approved(self, org_id: str, draft_id: str) -> list[str]:
-        """Turn an approved (or, by policy, staged) draft into one ledger write per target
-        that needs approval, recorded as pending before any is enqueued. Returns the keys.
-        Calling it again for the same draft (a double-click, a retried request, many
-        threads) returns the same keys and records nothing new: each write's identity, kind
-        and parent were decided when it was first recorded."""
-        from chartbridge.core import usecases as uc
-        from chartbridge.core.models import ConsentScope
+    # -- the job queue port ------------------------------------------------------------------
+    def attach_queue(self, queue: JobQueue) -> None:
+        """Name the queue use cases hand work to (the worker wiring, chartbridge.jobs.Jobs,
+        attaches itself when built on this engine). Without one, callers run or enqueue the
+        work themselves."""
+        if not isinstance(queue, JobQueue):
+            raise TypeError("attach_queue needs a JobQueue (an object with enqueue(job, *args))")
+        self.queue = queue
 
-        draft, _state = self.store.get_draft(org_id, draft_id)
-        session = self.store.get_session(org_id, draft.session_id)
+    # -- writes after approval ----------------------------------------------------------------
+    def approval_targets(self, org_id: str) -> list[tuple[str, str]]:
+        """(target, resource kind) of the org's targets whose adapter needs an approval."""
+        return [(name, registry.get(name).resource_kind) for name in self.org(org_id).targets
+                if registry.get(name).needs_approval]
+
+    def submit_approved(self, org_id: str, draft_id: str) -> list[str]:
+        """core.usecases.submit_approved with this engine's ports and the org's policy:
+        one pending ledger write per target that needs approval, then enqueued (when a
+        queue is attached). Returns the keys; calling it again returns the same keys."""
         org = self.org(org_id)
-        targets = [(name, registry.get(name).resource_kind) for name in org.targets
-                   if registry.get(name).needs_approval]
-        policy = org.policy
-        commands = uc.approved_write_commands(
-            session, draft, self.store.approval(org_id, draft_id), targets=targets,
-            stage_preliminary=str(policy.approval) == "stage_preliminary",
-            protected=list(self.store.protected(org_id, session.id)),
-            write_back_consent=self.store.consents(org_id, session.id).get(ConsentScope.WRITE_BACK),
-            consent_required=str(policy.consent.write_back) == "required",
+        targets = self.approval_targets(org_id)
+        return uc.submit_approved(
+            self.store, self.ledger, self.queue, org_id=org_id, draft_id=draft_id,
+            targets=targets, stage_preliminary=str(org.policy.approval) == "stage_preliminary",
+            consent_required=str(org.policy.consent.write_back) == "required",
             correction={t: str(org.correction_for(t)) for t, _ in targets})
-        keys = [self.ledger.prepare(c) for c in commands]
-        if self.enqueue is not None:
-            for key in keys:
-                self.enqueue("execute_write", org_id, key)
-        return keys
 
     # -- processing ports ------------------------------------------------------------------
     def transcriber(self, org_id: str) -> Transcriber:

@@ -20,7 +20,8 @@ from chartbridge.bootstrap import Engine
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import (ChartbridgeError, OutcomeUnknown, PermanentError,
                                      TransientError, WriteInProgress)
-from chartbridge.core.models import (ChunkState, RecordingStatus, SessionSource, SessionStatus,
+from chartbridge.core.models import (ChunkState, RecordingStatus, SessionSource,
+                                     SessionStatus,
                                      VersionState, WriteKind, WriteStatus)
 from chartbridge.ledger.writes import backoff_seconds
 
@@ -76,7 +77,7 @@ class Jobs:
                                              **after_stop)
         self.execute_write = dramatiq.actor(self._execute_write, actor_name="execute_write",
                                             **after_stop)
-        self.engine.enqueue = self.enqueue
+        self.engine.attach_queue(self)
 
     # -- enqueueing --------------------------------------------------------------------------
     def enqueue(self, job: str, *args, delay_s: float | None = None) -> None:
@@ -138,11 +139,11 @@ class Jobs:
 
     def _download(self, session, recording_id: str, sequence: int, content_type: str) -> bytes:
         e = self.engine
-        if session.source != SessionSource.EPIC_HAIKU:
+        if session.source == SessionSource.API:
             raise PermanentError("no audio was uploaded for this chunk")
         newest = e.store.newest_version(session.org_id, session.id, recording_id)
         chunk = e.store.get_chunk(session.org_id, session.id, recording_id, sequence)
-        adapter = e.adapter(session.org_id, _handoff_target())
+        adapter = e.adapter(session.org_id, session.source)   # the inbound plugin that opened it
         audio, got_type = adapter.fetch_chunk(session.external_id, recording_id,
                                               max(newest or 0, chunk.version), sequence,
                                               callback_url=session.callback_url,
@@ -171,14 +172,14 @@ class Jobs:
             return
         try:
             if recording.status == RecordingStatus.PAUSED:
-                if session.source == SessionSource.EPIC_HAIKU:
+                if session.source == _handoff_target():
                     self._write(uc.notice_command(session, recording, target=_handoff_target()))
             else:
                 uc.finalize_recording(e.store, e.transcriber(org_id), org_id=org_id,
                                       session=session, recording=recording,
                                       hotwords=_hotwords(e.org(org_id)))
                 draft = self._draft_for(org_id, session, recording)
-                if session.source == SessionSource.EPIC_HAIKU:
+                if session.source == _handoff_target():
                     self._hand_off(session, recording, draft)
             uc.version_finished(e.store, org_id=org_id, recording=recording, ok=True)
         except TransientError as exc:

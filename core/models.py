@@ -57,9 +57,17 @@ class NoteType(Model):
     name: str | None = None
 
 
-class SessionSource(StrEnum):
-    EPIC_HAIKU = "epic_haiku"
-    API = "api"
+# Who opened a session: "api" (the capture API, the demo, scripts) or the name of the inbound
+# plugin whose endpoint opened it (its adapter registry name). A plain validated string, so
+# the core names no vendor and the rows stored before keep their value (the `source`
+# columns are String(32)).
+SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class SessionSource:
+    """The one source the core itself knows; inbound plugins use their own name."""
+
+    API: ClassVar[str] = "api"
 
 
 class SessionStatus(StrEnum):
@@ -100,7 +108,7 @@ class Protection(Model):
 class Session(Model):
     id: str                                   # engine id (uuid hex)
     org_id: NonEmpty
-    source: SessionSource
+    source: SourceName                        # SessionSource.API or a plugin name
     external_id: NonEmpty                     # the vendor's session id (Epic SessionID)
     user: Identifier
     patient_ids: list[Identifier] = Field(min_length=1)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from .models import NoteSection, NoteType, TranscriptSegment, WriteCommand, WriteOutcome
+from .models import (Approval, Chunk, Consent, ConsentScope, NoteDraft, NoteSection, NoteType,
+                     Protection, Recording, Session, SessionStatus, TranscriptSegment,
+                     VersionState, WriteCommand, WriteOutcome)
 
 
 class Clock(Protocol):
@@ -100,3 +102,154 @@ class ReplayGuard(Protocol):
 
     def first_use(self, org_id: str, jti: str, expires_at: datetime) -> bool:
         """True the first time (and records it), False for a replay. Atomic across workers."""
+
+
+# -- the canonical state store, one Protocol per aggregate ---------------------------------
+# ledger.store.SqlStore implements all of them (tests/core/test_store_port.py checks every
+# signature); use cases take the narrowest one they need or the whole `Store`. Every method
+# is one transaction and is scoped to an org; the `event`/`key` pairs are the inbox: the
+# same inbound delivery recorded twice is recorded once.
+
+@runtime_checkable
+class SessionStore(Protocol):
+    def open_session(self, session: Session, *, begin_hash: str, event: str,
+                     key: str) -> tuple[Session, bool]:
+        """(the stored session, whether it is new). The same begin again returns the stored
+        session; another context under the same external id is a StateConflict."""
+
+    def get_session(self, org_id: str, session_id: str) -> Session: ...
+
+    def find_session(self, org_id: str, source: str, external_id: str) -> Session | None: ...
+
+    def list_sessions(self, org_id: str, *, limit: int = 100) -> list[Session]: ...
+
+    def close_session(self, org_id: str, session_id: str, status: SessionStatus, *,
+                      event: str, key: str, actor: str) -> bool:
+        """False for a duplicate delivery or an already-closed session."""
+
+    def record_event(self, org_id: str, session: Session, *, event: str, key: str) -> bool:
+        """Inbox only: True the first time this delivery is seen."""
+
+
+@runtime_checkable
+class RecordingStore(Protocol):
+    def announce_chunk(self, chunk: Chunk, *, org_id: str, event: str, key: str) -> bool:
+        """True when the chunk is new (and so needs processing)."""
+
+    def store_audio(self, org_id: str, session_id: str, recording_id: str, sequence: int,
+                    audio: bytes, content_type: str) -> None: ...
+
+    def get_audio(self, org_id: str, session_id: str, recording_id: str,
+                  sequence: int) -> bytes | None: ...
+
+    def announce_version(self, recording: Recording, *, org_id: str, event: str,
+                         key: str) -> tuple[Recording, bool]: ...
+
+    def newest_version(self, org_id: str, session_id: str, recording_id: str) -> int | None: ...
+
+    def get_chunk(self, org_id: str, session_id: str, recording_id: str,
+                  sequence: int) -> Chunk: ...
+
+    def chunks(self, org_id: str, session_id: str) -> list[Chunk]: ...
+
+    def recordings(self, org_id: str, session_id: str) -> list[Recording]: ...
+
+    def chunk_attempt(self, org_id: str, session_id: str, recording_id: str,
+                      sequence: int) -> int: ...
+
+    def chunk_transcribed(self, org_id: str, session_id: str, recording_id: str, sequence: int,
+                          segments: list[TranscriptSegment], *, offset_ms: int | None,
+                          final: bool = False, replace: bool = False,
+                          lead_in: bool = True) -> bool: ...
+
+    def chunk_failed(self, org_id: str, session_id: str, recording_id: str, sequence: int,
+                     reason: str) -> None: ...
+
+    def is_last_of_stopped(self, org_id: str, session_id: str, recording_id: str,
+                           sequence: int) -> bool: ...
+
+    def chunk_offset(self, org_id: str, session_id: str, recording_id: str,
+                     sequence: int) -> int | None: ...
+
+    def claim_ready_version(self, org_id: str, session_id: str,
+                            recording_id: str) -> Recording | None:
+        """The newest version if it is complete and unclaimed: claimed exactly once."""
+
+    def finish_version(self, org_id: str, session_id: str, recording_id: str, version: int,
+                       *, state: VersionState, error: str | None = None) -> None: ...
+
+    def segments(self, org_id: str, session_id: str, recording_id: str | None = None,
+                 *, up_to_chunk: int | None = None) -> list[TranscriptSegment]: ...
+
+    def pending_chunks(self, *, older_than: datetime,
+                       limit: int = 200) -> list[tuple[str, str, str, int]]: ...
+
+    def stuck_versions(self, *, older_than: datetime,
+                       limit: int = 100) -> list[tuple[str, str, str, int]]: ...
+
+    def waiting_versions(self, *, older_than: datetime,
+                         limit: int = 100) -> list[tuple[str, str, str]]: ...
+
+    def touch_chunk(self, org_id: str, session_id: str, recording_id: str,
+                    sequence: int) -> None: ...
+
+
+@runtime_checkable
+class DraftStore(Protocol):
+    def save_draft(self, org_id: str, draft: NoteDraft) -> NoteDraft:
+        """Stored as the session's next version (the version is assigned here)."""
+
+    def get_draft(self, org_id: str, draft_id: str) -> tuple[NoteDraft, str]:
+        """(the draft, its state: draft, superseded, approved or rejected)."""
+
+    def drafts(self, org_id: str, *, session_id: str | None = None,
+               state: str | None = None) -> list[tuple[NoteDraft, str]]: ...
+
+    def decide(self, org_id: str, approval: Approval) -> None:
+        """StateConflict unless the draft is open and still has the approved content."""
+
+    def approval(self, org_id: str, draft_id: str) -> Approval | None: ...
+
+
+@runtime_checkable
+class SafeguardStore(Protocol):
+    def protect(self, org_id: str, session_id: str, protections: list[Protection], *,
+                event: str, key: str) -> list[str]:
+        """The sections newly protected (never sent again this session)."""
+
+    def protected(self, org_id: str, session_id: str) -> dict[str, Protection]: ...
+
+    def set_consent(self, org_id: str, consent: Consent) -> None: ...
+
+    def consents(self, org_id: str, session_id: str) -> dict[ConsentScope, bool]: ...
+
+
+@runtime_checkable
+class AuditLog(Protocol):
+    def audit_trail(self, org_id: str, session_id: str | None = None) -> list[Any]: ...
+
+    def record_audit(self, org_id: str, action: str, *, session: Session | None = None,
+                     actor: str = "system", outcome: str = "success", **detail) -> None: ...
+
+
+@runtime_checkable
+class Store(SessionStore, RecordingStore, DraftStore, SafeguardStore, AuditLog, Protocol):
+    """The whole canonical state store."""
+
+
+# -- writes and work -------------------------------------------------------------------------
+
+@runtime_checkable
+class WriteRecorder(Protocol):
+    """The write ledger's front door (ledger.writes.WriteLedger)."""
+
+    def prepare(self, command: WriteCommand) -> str:
+        """Record the write as pending, durably, before anything is enqueued; return its
+        key. The same command again returns the same key and records nothing new."""
+
+
+@runtime_checkable
+class JobQueue(Protocol):
+    """Where use cases hand work on, by name and ids (chartbridge.jobs.Jobs)."""
+
+    def enqueue(self, job: str, *args: Any, delay_s: float | None = None) -> None: ...

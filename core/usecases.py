@@ -1,22 +1,24 @@
 """The use cases: plain functions over the ports, callable from Python and tests without
 Flask or a broker. The web endpoints, the worker actors and the demo all go through these.
 
-`store` is the canonical state store (ledger.store.SqlStore implements it); the ports are
-in core/ports.py. Nothing here knows a vendor.
+`store` is the canonical state store, typed by the narrowest port each function needs
+(core/ports.py: SessionStore, RecordingStore, DraftStore, SafeguardStore, or the whole
+Store; ledger.store.SqlStore implements them all). Nothing here knows a vendor.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .errors import NotFound, RuleViolation, StateConflict
 from .models import (Approval, ApprovalState, CareContext, Chunk, ConsentScope, Decision,
                      Identifier, NoteDraft, NoteSection, NoteType, Protection, Provenance,
-                     Recording, RecordingStatus, Session, SessionSource, SessionStatus,
+                     Recording, RecordingStatus, Session, SessionStatus,
                      TranscriptSegment, VersionState, WriteCommand, WriteKind)
-from .ports import Clock, NoteGenerator, Transcriber
+from .ports import (Clock, DraftStore, JobQueue, NoteGenerator, RecordingStore,
+                    SafeguardStore, SessionStore, Store, Transcriber, WriteRecorder)
 from .trace import check_sections
 from .rules import (check_consent, check_no_protected, check_section_codes, correction_kind,
                     sendable_sections, write_approval_state)
@@ -28,8 +30,8 @@ def _event_key(event: str, body: dict | None) -> str:
 
 
 # -- sessions ------------------------------------------------------------------------------
-def open_session(store, clock: Clock, *, org_id: str, source: SessionSource, external_id: str,
-                 user: Identifier, patient_ids: list[Identifier],
+def open_session(store: SessionStore, clock: Clock, *, org_id: str, source: str,
+                 external_id: str, user: Identifier, patient_ids: list[Identifier],
                  encounter_ids: list[Identifier], allowed_sections: Sequence[str],
                  callback_url: str | None = None, care_context: CareContext | None = None,
                  note_type: NoteType | None = None, event: str = "open",
@@ -50,7 +52,7 @@ def open_session(store, clock: Clock, *, org_id: str, source: SessionSource, ext
                               key=_event_key(event, event_body or context))
 
 
-def complete_session(store, *, org_id: str, session: Session, signed: bool,
+def complete_session(store: SessionStore, *, org_id: str, session: Session, signed: bool,
                      event: str = "complete", event_body: dict | None = None,
                      actor: str = "system") -> bool:
     status = SessionStatus.SIGNED if signed else SessionStatus.CANCELLED
@@ -58,8 +60,9 @@ def complete_session(store, *, org_id: str, session: Session, signed: bool,
                                key=_event_key(event, event_body), actor=actor)
 
 
-def protect_sections(store, *, org_id: str, session: Session, protections: list[Protection],
-                     event: str = "protect", event_body: dict | None = None) -> list[str]:
+def protect_sections(store: SafeguardStore, *, org_id: str, session: Session,
+                     protections: list[Protection], event: str = "protect",
+                     event_body: dict | None = None) -> list[str]:
     """A clinician edited these sections: never send them again this session."""
     return store.protect(org_id, session.id, protections, event=event,
                          key=_event_key(event, event_body or
@@ -67,9 +70,10 @@ def protect_sections(store, *, org_id: str, session: Session, protections: list[
 
 
 # -- audio -------------------------------------------------------------------------------
-def announce_chunk(store, *, org_id: str, session: Session, recording_id: str, sequence: int,
-                   version: int, content_type: str = "audio/wav", duration_ms: int | None = None,
-                   event: str = "chunk", event_body: dict | None = None) -> bool:
+def announce_chunk(store: RecordingStore, *, org_id: str, session: Session, recording_id: str,
+                   sequence: int, version: int, content_type: str = "audio/wav",
+                   duration_ms: int | None = None, event: str = "chunk",
+                   event_body: dict | None = None) -> bool:
     """True when the chunk is new and needs processing (enqueue it after this returns)."""
     chunk = Chunk(session_id=session.id, recording_id=recording_id, sequence=sequence,
                   version=version, content_type=content_type, duration_ms=duration_ms)
@@ -77,8 +81,8 @@ def announce_chunk(store, *, org_id: str, session: Session, recording_id: str, s
     return store.announce_chunk(chunk, org_id=org_id, event=event, key=_event_key(event, body))
 
 
-def announce_version(store, clock: Clock, *, org_id: str, session: Session, recording_id: str,
-                     version: int, chunk_count: int, status: RecordingStatus,
+def announce_version(store: RecordingStore, clock: Clock, *, org_id: str, session: Session,
+                     recording_id: str, version: int, chunk_count: int, status: RecordingStatus,
                      event: str = "version", event_body: dict | None = None
                      ) -> tuple[Recording, bool]:
     rec = Recording(session_id=session.id, recording_id=recording_id, version=version,
@@ -87,7 +91,7 @@ def announce_version(store, clock: Clock, *, org_id: str, session: Session, reco
     return store.announce_version(rec, org_id=org_id, event=event, key=_event_key(event, body))
 
 
-def recording_available(store, clock: Clock, *, org_id: str, session: Session,
+def recording_available(store: RecordingStore, clock: Clock, *, org_id: str, session: Session,
                         recording_id: str, version: int, chunk_count: int,
                         status: RecordingStatus, event: str = "version",
                         event_body: dict | None = None) -> Recording | None:
@@ -102,7 +106,7 @@ def recording_available(store, clock: Clock, *, org_id: str, session: Session,
     return store.claim_ready_version(org_id, session.id, recording_id)
 
 
-def transcribe_chunk(store, transcriber: Transcriber, *, org_id: str, session: Session,
+def transcribe_chunk(store: Store, transcriber: Transcriber, *, org_id: str, session: Session,
                      recording_id: str, sequence: int, audio: bytes,
                      hotwords: Sequence[str] = (), consent_required: bool = False
                      ) -> Recording | None:
@@ -127,7 +131,7 @@ def transcribe_chunk(store, transcriber: Transcriber, *, org_id: str, session: S
     return store.claim_ready_version(org_id, session.id, recording_id)
 
 
-def _lead_in(store, org_id: str, session: Session, recording_id: str,
+def _lead_in(store: RecordingStore, org_id: str, session: Session, recording_id: str,
              sequence: int) -> tuple[bytes | None, bool]:
     """(the audio to hear before this chunk, whether the boundary is whole). The first
     chunk and a chunk after a final one (which kept its own tail) need none; a predecessor
@@ -144,7 +148,7 @@ def _lead_in(store, org_id: str, session: Session, recording_id: str,
     return audio, audio is not None
 
 
-def _transcribe(store, transcriber: Transcriber, *, org_id: str, session: Session,
+def _transcribe(store: RecordingStore, transcriber: Transcriber, *, org_id: str, session: Session,
                 recording_id: str, sequence: int, audio: bytes, offset: int,
                 hotwords: Sequence[str], final: bool) -> tuple[list[TranscriptSegment], bool]:
     lead_in, whole = _lead_in(store, org_id, session, recording_id, sequence)
@@ -157,8 +161,8 @@ def _transcribe(store, transcriber: Transcriber, *, org_id: str, session: Sessio
             for i, s in enumerate(spoken)], whole
 
 
-def finalize_recording(store, transcriber: Transcriber, *, org_id: str, session: Session,
-                       recording: Recording, hotwords: Sequence[str] = ()) -> int:
+def finalize_recording(store: RecordingStore, transcriber: Transcriber, *, org_id: str,
+                       session: Session, recording: Recording, hotwords: Sequence[str] = ()) -> int:
     """The final pass over a complete, stopped version, so its transcript is the one an
     in-order delivery would have given, whatever order chunks arrived, downloaded and were
     transcribed in: a chunk heard without its lead-in, or at a guessed offset, is heard
@@ -191,7 +195,7 @@ def finalize_recording(store, transcriber: Transcriber, *, org_id: str, session:
 
 
 # -- drafting ------------------------------------------------------------------------------
-def draft_note(store, clock: Clock, generator: NoteGenerator, transcriber: Transcriber, *,
+def draft_note(store: Store, clock: Clock, generator: NoteGenerator, transcriber: Transcriber, *,
                org_id: str, session: Session, recording: Recording | None,
                settings: dict | None = None) -> NoteDraft:
     """Draft from the transcript of `recording` (all chunks 1..N of that version), leaving
@@ -223,7 +227,7 @@ def draft_note(store, clock: Clock, generator: NoteGenerator, transcriber: Trans
     return store.save_draft(org_id, draft)
 
 
-def edit_draft(store, clock: Clock, *, org_id: str, draft_id: str, section_code: str,
+def edit_draft(store: DraftStore, clock: Clock, *, org_id: str, draft_id: str, section_code: str,
                text: str, editor: str) -> NoteDraft:
     """A clinician's edit in the review page: a new draft version; approvals bind to it.
     Only the session's newest version can be edited; editing an approved one starts a
@@ -243,7 +247,7 @@ def edit_draft(store, clock: Clock, *, org_id: str, draft_id: str, section_code:
     return store.save_draft(org_id, new)
 
 
-def decide(store, clock: Clock, *, org_id: str, draft_id: str, content_hash: str,
+def decide(store: DraftStore, clock: Clock, *, org_id: str, draft_id: str, content_hash: str,
            approver: Identifier, role: str, decision: Decision,
            approver_name: str | None = None, reason: str | None = None) -> Approval:
     """Approve or reject the exact draft content the clinician saw (`content_hash`)."""
@@ -313,6 +317,35 @@ def approved_write_commands(session: Session, draft: NoteDraft, approval: Approv
     return commands
 
 
+def submit_approved(store: Store, ledger: WriteRecorder, queue: JobQueue | None, *,
+                    org_id: str, draft_id: str, targets: Sequence[tuple[str, str]],
+                    stage_preliminary: bool, consent_required: bool,
+                    correction: str | Mapping[str, str] = "append") -> list[str]:
+    """Turn an approved (or, by policy, staged) draft into one ledger write per target that
+    needs approval, each recorded as pending (`ledger.prepare`) before any is enqueued on
+    `queue` (None: the caller runs or enqueues them). Returns the write keys. `targets` are
+    (target name, resource kind) of the org's targets that need an approval — the caller
+    asks its adapter registry; `correction` is the org's policy per target.
+
+    Calling it again for the same draft (a double-click, a retried request, many threads)
+    returns the same keys and records nothing new: each write's identity, kind and parent
+    were decided when it was first recorded."""
+    draft, _state = store.get_draft(org_id, draft_id)
+    session = store.get_session(org_id, draft.session_id)
+    commands = approved_write_commands(
+        session, draft, store.approval(org_id, draft_id), targets=targets,
+        stage_preliminary=stage_preliminary,
+        protected=list(store.protected(org_id, session.id)),
+        write_back_consent=store.consents(org_id, session.id).get(ConsentScope.WRITE_BACK),
+        consent_required=consent_required,
+        correction=correction if isinstance(correction, str) else dict(correction))
+    keys = [ledger.prepare(c) for c in commands]
+    if queue is not None:
+        for key in keys:
+            queue.enqueue("execute_write", org_id, key)
+    return keys
+
+
 def handoff_command(session: Session, draft: NoteDraft, recording: Recording, *,
                     target: str, protected: Sequence[str]) -> WriteCommand:
     """Sections handed back to an EHR that reviews them itself (Epic's DocumentationReady):
@@ -344,7 +377,7 @@ def notice_command(session: Session, recording: Recording, *, target: str) -> Wr
                                "callback_url": session.callback_url})
 
 
-def version_finished(store, *, org_id: str, recording: Recording, ok: bool,
+def version_finished(store: RecordingStore, *, org_id: str, recording: Recording, ok: bool,
                      error: str | None = None) -> None:
     store.finish_version(org_id, recording.session_id, recording.recording_id,
                          recording.version,

@@ -16,7 +16,7 @@ from flask import Blueprint, jsonify, request
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import NotFound, TooLarge
 from chartbridge.httperrors import public_url, register_error_shape
-from chartbridge.core.models import ChunkState, RecordingStatus, SessionSource
+from chartbridge.core.models import ChunkState, RecordingStatus
 
 from . import schemas
 
@@ -31,7 +31,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
             jobs.enqueue(job, *args)
 
     def session_of(org: str, external_id: str):
-        session = engine.store.find_session(org, SessionSource.EPIC_HAIKU, external_id)
+        session = engine.store.find_session(org, schemas.SOURCE, external_id)
         if session is None:
             raise NotFound("no session with this SessionID was begun")
         return session

@@ -29,10 +29,12 @@ from flask import (Blueprint, jsonify, make_response, redirect, render_template,
                    url_for)
 
 from chartbridge.core.errors import ChartbridgeError, InputError, NotFound
-from chartbridge.core.models import (SECTION_CODES, ChunkState, RecordingStatus, SessionSource,
-                                     VersionState, WriteStatus, find_identifier)
+from chartbridge.core.models import (SECTION_CODES, ChunkState, RecordingStatus, VersionState,
+                                     WriteStatus, find_identifier)
 from chartbridge.httperrors import external_url_for, register_error_shape
 from chartbridge.review.websession import PageSessions, SealedCookie, security_headers
+
+from .schemas import SOURCE
 
 log = logging.getLogger("chartbridge.epic.page")
 
@@ -145,7 +147,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
             if not code:
                 raise InputError("the sign-in answer has no authorization code", field="code")
             token = _exchange(engine, epic, org, pending, code)
-            session = engine.store.find_session(org, SessionSource.EPIC_HAIKU,
+            session = engine.store.find_session(org, SOURCE,
                                                 pending["external_session"])
             if session is None:
                 return refuse(org, "This ambient session is not known to the engine yet. "

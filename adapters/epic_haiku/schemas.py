@@ -24,9 +24,12 @@ from pydantic import (AfterValidator, AwareDatetime, BaseModel, ConfigDict, Fiel
 from chartbridge.core import bounds
 from chartbridge.core.errors import InputError, TooLarge
 from chartbridge.core.models import CareContext as CanonicalCareContext
-from chartbridge.core.models import Identifier, Protection, SessionSource
+from chartbridge.core.models import Identifier, Protection
 from chartbridge.core.models import NoteType as CanonicalNoteType
 
+
+# Sessions this plugin opens carry its registry name as their source.
+SOURCE = "epic_haiku"
 
 
 def _not_blank(value: str) -> str:
@@ -310,7 +313,7 @@ def to_canonical_begin(body: AmbientSessionBegin | dict[str, Any], org_id: str,
     note = body.NoteType
     return {
         "org_id": org_id,
-        "source": SessionSource.EPIC_HAIKU,
+        "source": SOURCE,
         "external_id": body.SessionID,
         "user": _identifier(body.UserID),
         "patient_ids": [_identifier(i) for i in body.PatientIDs],

@@ -97,7 +97,7 @@ def epic_request(draw, known: list[str]):
     if kind == "mutated":
         body = template(event if event in EVENTS else "AmbientSessionBegin", sid)
         for _ in range(draw(st.integers(0, 3))):
-            key = draw(st.one_of(st.sampled_from(sorted(body)), nasty_text))
+            key = draw(st.one_of(st.sampled_from(sorted(body)), nasty_text) if body else nasty_text)
             if draw(st.booleans()) and key in body:
                 del body[key]
             else:

@@ -172,3 +172,20 @@ def test_a_config_problem_fails_the_version_with_its_reason(pipeline):
     wait_until(lambda: engine.store.recordings("test-org", s.id)[0].state == VersionState.FAILED)
     # the reason is kept on the version for the CLI and the pages
     assert engine.store.recordings("test-org", s.id)[0].error == "secret env:X: environment variable is not set"
+
+
+def test_jobs_is_the_queue_port_the_engine_is_given_not_a_function_assigned_onto_it(tmp_path):
+    from dramatiq.brokers.stub import StubBroker
+
+    from chartbridge.core.ports import JobQueue
+
+    # Given an engine built without a worker
+    engine = bootstrap(database_url=f"sqlite:///{tmp_path / 'q.db'}", config_dir=tmp_path)
+    assert engine.queue is None and not hasattr(engine, "enqueue")
+    # When something that is not a queue is attached, Then it is refused
+    with pytest.raises(TypeError):
+        engine.attach_queue(lambda job, *args: None)
+    # When the worker wiring is built on it, Then that Jobs is the engine's JobQueue port
+    jobs = Jobs(engine, StubBroker(), queue=f"cb-port-{uuid.uuid4().hex[:8]}")
+    assert engine.queue is jobs and isinstance(jobs, JobQueue)
+    assert not hasattr(engine, "enqueue")

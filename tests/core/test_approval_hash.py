@@ -10,7 +10,7 @@ import pytest
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import RuleViolation
 from chartbridge.core.models import (Approval, Decision, Identifier, NoteDraft, NoteSection,
-                                     Provenance, Session, SessionSource)
+                                     Provenance, Session)
 from chartbridge.core.rules import write_approval_state
 
 AT = datetime(2026, 11, 21, 15, 0, tzinfo=timezone.utc)
@@ -35,7 +35,7 @@ def _approval_of(draft: NoteDraft, *, content_hash: str | None = None) -> Approv
 
 
 def _session() -> Session:
-    return Session(id="sess-1", org_id="org-a", source=SessionSource.EPIC_HAIKU,
+    return Session(id="sess-1", org_id="org-a", source="epic_haiku",
                    external_id="AMB-1", user=Identifier(value="E1", type="EXTERNAL"),
                    patient_ids=[Identifier(value="Z1", type="MRN")],
                    encounter_ids=[Identifier(value="300012345", type="CSN")],

@@ -10,8 +10,7 @@ import itertools
 import pytest
 
 from chartbridge.core import usecases as uc
-from chartbridge.core.models import (ChunkState, Identifier, RecordingStatus, SessionSource,
-                                     VersionState)
+from chartbridge.core.models import (ChunkState, Identifier, RecordingStatus, VersionState)
 from chartbridge.core.ports import SpokenSegment
 from chartbridge.ledger.store import SqlStore
 
@@ -41,7 +40,7 @@ def store(db, clock):
 
 
 def _session(store, clock):
-    s, _ = uc.open_session(store, clock, org_id=ORG, source=SessionSource.EPIC_HAIKU,
+    s, _ = uc.open_session(store, clock, org_id=ORG, source="epic_haiku",
                            external_id="AMB-ORDER", user=Identifier(value="U1", type="EXTERNAL"),
                            patient_ids=[Identifier(value="Z1", type="MRN")],
                            encounter_ids=[Identifier(value="E1", type="CSN")],

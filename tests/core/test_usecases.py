@@ -8,8 +8,8 @@ import pytest
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import InputError, RuleViolation, StateConflict
 from chartbridge.core.models import (ChunkState, Consent, ConsentScope, Decision, Identifier,
-                                     NoteSection, Protection, RecordingStatus, SessionSource,
-                                     SessionStatus, VersionState)
+                                     NoteSection, Protection, RecordingStatus, SessionStatus,
+                                     VersionState)
 from chartbridge.core.ports import GeneratedNote, SpokenSegment
 from chartbridge.core.rules import (check_transition, sendable_sections, version_complete)
 from chartbridge.ledger.store import SqlStore
@@ -50,7 +50,7 @@ def store(db, clock):
 
 def begin(store, clock, external_id="AMB-1", patient="Z1", sections=("10164-2", "51847-2")):
     return uc.open_session(
-        store, clock, org_id=ORG, source=SessionSource.EPIC_HAIKU, external_id=external_id,
+        store, clock, org_id=ORG, source="epic_haiku", external_id=external_id,
         user=Identifier(value="E1", type="EXTERNAL"),
         patient_ids=[Identifier(value=patient, type="MRN"), Identifier(value="eX", type="FHIR")],
         encounter_ids=[Identifier(value="300012345", type="CSN")],
@@ -309,3 +309,46 @@ def test_approved_writes_carry_their_lineage_policy_and_an_identity_made_of_immu
     # a staged preliminary and the approved note of the same draft are two writes
     assert uc.correction_kind(ApprovalState.PRELIMINARY, policy="append") == WriteKind.EDIT
     assert uc.correction_kind(ApprovalState.APPROVED, policy="append") == WriteKind.APPEND
+
+
+class RecordingQueue:
+    """A JobQueue that keeps what it was given, and what the ledger held when it was."""
+
+    def __init__(self, ledger):
+        self.ledger, self.sent = ledger, []
+
+    def enqueue(self, job, *args, delay_s=None):
+        org_id, key = args
+        self.sent.append((job, org_id, key, self.ledger.get(org_id, key).status.value))
+
+
+def test_submit_approved_records_every_write_pending_before_enqueueing_it_once(store, clock,
+                                                                                ledger):
+    # Given an approved draft, a session without write-back consent, and a queue port
+    s, _ = begin(store, clock)
+    (rec,) = _announce_and_transcribe(store, clock, s, WordsTranscriber(), 1, order=[1])
+    draft = uc.draft_note(store, clock, KeywordGenerator(), WordsTranscriber(), org_id=ORG,
+                          session=s, recording=rec)
+    uc.decide(store, clock, org_id=ORG, draft_id=draft.id, content_hash=draft.content_hash(),
+              approver=Identifier(value="E1", type="EXTERNAL"), role="physician",
+              decision=Decision.APPROVED)
+    queue = RecordingQueue(ledger)
+    targets = [("ehr_a", "DocumentReference"), ("ehr_b", "MDM")]
+    submit = dict(org_id=ORG, draft_id=draft.id, targets=targets, stage_preliminary=False,
+                  consent_required=True, correction={"ehr_a": "replace"})
+    # When consent is required and missing: nothing is recorded, nothing enqueued
+    with pytest.raises(RuleViolation) as err:
+        uc.submit_approved(store, ledger, queue, **submit)
+    assert err.value.rule == "consent_missing"
+    assert ledger.list(ORG, session_id=s.id) == [] and queue.sent == []
+    # When consent is given and the approval is submitted twice
+    store.set_consent(ORG, Consent(session_id=s.id, scope=ConsentScope.WRITE_BACK, granted=True,
+                                   at=clock.now()))
+    keys = uc.submit_approved(store, ledger, queue, **submit)
+    again = uc.submit_approved(store, ledger, None, **submit)
+    # Then one write per target, each already pending in the ledger when it was enqueued
+    assert again == keys and len(set(keys)) == 2
+    assert queue.sent == [("execute_write", ORG, k, "pending") for k in keys]
+    assert {(w.target, w.key) for w in ledger.list(ORG, session_id=s.id)} == {
+        (t, k) for (t, _), k in zip(targets, keys)}
+    assert ledger.command_of(ORG, keys[0]).correction_policy == "replace"

@@ -90,7 +90,7 @@ def test_begin_identifiers_kept_as_sent_with_types():
     assert got["encounter_ids"] == [Identifier(value="300012345", type="CSN"),
                                     Identifier(value="eoK8nLRcEypNjtns4dgnF3Q3", type="FHIR")]
     assert got["user"] == Identifier(value="E1001", type="EXTERNAL")
-    assert got["source"] == SessionSource.EPIC_HAIKU and got["external_id"] == "AMB-2026-000123"
+    assert got["source"] == "epic_haiku" and got["external_id"] == "AMB-2026-000123"
     assert got["callback_url"] == BEGIN["CallbackURL"]
     assert got["allowed_sections"] == BEGIN["AllowedNoteSections"]
     assert got["note_type"].code == "11506-3" and got["care_context"].department_id == "10501"

@@ -9,8 +9,7 @@ from sqlalchemy import func, select
 
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import StateConflict
-from chartbridge.core.models import (Decision, Identifier, NoteDraft, NoteSection, Provenance,
-                                     SessionSource)
+from chartbridge.core.models import (Decision, Identifier, NoteDraft, NoteSection, Provenance)
 from chartbridge.ledger.store import SqlStore
 from chartbridge.ledger.tables import ApprovalRow, WriteRow
 
@@ -26,7 +25,7 @@ def store(db, clock):
 def _open_draft(store, clock) -> tuple[NoteDraft, NoteDraft]:
     """A session with draft v1 and, after a clinician's edit, the open draft v2."""
     session, _ = uc.open_session(
-        store, clock, org_id=ORG, source=SessionSource.EPIC_HAIKU, external_id="AMB-1",
+        store, clock, org_id=ORG, source="epic_haiku", external_id="AMB-1",
         user=APPROVER, patient_ids=[Identifier(value="Z1", type="MRN")],
         encounter_ids=[Identifier(value="300012345", type="CSN")],
         allowed_sections=["10164-2", "51847-2"], event_body={"SessionID": "AMB-1"})

@@ -1,132 +1,22 @@
-"""The canonical state store on SQLAlchemy. Every method is one transaction, every query
-filters on org_id, and domain objects (core/models.py) go in and come out."""
+"""Recordings: chunk announcements, their audio and transcripts, recording versions and
+the exactly-once claim of a complete version; plus what the sweeper asks for."""
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from chartbridge.core.errors import NotFound, StateConflict
-from chartbridge.core.models import (Approval, Chunk, ChunkState, Consent, ConsentScope,
-                                     NoteDraft, Protection, Recording, RecordingStatus,
-                                     Session, SessionStatus, TranscriptSegment, VersionState)
-from chartbridge.core.ports import Clock
-from chartbridge.core.rules import check_transition, version_complete
+from chartbridge.core.models import (Chunk, ChunkState, Recording, RecordingStatus,
+                                     SessionStatus, TranscriptSegment, VersionState)
+from chartbridge.core.rules import version_complete
 
-from . import audit
-from .db import Database
-from .tables import (ApprovalRow, ChunkAudioRow, ChunkRow, ConsentRow, DraftRow, InboxRow,
-                     ProtectionRow, RecordingRow, SegmentRow, SessionRow)
+from .. import audit
+from ..tables import ChunkAudioRow, ChunkRow, RecordingRow, SegmentRow
+from .base import StoreBase, insert_for
 
 
-def event_key(event: str, body: dict) -> str:
-    """The inbox key of an inbound event: the same event with the same body is the same
-    delivery, however often it arrives."""
-    return hashlib.sha256((event + "|" + json.dumps(body, sort_keys=True)).encode()).hexdigest()
-
-
-def _insert(tx):
-    return pg_insert if tx.bind.dialect.name == "postgresql" else sqlite_insert
-
-
-class SqlStore:
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self.db, self.clock = db, clock
-
-    # -- inbox ---------------------------------------------------------------------------
-    def _first_delivery(self, tx, org_id: str, source: str, event: str, key: str,
-                        session_id: str | None, correlation_id: str | None) -> bool:
-        stmt = _insert(tx)(InboxRow.__table__).values(
-            org_id=org_id, source=source, event=event, dedupe_key=key, session_id=session_id,
-            correlation_id=correlation_id, received_at=self.clock.now())
-        got = tx.execute(stmt.on_conflict_do_nothing(
-            index_elements=["org_id", "source", "dedupe_key"])
-            .returning(InboxRow.__table__.c.id)).first()
-        return got is not None
-
-    # -- sessions ------------------------------------------------------------------------
-    def open_session(self, session: Session, *, begin_hash: str, event: str,
-                     key: str) -> tuple[Session, bool]:
-        """Store a new session and its inbox row in one transaction. The same begin again
-        returns the stored session; another context for the same id is a StateConflict."""
-        now = self.clock.now()
-        with self.db.transaction() as tx:
-            existing = tx.scalars(select(SessionRow).where(
-                SessionRow.org_id == session.org_id, SessionRow.source == session.source,
-                SessionRow.external_id == session.external_id).with_for_update()).first()
-            if existing is not None:
-                if existing.begin_hash != begin_hash:
-                    raise StateConflict("this session was already begun with another context")
-                self._first_delivery(tx, session.org_id, session.source, event, key,
-                                     existing.id, existing.correlation_id)
-                return Session.model_validate(existing.doc), False
-            tx.add(SessionRow(id=session.id, org_id=session.org_id, source=session.source,
-                              external_id=session.external_id, status=session.status,
-                              correlation_id=session.correlation_id,
-                              doc=session.model_dump(mode="json"), begin_hash=begin_hash,
-                              created_at=now, updated_at=now))
-            tx.flush()
-            self._first_delivery(tx, session.org_id, session.source, event, key, session.id,
-                                 session.correlation_id)
-            audit.record(tx, at=now, org_id=session.org_id, session_id=session.id,
-                         correlation_id=session.correlation_id, actor=str(session.source),
-                         action="session.opened", source=str(session.source))
-            return session, True
-
-    def _session_row(self, tx, org_id: str, session_id: str, *, lock: bool = False) -> SessionRow:
-        q = select(SessionRow).where(SessionRow.org_id == org_id, SessionRow.id == session_id)
-        row = tx.scalars(q.with_for_update() if lock else q).first()
-        if row is None:
-            raise NotFound("no such session in this organization")
-        return row
-
-    def get_session(self, org_id: str, session_id: str) -> Session:
-        with self.db.transaction() as tx:
-            return Session.model_validate(self._session_row(tx, org_id, session_id).doc)
-
-    def find_session(self, org_id: str, source: str, external_id: str) -> Session | None:
-        with self.db.transaction() as tx:
-            row = tx.scalars(select(SessionRow).where(
-                SessionRow.org_id == org_id, SessionRow.source == source,
-                SessionRow.external_id == external_id)).first()
-            return Session.model_validate(row.doc) if row else None
-
-    def list_sessions(self, org_id: str, *, limit: int = 100) -> list[Session]:
-        with self.db.transaction() as tx:
-            rows = tx.scalars(select(SessionRow).where(SessionRow.org_id == org_id)
-                              .order_by(SessionRow.created_at.desc()).limit(limit))
-            return [Session.model_validate(r.doc) for r in rows]
-
-    def close_session(self, org_id: str, session_id: str, status: SessionStatus, *,
-                      event: str, key: str, actor: str) -> bool:
-        """Returns False for a duplicate delivery or an already-closed session."""
-        now = self.clock.now()
-        with self.db.transaction() as tx:
-            row = self._session_row(tx, org_id, session_id, lock=True)
-            if not self._first_delivery(tx, org_id, row.source, event, key, row.id,
-                                        row.correlation_id):
-                return False
-            if row.status != SessionStatus.OPEN:
-                return False
-            check_transition(SessionStatus(row.status), status)
-            doc = dict(row.doc, status=status.value)
-            row.status, row.doc, row.updated_at = status.value, doc, now
-            audit.record(tx, at=now, org_id=org_id, session_id=row.id,
-                         correlation_id=row.correlation_id, actor=actor,
-                         action=f"session.{status.value}")
-            return True
-
-    def record_event(self, org_id: str, session: Session, *, event: str, key: str) -> bool:
-        """Inbox only: True the first time this delivery is seen."""
-        with self.db.transaction() as tx:
-            return self._first_delivery(tx, org_id, session.source, event, key, session.id,
-                                        session.correlation_id)
-
-    # -- recordings and chunks -----------------------------------------------------------
+class RecordingStore(StoreBase):
     def announce_chunk(self, chunk: Chunk, *, org_id: str, event: str, key: str) -> bool:
         """Record a chunk announcement once. Returns True when the chunk is new (and so
         needs processing). A chunk's audio never changes once announced."""
@@ -152,7 +42,7 @@ class SqlStore:
                     audio: bytes, content_type: str) -> None:
         with self.db.transaction() as tx:
             self._session_row(tx, org_id, session_id)
-            stmt = _insert(tx)(ChunkAudioRow.__table__).values(
+            stmt = insert_for(tx)(ChunkAudioRow.__table__).values(
                 session_id=session_id, recording_id=recording_id, sequence=sequence,
                 org_id=org_id, content_type=content_type, audio=audio)
             tx.execute(stmt.on_conflict_do_nothing(
@@ -393,135 +283,6 @@ class SqlStore:
             row = tx.get(ChunkRow, (session_id, recording_id, sequence), with_for_update=True)
             if row is not None and row.org_id == org_id:
                 row.updated_at = self.clock.now()
-
-    # -- protection, drafts, approvals, consent --------------------------------------------
-    def protect(self, org_id: str, session_id: str, protections: list[Protection], *,
-                event: str, key: str) -> list[str]:
-        now = self.clock.now()
-        with self.db.transaction() as tx:
-            session = self._session_row(tx, org_id, session_id, lock=True)
-            self._first_delivery(tx, org_id, session.source, event, key, session.id,
-                                 session.correlation_id)
-            added = []
-            for p in protections:
-                if tx.get(ProtectionRow, (session_id, p.section)) is None:
-                    tx.add(ProtectionRow(session_id=session_id, section=p.section, org_id=org_id,
-                                         doc=p.model_dump(mode="json"), created_at=now))
-                    added.append(p.section)
-            if added:
-                audit.record(tx, at=now, org_id=org_id, session_id=session_id,
-                             correlation_id=session.correlation_id, actor=session.source,
-                             action="sections.protected", sections=added)
-            return added
-
-    def protected(self, org_id: str, session_id: str) -> dict[str, Protection]:
-        with self.db.transaction() as tx:
-            rows = tx.scalars(select(ProtectionRow).where(ProtectionRow.org_id == org_id,
-                                                          ProtectionRow.session_id == session_id))
-            return {r.section: Protection.model_validate(r.doc) for r in rows}
-
-    def save_draft(self, org_id: str, draft: NoteDraft) -> NoteDraft:
-        """Store a draft as the session's next version (the version is assigned here)."""
-        with self.db.transaction() as tx:
-            session = self._session_row(tx, org_id, draft.session_id, lock=True)
-            latest = tx.scalar(select(func.max(DraftRow.version)).where(
-                DraftRow.session_id == draft.session_id)) or 0
-            draft = draft.model_copy(update={"version": latest + 1})
-            for older in tx.scalars(select(DraftRow).where(DraftRow.session_id == draft.session_id,
-                                                           DraftRow.state == "draft")):
-                older.state = "superseded"
-            tx.add(DraftRow(id=draft.id, session_id=draft.session_id, org_id=org_id,
-                            version=draft.version, recording_version=draft.recording_version,
-                            content_hash=draft.content_hash(), state="draft",
-                            doc=draft.model_dump(mode="json"), created_at=draft.created_at))
-            audit.record(tx, at=draft.created_at, org_id=org_id, session_id=draft.session_id,
-                         correlation_id=session.correlation_id,
-                         actor=f"user:{draft.edited_by}" if draft.edited_by else "system",
-                         action="draft.saved", draft_id=draft.id, version=draft.version,
-                         sections=[s.code for s in draft.sections],
-                         generator=draft.provenance.generator)
-            return draft
-
-    def get_draft(self, org_id: str, draft_id: str) -> tuple[NoteDraft, str]:
-        with self.db.transaction() as tx:
-            row = tx.scalars(select(DraftRow).where(DraftRow.org_id == org_id,
-                                                    DraftRow.id == draft_id)).first()
-            if row is None:
-                raise NotFound("no such draft in this organization")
-            return NoteDraft.model_validate(row.doc), row.state
-
-    def drafts(self, org_id: str, *, session_id: str | None = None,
-               state: str | None = None) -> list[tuple[NoteDraft, str]]:
-        with self.db.transaction() as tx:
-            q = select(DraftRow).where(DraftRow.org_id == org_id)
-            if session_id:
-                q = q.where(DraftRow.session_id == session_id)
-            if state:
-                q = q.where(DraftRow.state == state)
-            rows = tx.scalars(q.order_by(DraftRow.created_at.desc(), DraftRow.version.desc()))
-            return [(NoteDraft.model_validate(r.doc), r.state) for r in rows]
-
-    def decide(self, org_id: str, approval: Approval) -> None:
-        with self.db.transaction() as tx:
-            row = tx.scalars(select(DraftRow).where(DraftRow.org_id == org_id,
-                                                    DraftRow.id == approval.draft_id)
-                             .with_for_update()).first()
-            if row is None:
-                raise NotFound("no such draft in this organization")
-            if row.state != "draft":
-                raise StateConflict(f"this draft is {row.state}; only an open draft can be decided")
-            if row.content_hash != approval.content_hash:
-                raise StateConflict("the draft changed since it was reviewed")
-            row.state = approval.decision.value
-            tx.add(ApprovalRow(org_id=org_id, draft_id=approval.draft_id,
-                               content_hash=approval.content_hash,
-                               decision=approval.decision.value,
-                               doc=approval.model_dump(mode="json"), at=approval.at))
-            session = self._session_row(tx, org_id, row.session_id)
-            audit.record(tx, at=approval.at, org_id=org_id, session_id=row.session_id,
-                         correlation_id=session.correlation_id,
-                         actor=f"user:{approval.approver.value}",
-                         action=f"draft.{approval.decision.value}", draft_id=row.id,
-                         version=row.version, role=approval.role)
-
-    def approval(self, org_id: str, draft_id: str) -> Approval | None:
-        with self.db.transaction() as tx:
-            row = tx.scalars(select(ApprovalRow).where(ApprovalRow.org_id == org_id,
-                                                       ApprovalRow.draft_id == draft_id)
-                             .order_by(ApprovalRow.id.desc())).first()
-            return Approval.model_validate(row.doc) if row else None
-
-    def set_consent(self, org_id: str, consent: Consent) -> None:
-        with self.db.transaction() as tx:
-            session = self._session_row(tx, org_id, consent.session_id)
-            row = tx.get(ConsentRow, (consent.session_id, consent.scope.value))
-            if row is None:
-                tx.add(ConsentRow(session_id=consent.session_id, scope=consent.scope.value,
-                                  org_id=org_id, granted=consent.granted,
-                                  doc=consent.model_dump(mode="json"), at=consent.at))
-            else:
-                row.granted, row.doc, row.at = consent.granted, consent.model_dump(mode="json"), consent.at
-            audit.record(tx, at=consent.at, org_id=org_id, session_id=consent.session_id,
-                         correlation_id=session.correlation_id, action="consent.recorded",
-                         scope=consent.scope.value, granted=consent.granted)
-
-    def consents(self, org_id: str, session_id: str) -> dict[ConsentScope, bool]:
-        with self.db.transaction() as tx:
-            rows = tx.scalars(select(ConsentRow).where(ConsentRow.org_id == org_id,
-                                                       ConsentRow.session_id == session_id))
-            return {ConsentScope(r.scope): r.granted for r in rows}
-
-    def audit_trail(self, org_id: str, session_id: str | None = None) -> list[audit.AuditEntry]:
-        with self.db.transaction() as tx:
-            return audit.entries(tx, org_id, session_id=session_id)
-
-    def record_audit(self, org_id: str, action: str, *, session: Session | None = None,
-                     actor: str = "system", outcome: str = "success", **detail) -> None:
-        with self.db.transaction() as tx:
-            audit.record(tx, at=self.clock.now(), org_id=org_id,
-                         session_id=session.id if session else None,
-                         correlation_id=session.correlation_id if session else None,
-                         actor=actor, action=action, outcome=outcome, **detail)
 
 
 def _chunk(row: ChunkRow) -> Chunk:
