@@ -14,6 +14,7 @@ from chartbridge.onboarding.checks import Check, MemoryTokenCache, secret_check,
 
 def check(org: OrgConfig, cfg: Any, http: httpx.Client, clock: Any) -> Iterator[Check]:
     from chartbridge.adapters.fhir_docref.auth import SmartBackendTokens, discover_token_url
+    from chartbridge.adapters.fhir_docref.profiles import for_config
 
     t = "fhir_docref"
     where = f"targets.fhir_docref.base_url ({cfg.base_url})"
@@ -47,7 +48,7 @@ def check(org: OrgConfig, cfg: Any, http: httpx.Client, clock: Any) -> Iterator[
                                 # only the assertion's audience until discovery works; never sent
                                 token_url=token_url or f"{cfg.base_url.rstrip('/')}/token",
                                 scopes=list(cfg.scopes),
-                                send_scope=cfg.profile != "epic", timeout_s=cfg.timeout_s)
+                                send_scope=for_config(cfg).send_scope, timeout_s=cfg.timeout_s)
     key = step(t, "signing key", lambda: (tokens.assertion(), f"{cfg.algorithm} key signs an assertion")[1],
                 where="targets.fhir_docref.private_key",
                 refused_fix=f"put an {cfg.algorithm} PEM private key at {cfg.private_key.ref} "

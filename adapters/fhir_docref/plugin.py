@@ -14,8 +14,9 @@ MAPPING_NOTE = "note_types: fhir_type (DocumentReference.type)"
 NOTE_TYPE_FIELDS = {"fhir_type": (Coding | None, None)}
 
 SIMULATOR = Simulator(module="contract_tests.fhir_docref.simulator", default_port=8791,
-                      cli_name="fhir", summary="FHIR R4 server (us-core or epic profile)",
-                      options=(SimulatorOption("profile", "us-core or epic."),))
+                      cli_name="fhir", summary="FHIR R4 server (a profile: us-core, epic, oracle-health)",
+                      options=(SimulatorOption("profile", "the server profile to play: one of "
+                                                          "adapters/fhir_docref/profiles.py"),))
 
 
 def mapping_needs(cfg: Any, kind: str, entry: Any) -> list[str]:
@@ -52,7 +53,7 @@ def template(org: str, p: str) -> str:
     key_id: {org}-fhir-1                      # `kid` of that key in the JWKS the site registered
     algorithm: RS384                          # RS384 | ES384
     scopes: [system/DocumentReference.write, system/DocumentReference.read, system/Provenance.write]
-    profile: us-core                          # us-core | epic (epic sends no scope)
+    profile: us-core                          # us-core | epic | oracle-health (docs/vendors/fhir-profiles.md)
     content_type: text/plain                  # text/plain | text/html
     identifier_system: https://{org}.invalid/fhir/sid/note-write   # CHANGE ME: URI of our note identifiers (dedupe)
     timeout_s: 15

@@ -1,2 +1,2 @@
-"""FHIR R4 DocumentReference target: an in-process server simulator (us-core or epic profile)
-and, later, the adapter's contract suite. See README.md."""
+"""FHIR R4 DocumentReference target: an in-process server simulator, one per server profile
+(us-core, epic, oracle-health), and the contract suite. See README.md."""

@@ -99,11 +99,6 @@ class FhirSimulator:
     def token_ttl_s(self) -> int:
         return self.auth.token_ttl_s
 
-    @property
-    def epic(self) -> bool:
-        """Deprecated: ask `rules`. True for the epic profile."""
-        return self.profile == "epic"
-
     # ------------------------------------------------------------ lifecycle
     @property
     def base_url(self) -> str:
