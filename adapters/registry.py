@@ -5,8 +5,9 @@ everything the engine, the CLI, onboarding and the mappings need to know about t
 (config model, adapter factory, inbound endpoints, go-live checks, `org init` template,
 mapping needs, simulator, sandbox, contract suite and its environment, capabilities). No
 module outside `adapters/<vendor>/` and `contract_tests/<vendor>/` names a vendor: they ask
-this registry. The built-in plugins are listed below, in the order `org init` writes their
-blocks; third-party ones register through the `chartbridge.adapters` entry-point group.
+this registry. Every plugin, the engine's own included, is found through the `chartbridge.adapters`
+entry-point group (pyproject.toml declares the built-in ones; each spec's `order` is its place in `org
+init` files and listings); a vendor package installed beside the engine registers the same way.
 Registering a second adapter under a taken name raises, as dramatiq does for actors.
 
 Pieces that need heavy or test-only imports (checks, endpoints, the simulator, the sandbox)
@@ -25,12 +26,6 @@ from pydantic import BaseModel
 
 from chartbridge.core.errors import ChartbridgeError, ConfigError
 
-BUILTIN = {
-    "epic_haiku": "chartbridge.adapters.epic_haiku",
-    "fhir_docref": "chartbridge.adapters.fhir_docref",
-    "athenaone": "chartbridge.adapters.athenaone",
-    "hl7_mdm": "chartbridge.adapters.hl7_mdm",
-}
 ENTRY_POINT_GROUP = "chartbridge.adapters"
 
 # a callable, or "module:attribute" naming one (imported on first use)
@@ -86,7 +81,8 @@ class AdapterSpec:
     factory: Callable[..., Any] | None = None
     needs_approval: bool = True        # False: drafts are reviewed in the EHR (a handoff)
     description: str = ""
-    resource_kind: str = "document"    # what one write creates at the EHR (part of the key)
+    resource_kind: str = "document"
+    order: int = 100                   # place in `org init` files and listings (built-ins 10..40)    # what one write creates at the EHR (part of the key)
     capabilities: Capabilities = field(default_factory=Capabilities)
     # endpoints(engine, jobs) -> iterable of Flask blueprints the EHR calls (or None)
     endpoints: Ref | None = None
@@ -152,23 +148,25 @@ class Registry:
         if self._loaded:
             return
         self._loaded = True
-        for name, module in BUILTIN.items():
+        # The engine's own plugins are entry points of the chartbridge distribution
+        # (pyproject.toml); any other installed distribution's follow. Listed by `order`.
+        found = entry_points().select(group=ENTRY_POINT_GROUP)
+        own = [ep for ep in found if ep.dist is not None and ep.dist.name == "chartbridge"]
+        for ep in own + [ep for ep in found if ep not in own]:
             try:
-                mod = importlib.import_module(module)
+                spec = ep.load()
             except ModuleNotFoundError as exc:
-                if exc.name and module.startswith(exc.name):
-                    continue            # that adapter is not part of this build yet
+                if exc.name and ep.module.startswith(exc.name):
+                    continue            # that adapter is not part of this build
                 raise
-            spec = getattr(mod, "SPEC", None)
-            if spec is not None:
-                self.register(spec)
-        for ep in entry_points().select(group=ENTRY_POINT_GROUP):
-            if ep.name in BUILTIN:
-                continue                # loaded above (and tolerated if absent from a build)
-            self.register(ep.load())
+            self.register(spec)
+        self._specs = dict(sorted(self._specs.items(), key=lambda kv: (kv[1].order, kv[0])))
+        if not own:
+            raise ConfigError("the chartbridge distribution's adapter entry points are missing "
+                              "(install it: make install, or pip install -e .)")
 
     def names(self) -> list[str]:
-        """Every plugin's name: the built-ins in their order, then entry points."""
+        """Every plugin's name, by `order` (then name)."""
         self._load()
         return list(self._specs)
 
@@ -200,15 +198,6 @@ class Registry:
 
     def with_capability(self, capability: str) -> list[AdapterSpec]:
         return [s for s in self.plugins() if getattr(s.capabilities, capability)]
-
-    def handoff_target(self) -> str:
-        """The target drafts are handed back to for review in the EHR (the one plugin with
-        `hands_off_drafts`); ConfigError when none or several are registered."""
-        found = self.with_capability("hands_off_drafts")
-        if len(found) != 1:
-            raise ConfigError(f"{len(found)} registered adapters hand drafts off "
-                              "(capability hands_off_drafts); exactly one is needed")
-        return found[0].name
 
 
 registry = Registry()

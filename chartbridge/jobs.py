@@ -31,12 +31,16 @@ MAX_CHUNK_ATTEMPTS = 8
 MAX_STEP_ATTEMPTS = 8
 
 
-def _handoff_target() -> str:
-    """The target a draft is handed back to for review in the EHR, and whose inbound events
-    start sessions: the registered plugin with the `hands_off_drafts` capability."""
-    from chartbridge.adapters.registry import registry
+def _hands_off(session) -> bool:
+    """Whether drafts of this session go back to the EHR that opened it for review there:
+    the opening plugin (`session.source`) has the `hands_off_drafts` capability. API
+    sessions and plugins without it are approved here and written to the targets."""
+    from chartbridge.adapters.registry import UnknownAdapter, registry
 
-    return registry.handoff_target()
+    try:
+        return registry.get(session.source).capabilities.hands_off_drafts
+    except UnknownAdapter:
+        return False
 
 
 def make_broker(url: str | None = None) -> dramatiq.Broker:
@@ -172,14 +176,14 @@ class Jobs:
             return
         try:
             if recording.status == RecordingStatus.PAUSED:
-                if session.source == _handoff_target():
-                    self._write(uc.notice_command(session, recording, target=_handoff_target()))
+                if _hands_off(session):
+                    self._write(uc.notice_command(session, recording, target=session.source))
             else:
                 uc.finalize_recording(e.store, e.transcriber(org_id), org_id=org_id,
                                       session=session, recording=recording,
                                       hotwords=_hotwords(e.org(org_id)))
                 draft = self._draft_for(org_id, session, recording)
-                if session.source == _handoff_target():
+                if _hands_off(session):
                     self._hand_off(session, recording, draft)
             uc.version_finished(e.store, org_id=org_id, recording=recording, ok=True)
         except TransientError as exc:
@@ -206,7 +210,7 @@ class Jobs:
         e, org_id = self.engine, session.org_id
         protected = set(e.store.protected(org_id, session.id))
         if protected & {s.code for s in draft.sections}:
-            earlier = uc.handoff_command(session, draft, recording, target=_handoff_target(),
+            earlier = uc.handoff_command(session, draft, recording, target=session.source,
                                          protected=())
             held = e.ledger.get(org_id, earlier.idempotency_key())
             if held is not None and held.status == WriteStatus.SUCCEEDED:
@@ -217,9 +221,9 @@ class Jobs:
                                   org_id=org_id, session=session, recording=recording,
                                   settings=_drafting_settings(e.org(org_id)))
             record = e.ledger.execute(
-                uc.handoff_command(session, draft, recording, target=_handoff_target(),
+                uc.handoff_command(session, draft, recording, target=session.source,
                                    protected=sorted(protected)),
-                e.adapter(org_id, _handoff_target()))
+                e.adapter(org_id, session.source))
             if held is not None and held.status != WriteStatus.FAILED:
                 delivered = (record.status == WriteStatus.FAILED
                              and (record.outcome or {}).get("status") == 409
@@ -236,7 +240,7 @@ class Jobs:
                 raise PermanentError(record.last_error or "Epic refused the note",
                                      status=(record.outcome or {}).get("status"))
             return
-        self._write(uc.handoff_command(session, draft, recording, target=_handoff_target(),
+        self._write(uc.handoff_command(session, draft, recording, target=session.source,
                                        protected=sorted(protected)))
 
     def _draft_for(self, org_id: str, session, recording):

@@ -12,6 +12,7 @@ def _build(org_config, target_config, services):
 
 SPEC = AdapterSpec(
     name="athenaone",
+    order=30,
     config_model=AthenaOneConfig,
     factory=_build,
     needs_approval=True,

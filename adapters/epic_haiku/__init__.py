@@ -11,6 +11,7 @@ def _build(org_config, target_config, services):
 
 SPEC = AdapterSpec(
     name="epic_haiku",
+    order=10,
     config_model=EpicHaikuConfig,
     factory=_build,
     needs_approval=False,   # drafts go back to Epic, where the clinician reviews and signs

@@ -14,6 +14,7 @@ def _build(org_config, target_config, services):
 
 SPEC = AdapterSpec(
     name="fhir_docref",
+    order=20,
     config_model=FhirDocRefConfig,
     factory=_build,
     needs_approval=True,

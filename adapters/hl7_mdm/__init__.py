@@ -12,6 +12,7 @@ def _build(org_config, target_config, services):
 
 SPEC = AdapterSpec(
     name="hl7_mdm",
+    order=40,
     config_model=Hl7MdmConfig,
     factory=_build,
     needs_approval=True,
