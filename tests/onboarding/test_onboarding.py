@@ -429,3 +429,37 @@ def test_contract_env_maps_org_settings_and_refuses_production(layered, monkeypa
     r = CliRunner().invoke(contract_test, ["--org", "demo-multi", "--env", "production",
                                            "--config-dir", str(layered)])
     assert r.exit_code == 1 and "refusing env 'production'" in r.output
+
+
+def test_an_oracle_health_site_from_init_to_green_check(tmp_path, monkeypatch):
+    """A Millennium site is a FHIR target with `profile: oracle-health`: the skeleton `org
+    init` writes, with that one line changed, validates and `org check` runs the FHIR
+    checks against a server playing that profile."""
+    from contract_tests.fhir_docref.simulator import FhirSimulator
+
+    assert run("init", "mill", "--targets", "fhir_docref",
+               "--config-dir", str(tmp_path)).exit_code == 0
+    pem = _new_private_key("RS384")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys/fhir.pem").write_text(pem)
+    scopes = ["system/DocumentReference.write", "system/DocumentReference.read"]
+    with FhirSimulator("oracle-health") as fhir:
+        fhir.register_client("mill-fhir", public_jwk(pem, "f1", "RS384"), scopes=scopes)
+
+        def fill(doc):
+            doc["targets"]["fhir_docref"].update(
+                base_url=fhir.base_url, client_id="mill-fhir", key_id="f1",
+                private_key="file:keys/fhir.pem", profile="oracle-health", scopes=scopes)
+        edit(tmp_path / "mill.yaml", fill)
+        assert run("validate", "--config-dir", str(tmp_path)).exit_code == 0
+
+        r = run("check", "mill", "--json", "--config-dir", str(tmp_path))
+        report = json.loads(r.output)
+        assert r.exit_code == 0, [c for c in report["checks"] if not c["ok"]]
+        ran = {c["name"] for c in report["checks"] if c["target"] == "fhir_docref"}
+        assert {"SMART discovery", "backend token", "granted scope"} <= ran
+
+        # A profile that is not a row is refused, naming the field
+        edit(tmp_path / "mill.yaml", lambda d: d["targets"]["fhir_docref"].update(profile="millennium"))
+        bad = run("validate", "--config-dir", str(tmp_path))
+        assert bad.exit_code != 0 and "profile" in bad.output
