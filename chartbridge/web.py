@@ -78,7 +78,7 @@ def _register_adapter_endpoints(app: Flask, engine: Engine, jobs) -> None:
     import importlib
 
     for module in ("chartbridge.adapters.epic_haiku.endpoints",
-                   "chartbridge.adapters.epic_haiku.page", "chartbridge.review"):
+                   "chartbridge.adapters.epic_haiku.page", "chartbridge.review", "chartbridge.ops"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

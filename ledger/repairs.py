@@ -177,3 +177,69 @@ def stuck(db: Database, org_id: str, *, cutoff: datetime, now: datetime) -> list
                     "reasons": [why for _, why in reasons]})
     out.sort(key=lambda d: d["since"])
     return out
+
+
+# -- reads for the operator console ---------------------------------------------------------
+def chunk_rows(db: Database, org_id: str, session_id: str) -> list[dict]:
+    """A session's chunks with their timings (enqueued, last change), no audio, no text."""
+    with db.transaction() as tx:
+        rows = tx.scalars(select(ChunkRow).where(ChunkRow.org_id == org_id,
+                                                 ChunkRow.session_id == session_id)
+                          .order_by(ChunkRow.recording_id, ChunkRow.sequence))
+        return [{"recording_id": r.recording_id, "sequence": r.sequence, "version": r.version,
+                 "state": r.state, "attempts": r.attempts, "error": r.error,
+                 "duration_ms": r.duration_ms, "offset_ms": r.offset_ms,
+                 "enqueued_at": r.enqueued_at, "updated_at": r.updated_at} for r in rows]
+
+
+def version_rows(db: Database, org_id: str, session_id: str) -> list[dict]:
+    with db.transaction() as tx:
+        rows = tx.scalars(select(RecordingRow).where(RecordingRow.org_id == org_id,
+                                                     RecordingRow.session_id == session_id)
+                          .order_by(RecordingRow.recording_id, RecordingRow.version))
+        return [{"recording_id": r.recording_id, "version": r.version, "status": r.status,
+                 "state": r.state, "chunk_count": r.chunk_count, "error": r.error,
+                 "announced_at": r.announced_at, "finished_at": r.finished_at} for r in rows]
+
+
+def sessions(db: Database, org_id: str, *, status: str | None = None,
+             since: datetime | None = None, limit: int = 200) -> list[dict]:
+    """The org's sessions, newest first, as ids, states and times (no patient data)."""
+    from sqlalchemy import func
+    with db.transaction() as tx:
+        q = select(SessionRow).where(SessionRow.org_id == org_id)
+        if status:
+            q = q.where(SessionRow.status == status)
+        if since is not None:
+            q = q.where(SessionRow.created_at >= since)
+        rows = list(tx.scalars(q.order_by(SessionRow.created_at.desc()).limit(limit)))
+        ids = [r.id for r in rows]
+        counts = dict(tx.execute(select(WriteRow.session_id, func.count()).where(
+            WriteRow.org_id == org_id, WriteRow.session_id.in_(ids))
+            .group_by(WriteRow.session_id)).all()) if ids else {}
+        return [{"id": r.id, "source": r.source, "status": r.status,
+                 "correlation_id": r.correlation_id, "created_at": r.created_at,
+                 "updated_at": r.updated_at, "writes": counts.get(r.id, 0)} for r in rows]
+
+
+def audit_search(db: Database, org_id: str, *, action: str | None = None,
+                 actor: str | None = None, session_id: str | None = None,
+                 correlation_id: str | None = None, since: datetime | None = None,
+                 limit: int = 500) -> list[audit.AuditEntry]:
+    """Newest first. `action` matches a prefix (`write.` finds every write event)."""
+    from .tables import AuditRow
+    with db.transaction() as tx:
+        q = select(AuditRow).where(AuditRow.org_id == org_id)
+        if action:
+            q = q.where(AuditRow.action.startswith(action, autoescape=True))
+        if actor:
+            q = q.where(AuditRow.actor == actor)
+        if session_id:
+            q = q.where(AuditRow.session_id == session_id)
+        if correlation_id:
+            q = q.where(AuditRow.correlation_id == correlation_id)
+        if since is not None:
+            q = q.where(AuditRow.at >= since)
+        rows = tx.scalars(q.order_by(AuditRow.id.desc()).limit(limit))
+        return [audit.AuditEntry(r.id, r.at, r.org_id, r.session_id, r.correlation_id, r.actor,
+                                 r.action, r.outcome, dict(r.detail or {})) for r in rows]

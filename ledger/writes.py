@@ -256,7 +256,8 @@ class WriteLedger:
             if WriteStatus(row.status) != WriteStatus.PENDING:
                 return command
             if status in NOT_WRITTEN:
-                row.status = WriteStatus.STALE if status == WriteStatus.STALE else WriteStatus.FAILED
+                row.status = (WriteStatus.STALE if status == WriteStatus.STALE
+                              else WriteStatus.FAILED)
                 row.last_error_class = "ParentNotWritten"
                 row.last_error = (f"the earlier write this one corrects is {status.value}; "
                                   "nothing was sent")

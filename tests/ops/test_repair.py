@@ -86,7 +86,8 @@ def test_a_lost_answer_is_resolved_from_what_the_ehr_holds_without_a_resend(site
                                            reason="checked the chart", resend=True)
     # Then the EHR was asked first, found it, and nothing was sent again
     (doc,) = site.documents()
-    assert record.status == WriteStatus.SUCCEEDED and record.external_id == f"DocumentReference/{doc['id']}"
+    assert record.status == WriteStatus.SUCCEEDED
+    assert record.external_id == f"DocumentReference/{doc['id']}"
     assert creates(site) == sent and site.jobs.pending == []
     (entry,) = _audit(site, "write.resolved")
     assert (entry.actor, entry.detail["checked"], entry.detail.get("found_in_ehr")) == (
