@@ -268,7 +268,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
         rows = [_write_row(w) for w in engine.ledger.list(org, status=status or None,
                                                           limit=1000)]
         rows.reverse()                                          # newest first
-        return page(org, "ops/writes.html", data, rows=rows, status=status, statuses=statuses)
+        return page(org, "ops/writes.html", data, rows=rows, status_filter=status, statuses=statuses)
 
     @bp.get("/ops/orgs/<org>/write")
     def write(org: str):
@@ -391,7 +391,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
         bundle = {"resourceType": "Bundle", "type": "collection", "total": len(entries),
                   "entry": [{"resource": audit_log.as_fhir_audit_event(e)} for e in entries]}
         audit(org, "ops.audit_exported", data["user"], count=len(entries),
-              **{k: v for k, v in filters.items() if v})
+              filters={k: v for k, v in filters.items() if v})
         resp = make_response(json.dumps(bundle), 200)
         resp.headers["Content-Type"] = "application/fhir+json"
         resp.headers["Content-Disposition"] = f'attachment; filename="audit-{org}.json"'
