@@ -217,3 +217,25 @@ def test_oidc_sign_in_needs_a_role_naming_the_org(console, monkeypatch):
     resp = client.get(f"/ops/orgs/{ORG}/oidc/callback?state=s1&code=c")
     assert resp.status_code == 303
     assert client.get(f"/ops/orgs/{ORG}/sessions").status_code == 200
+
+
+def test_the_last_org_check_is_kept_and_shown_and_a_missing_database_is_left_alone(
+        console, monkeypatch, tmp_path):
+    from chartbridge.onboarding.checks import Check
+    from chartbridge.ops.health import record_org_check
+    # Given no engine database where `org check` runs: nothing is created
+    missing = tmp_path / "nowhere" / "engine.db"
+    monkeypatch.setenv("CHARTBRIDGE_DATABASE_URL", f"sqlite:///{missing}")
+    record_org_check(ORG, None, True, [])
+    assert not missing.exists()
+    # When `org check` runs against the engine's database, with one failure
+    monkeypatch.setenv("CHARTBRIDGE_DATABASE_URL", console.database_url)
+    record_org_check(ORG, "prod", False, [
+        Check("fhir_docref", "token granted", True, "ok"),
+        Check("fhir_docref", "SMART discovery", False, "HTTP 404", fix="check the base URL")])
+    # Then the health page shows it, naming the failed check (no detail text: it may be long)
+    client = sign_in(console.app, ORG)
+    page = client.get(f"/ops/orgs/{ORG}/health").text
+    assert "failed</span>" in page and "1 passed, 1 failed" in page
+    assert "fhir_docref: SMART discovery" in page and "HTTP 404" not in page
+    assert "Never run" not in page
