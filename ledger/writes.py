@@ -376,9 +376,7 @@ class WriteLedger:
         a write that was ever sent is reconciled before anything is sent again."""
         now = self.clock.now()
         with self.db.transaction() as tx:
-            row = tx.get(WriteRow, key, with_for_update=True)
-            if row is None or row.org_id != org_id:
-                raise NotFound("no such write in this organization", key=key)
+            row = _locked_row(tx, org_id, key)
             if row.status != WriteStatus.FAILED:
                 raise StateConflict(f"write is {row.status}, not failed; only a failed write "
                                     "is requeued", key=key)
@@ -400,9 +398,7 @@ class WriteLedger:
         reason. Never one a live claimant holds (it may be talking to the EHR right now)."""
         now = self.clock.now()
         with self.db.transaction() as tx:
-            row = tx.get(WriteRow, key, with_for_update=True)
-            if row is None or row.org_id != org_id:
-                raise NotFound("no such write in this organization", key=key)
+            row = _locked_row(tx, org_id, key)
             status = WriteStatus(row.status)
             if status == WriteStatus.IN_FLIGHT and row.lease_expires_at > now:
                 raise WriteInProgress("this write is in progress; cancel it once it settles",
@@ -549,6 +545,14 @@ class WriteLedger:
         if action != "write.retry_scheduled":
             log.warning("write %s", action, extra={"key": command.idempotency_key(),
                                                    "correlation_id": command.correlation_id})
+
+
+def _locked_row(tx, org_id: str, key: str) -> WriteRow:
+    """The org's write under a row lock, or NotFound (another org's key is not found)."""
+    row = tx.get(WriteRow, key, with_for_update=True)
+    if row is None or row.org_id != org_id:
+        raise NotFound("no such write in this organization", key=key)
+    return row
 
 
 def _error_outcome(exc: PermanentError) -> dict:

@@ -9,6 +9,7 @@ answer are shown only with the PHI-view role, on request, and every such view is
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -119,10 +120,17 @@ def make_blueprint(engine, jobs) -> Blueprint:
                       csrf=data["csrf"], phi=access.PHI in data.get("grants", ()),
                       notice=NOTICES.get(request.args.get("notice", "")), **ctx)
 
-    def need(org: str):
-        """The org's signed-in operator, or a redirect to its sign-in (GET)."""
-        engine.org(org)                              # unknown org -> 404
-        return signed_in(org)
+    def operator_page(view):
+        """A GET page of one org: its signed-in operator's session data as `data`, or a
+        redirect to the org's sign-in (an unknown org is a 404 first)."""
+        @functools.wraps(view)
+        def wrapped(org: str, **kwargs):
+            engine.org(org)
+            data = signed_in(org)
+            if data is None:
+                return redirect(url_for(".login", org=org), code=303)
+            return view(org, data, **kwargs)
+        return wrapped
 
     # -- the index and sign-in -------------------------------------------------------------
     @bp.get("/ops/")
@@ -212,10 +220,8 @@ def make_blueprint(engine, jobs) -> Blueprint:
         return redirect(url_for(".sessions", org=org), code=303)
 
     @bp.get("/ops/orgs/<org>/sessions")
-    def sessions(org: str):
-        data = need(org)
-        if data is None:
-            return redirect(url_for(".login", org=org), code=303)
+    @operator_page
+    def sessions(org: str, data: dict):
         state = request.args.get("state", "")
         if state and state not in SESSION_STATES:
             raise InputError(f"state: one of {', '.join(SESSION_STATES)}", field="state")
@@ -237,10 +243,8 @@ def make_blueprint(engine, jobs) -> Blueprint:
                     stuck_count=len(stuck))
 
     @bp.get("/ops/orgs/<org>/sessions/<session_id>")
-    def session(org: str, session_id: str):
-        data = need(org)
-        if data is None:
-            return redirect(url_for(".login", org=org), code=303)
+    @operator_page
+    def session(org: str, data: dict, session_id: str):
         s = engine.store.get_session(org, session_id)          # another org's -> 404
         stuck_after = _number("stuck_after_s", STUCK_AFTER_S)
         stuck = next((x for x in repair.stuck_sessions(engine, org, older_than_s=stuck_after)
@@ -257,10 +261,8 @@ def make_blueprint(engine, jobs) -> Blueprint:
 
     # -- writes ------------------------------------------------------------------------------
     @bp.get("/ops/orgs/<org>/writes")
-    def writes(org: str):
-        data = need(org)
-        if data is None:
-            return redirect(url_for(".login", org=org), code=303)
+    @operator_page
+    def writes(org: str, data: dict):
         status = request.args.get("status", "")
         statuses = [s.value for s in WriteStatus]
         if status and status not in statuses:
@@ -271,10 +273,8 @@ def make_blueprint(engine, jobs) -> Blueprint:
         return page(org, "ops/writes.html", data, rows=rows, status_filter=status, statuses=statuses)
 
     @bp.get("/ops/orgs/<org>/write")
-    def write(org: str):
-        data = need(org)
-        if data is None:
-            return redirect(url_for(".login", org=org), code=303)
+    @operator_page
+    def write(org: str, data: dict):
         key = request.args.get("key", "")
         record = engine.ledger.get(org, key) if key and len(key) <= 200 else None
         if record is None:
@@ -355,10 +355,8 @@ def make_blueprint(engine, jobs) -> Blueprint:
 
     # -- health and audit ----------------------------------------------------------------------
     @bp.get("/ops/orgs/<org>/health")
-    def health_page(org: str):
-        data = need(org)
-        if data is None:
-            return redirect(url_for(".login", org=org), code=303)
+    @operator_page
+    def health_page(org: str, data: dict):
         return page(org, "ops/health.html", data, targets=health.target_health(engine, org),
                     check=health.last_check(engine, org))
 
@@ -371,10 +369,8 @@ def make_blueprint(engine, jobs) -> Blueprint:
         return f
 
     @bp.get("/ops/orgs/<org>/audit")
-    def audit_page(org: str):
-        data = need(org)
-        if data is None:
-            return redirect(url_for(".login", org=org), code=303)
+    @operator_page
+    def audit_page(org: str, data: dict):
         filters = _audit_filters()
         entries = reads.audit_search(engine.db, org, **filters, limit=500)
         return page(org, "ops/audit.html", data, entries=entries, filters=filters,
@@ -382,10 +378,8 @@ def make_blueprint(engine, jobs) -> Blueprint:
                                    **{k: v for k, v in filters.items() if v}))
 
     @bp.get("/ops/orgs/<org>/audit/export.json")
-    def audit_export(org: str):
-        data = need(org)
-        if data is None:
-            return redirect(url_for(".login", org=org), code=303)
+    @operator_page
+    def audit_export(org: str, data: dict):
         filters = _audit_filters()
         entries = reads.audit_search(engine.db, org, **filters, limit=5000)
         bundle = {"resourceType": "Bundle", "type": "collection", "total": len(entries),

@@ -49,11 +49,7 @@ def sign_in(page, base, org=ORG, role="operator", user="ops.jane"):
 
 
 def failed_write(site):
-    _, draft = site.drafted(ORG)
-    site.fhir.faults.add("transaction", 422, times=1)
-    (key,) = site.approve(ORG, draft)
-    site.jobs.execute_write.fn(ORG, key)
-    return key
+    return site.write_with_fault(ORG, 422)
 
 
 def repair(page, action: str, reason: str, row=None, **choices):
@@ -136,12 +132,7 @@ def test_session_page_redrives_a_killed_workers_chunk_and_version(ops, new_page,
 
 def test_writes_and_write_pages_requeue_resolve_cancel_and_show_the_payload(ops, new_page):
     requeued, cancelled = failed_write(ops), failed_write(ops)
-    ops.engine.ledger.max_attempts = 1
-    _, draft = ops.drafted(ORG)
-    ops.fhir.faults.add("transaction", kind="lose_response", times=1)
-    (lost,) = ops.approve(ORG, draft)
-    ops.jobs.execute_write.fn(ORG, lost)
-    ops.engine.ledger.max_attempts = 12
+    lost = ops.write_with_fault(ORG, kind="lose_response", max_attempts=1)
     assert ops.engine.ledger.get(ORG, lost).status == WriteStatus.NEEDS_RECONCILIATION
     for name, viewport in VIEWPORTS:
         page = new_page(viewport)

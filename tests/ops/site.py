@@ -104,6 +104,21 @@ class Site:
         self.jobs.pending.clear()          # the test drives the writes itself
         return keys
 
+    def write_with_fault(self, org: str, status: int | None = None, *,
+                         kind: str | None = None, max_attempts: int | None = None) -> str:
+        """A drafted, approved note whose one write meets one injected FHIR fault on its
+        transaction (`max_attempts`: the ledger's budget for that attempt). Returns its key."""
+        _, draft = self.drafted(org)
+        self.fhir.faults.add("transaction", status, kind=kind, times=1)
+        (key,) = self.approve(org, draft)
+        budget = self.engine.ledger.max_attempts
+        self.engine.ledger.max_attempts = max_attempts or budget
+        try:
+            self.jobs.execute_write.fn(org, key)
+        finally:
+            self.engine.ledger.max_attempts = budget
+        return key
+
     def documents(self) -> list[dict]:
         return self.fhir.documents(PATIENT)
 

@@ -42,12 +42,7 @@ def csrf_of(client, org):
 
 
 def failed_write(site):
-    _, draft = site.drafted(ORG)
-    site.fhir.faults.add("transaction", 422, times=1)
-    (key,) = site.approve(ORG, draft)
-    site.jobs.execute_write.fn(ORG, key)
-    assert site.engine.ledger.get(ORG, key).status == WriteStatus.FAILED
-    return key
+    return site.write_with_fault(ORG, 422)
 
 
 def audited(site, org, action):

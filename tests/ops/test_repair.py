@@ -36,10 +36,7 @@ def creates(site) -> int:
 
 def test_a_refused_write_is_requeued_as_the_same_write_and_filed_once(site):
     # Given a note the EHR refused once (a 422), so its write failed
-    _, draft = site.drafted(ORG)
-    site.fhir.faults.add("transaction", 422, times=1)
-    (key,) = site.approve(ORG, draft)
-    site.jobs.execute_write.fn(ORG, key)
+    key = site.write_with_fault(ORG, 422)
     failed = site.engine.ledger.get(ORG, key)
     assert failed.status == WriteStatus.FAILED and site.documents() == []
     command = site.engine.ledger.command_of(ORG, key)
@@ -73,11 +70,7 @@ def test_a_refused_write_is_requeued_as_the_same_write_and_filed_once(site):
 
 def test_a_lost_answer_is_resolved_from_what_the_ehr_holds_without_a_resend(site):
     # Given a create the EHR performed whose answer was lost, with no attempts left
-    site.engine.ledger.max_attempts = 1
-    _, draft = site.drafted(ORG)
-    site.fhir.faults.add("transaction", kind="lose_response", times=1)
-    (key,) = site.approve(ORG, draft)
-    site.jobs.execute_write.fn(ORG, key)
+    key = site.write_with_fault(ORG, kind="lose_response", max_attempts=1)
     assert site.engine.ledger.get(ORG, key).status == WriteStatus.NEEDS_RECONCILIATION
     assert len(site.documents()) == 1
     sent = creates(site)
@@ -96,11 +89,7 @@ def test_a_lost_answer_is_resolved_from_what_the_ehr_holds_without_a_resend(site
 
 def test_an_unknown_outcome_the_ehr_never_got_is_resent_once_after_checking(site):
     # Given a create refused with a 503 (it may have been delivered), no attempts left
-    site.engine.ledger.max_attempts = 1
-    _, draft = site.drafted(ORG)
-    site.fhir.faults.add("transaction", 503, times=1)
-    (key,) = site.approve(ORG, draft)
-    site.jobs.execute_write.fn(ORG, key)
+    key = site.write_with_fault(ORG, 503, max_attempts=1)
     assert site.engine.ledger.get(ORG, key).status == WriteStatus.NEEDS_RECONCILIATION
     # When neither or both of the EHR id and resend are given, it is refused
     for kwargs in ({}, {"external_id": "x", "resend": True}):
@@ -108,7 +97,6 @@ def test_an_unknown_outcome_the_ehr_never_got_is_resent_once_after_checking(site
             repair.resolve_reconciliation(site.engine, ORG, key, actor=WHO, reason="r",
                                           **kwargs)
     # When the operator resends it
-    site.engine.ledger.max_attempts = 12
     record = repair.resolve_reconciliation(site.engine, ORG, key, actor=WHO,
                                            reason="not in the chart", resend=True)
     assert record.status == WriteStatus.PENDING
@@ -121,11 +109,7 @@ def test_an_unknown_outcome_the_ehr_never_got_is_resent_once_after_checking(site
 
 
 def test_marking_delivered_with_the_ehr_id_and_cancelling(site):
-    site.engine.ledger.max_attempts = 1
-    _, draft = site.drafted(ORG)
-    site.fhir.faults.add("transaction", kind="lose_response", times=1)
-    (key,) = site.approve(ORG, draft)
-    site.jobs.execute_write.fn(ORG, key)
+    key = site.write_with_fault(ORG, kind="lose_response", max_attempts=1)
     (doc,) = site.documents()
     # When the operator marks it delivered with the id they found in the EHR
     record = repair.resolve_reconciliation(site.engine, ORG, key, actor=WHO,
@@ -135,10 +119,7 @@ def test_marking_delivered_with_the_ehr_id_and_cancelling(site):
     with pytest.raises(StateConflict):
         repair.cancel_write(site.engine, ORG, key, actor=WHO, reason="no")
     # Given a second session's write refused by the EHR
-    _, draft2 = site.drafted(ORG)
-    site.fhir.faults.add("transaction", 422, times=1)
-    (key2,) = site.approve(ORG, draft2)
-    site.jobs.execute_write.fn(ORG, key2)
+    key2 = site.write_with_fault(ORG, 422)
     # When it is cancelled, it is terminal: a requeue or a driven job sends nothing
     cancelled = repair.cancel_write(site.engine, ORG, key2, actor=WHO, reason="duplicate visit")
     assert cancelled.status == WriteStatus.CANCELLED
