@@ -84,20 +84,22 @@ def resolve_reconciliation(engine, org_id: str, key: str, *, actor: str, reason:
     command = engine.ledger.resolved_command(org_id, key)
     try:
         found = engine.adapter(org_id, record.target).reconcile(command)
-    except OutcomeUnknown:
-        found, checked = None, "by_person"       # the EHR cannot be asked: the person checked
+    except OutcomeUnknown as exc:
+        # the EHR cannot answer (no look-up, or an ambiguous one): the person's check stands
+        found, checked, said = None, "by_person", exc.message
     except PermanentError as exc:
         raise PermanentError(f"the EHR refused the look-up; nothing was resent: {exc.message}",
                              status=exc.status) from exc
     else:
-        checked = "by_ehr"
+        checked, said = "by_ehr", None
     if found is not None:
         return engine.ledger.resolve(org_id, key, external_id=found.external_id,
                                      external_version=found.external_version, actor=actor,
                                      note=reason, reason=reason, checked="by_ehr",
                                      found_in_ehr=True)
     record = engine.ledger.resolve(org_id, key, external_id=None, actor=actor, note=reason,
-                                   reason=reason, checked=checked, resend=True)
+                                   reason=reason, checked=checked, resend=True,
+                                   **({"ehr_said": said} if said else {}))
     _enqueue(engine, "execute_write", org_id, key)
     return record
 

@@ -207,3 +207,26 @@ def test_a_failed_chunk_is_redriven_and_its_version_reopened(site):
     (rec,) = site.engine.store.recordings(ORG, s.id)
     assert rec.state == VersionState.DONE
     assert len(site.engine.store.drafts(ORG, session_id=s.id)) == 1
+
+
+def test_when_the_ehr_cannot_be_asked_the_persons_check_stands_and_is_recorded(site,
+                                                                               monkeypatch):
+    from chartbridge.core.errors import OutcomeUnknown
+    # Given a write of unknown outcome the EHR never got, at a target with no look-up
+    key = site.write_with_fault(ORG, 503, max_attempts=1)
+    real = site.engine.adapter(ORG, "fhir_docref")
+
+    class NoLookUp:
+        def reconcile(self, command):
+            raise OutcomeUnknown("this target has no look-up; check the EHR before resending")
+    monkeypatch.setattr(site.engine, "adapter", lambda org, target: NoLookUp())
+    # When the operator, having checked the EHR by hand, resends it
+    record = repair.resolve_reconciliation(site.engine, ORG, key, actor=WHO,
+                                           reason="not in the chart", resend=True)
+    # Then it is sent again under the same key, and the audit says who checked
+    assert record.status == WriteStatus.PENDING
+    monkeypatch.setattr(site.engine, "adapter", lambda org, target: real)
+    site.drain()
+    assert len(site.documents()) == 1
+    (entry,) = _audit(site, "write.resolved")
+    assert entry.detail["checked"] == "by_person" and "no look-up" in entry.detail["ehr_said"]
