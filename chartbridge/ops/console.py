@@ -270,7 +270,8 @@ def make_blueprint(engine, jobs) -> Blueprint:
         rows = [_write_row(w) for w in engine.ledger.list(org, status=status or None,
                                                           limit=1000)]
         rows.reverse()                                          # newest first
-        return page(org, "ops/writes.html", data, rows=rows, status_filter=status, statuses=statuses)
+        return page(org, "ops/writes.html", data, rows=rows, status_filter=status,
+                    statuses=statuses)
 
     @bp.get("/ops/orgs/<org>/write")
     @operator_page

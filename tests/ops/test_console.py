@@ -33,7 +33,8 @@ def sign_in(app, org, role="operator", user="ops.jane"):
     token = CSRF.search(page.text).group(1)
     resp = client.post(f"/ops/orgs/{org}/login",
                        data={"csrf_token": token, "user_id": user, "role": role})
-    assert resp.status_code == 303 and resp.headers["Location"].endswith(f"/ops/orgs/{org}/sessions")
+    assert resp.status_code == 303
+    assert resp.headers["Location"].endswith(f"/ops/orgs/{org}/sessions")
     return client
 
 
