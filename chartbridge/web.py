@@ -75,14 +75,16 @@ def create_app(engine: Engine, *, jobs=None, public_url: str | None = None,
 
 def _register_adapter_endpoints(app: Flask, engine: Engine, jobs) -> None:
     """Each registered adapter's inbound endpoints (its plugin's `endpoints`), then the
-    review pages."""
+    clinicians' review pages and the operators' console."""
     from chartbridge.adapters.registry import registry
+    from chartbridge.ops import make_blueprint as ops_blueprint
     from chartbridge.review import make_blueprint as review_blueprint
 
     for spec in registry.plugins():
         for blueprint in spec.blueprints(engine, jobs):
             app.register_blueprint(blueprint)
     app.register_blueprint(review_blueprint(engine, jobs))
+    app.register_blueprint(ops_blueprint(engine, jobs))
 
 
 def _secret_key() -> bytes:

@@ -161,11 +161,13 @@ def check(org_id: str, config_dir: str | None, env: str | None, as_json: bool) -
     endpoints answer (SMART discovery, JWKS, athena practice read, MLLP connect and TLS
     handshake), mappings are complete. Never writes to an EHR. Exit 1 on any failure."""
     from chartbridge.onboarding.checks import render, run_checks
+    from chartbridge.ops.health import record_org_check
 
     env = org_env(org_id, config_dir, env)
     eff = _effective(org_id, config_dir, env, check_mappings=False)   # mappings: a check below
     results = run_checks(eff.org)
     ok = all(c.ok for c in results)
+    record_org_check(org_id, env, ok, results)      # kept for the operator console
     if as_json:
         click.echo(json.dumps({"org": org_id, "env": env, "ok": ok, "files": eff.files,
                                "checks": [c.as_dict() for c in results]}, indent=2))
