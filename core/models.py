@@ -339,6 +339,7 @@ class WriteStatus(StrEnum):
     STALE = "stale"                           # the EHR's copy changed since the engine wrote it:
                                               # nothing was overwritten; a person decides
     NEEDS_RECONCILIATION = "needs_reconciliation"
+    CANCELLED = "cancelled"                   # an operator stopped it, with a reason (audited)
 
 
 class WriteOutcome(Model):

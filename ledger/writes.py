@@ -39,7 +39,9 @@ from .tables import SessionRow, WriteRow
 
 log = logging.getLogger("chartbridge.ledger")
 
-FINISHED = {WriteStatus.SUCCEEDED, WriteStatus.FAILED, WriteStatus.STALE}
+FINISHED = {WriteStatus.SUCCEEDED, WriteStatus.FAILED, WriteStatus.STALE, WriteStatus.CANCELLED}
+# settled without reaching the EHR as far as the ledger knows: never a correction's parent
+NOT_WRITTEN = (WriteStatus.FAILED, WriteStatus.STALE, WriteStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ class WriteLedger:
         tails = sorted((r for k, r in rows.items() if k not in named),
                        key=lambda r: r.created_at)
         parent = tails[-1] if tails else None
-        while parent is not None and parent.status in (WriteStatus.FAILED, WriteStatus.STALE):
+        while parent is not None and parent.status in NOT_WRITTEN:
             parent = rows.get((parent.command or {}).get("parent_key"))
         if parent is None:
             return command.model_copy(update={"kind": WriteKind.CREATE, "parent_key": None})
@@ -256,14 +258,15 @@ class WriteLedger:
             row = tx.get(WriteRow, key, with_for_update=True)
             if WriteStatus(row.status) != WriteStatus.PENDING:
                 return command
-            if status in (WriteStatus.FAILED, WriteStatus.STALE):
-                row.status = status
+            if status in NOT_WRITTEN:
+                row.status = WriteStatus.STALE if status == WriteStatus.STALE else WriteStatus.FAILED
                 row.last_error_class = "ParentNotWritten"
                 row.last_error = (f"the earlier write this one corrects is {status.value}; "
                                   "nothing was sent")
                 row.next_attempt_at, row.updated_at = None, now
                 audit.record(tx, at=now, org_id=row.org_id, session_id=row.session_id,
-                             correlation_id=row.correlation_id, action=f"write.{status.value}",
+                             correlation_id=row.correlation_id,
+                             action=f"write.{WriteStatus(row.status).value}",
                              outcome="failure", key=key, parent=command.parent_key)
                 return command
             row.last_error_class = "WaitingForParent"
@@ -344,7 +347,8 @@ class WriteLedger:
             return WriteRecord.of(row)
 
     def resolve(self, org_id: str, key: str, *, external_id: str | None, actor: str,
-                note: str) -> WriteRecord:
+                note: str, external_version: str | None = None,
+                **detail) -> WriteRecord:
         """A person settles a needs_reconciliation write after checking the EHR: with the
         EHR's id it is succeeded; without, it goes back to pending and is sent again."""
         now = self.clock.now()
@@ -356,13 +360,71 @@ class WriteLedger:
                 raise StateConflict(f"write is {row.status}, not needs_reconciliation", key=key)
             if external_id:
                 row.status, row.external_id, row.acknowledged_at = WriteStatus.SUCCEEDED, external_id, now
+                row.external_version = external_version or row.external_version
+                row.next_attempt_at = None
             else:
                 row.status, row.maybe_sent, row.next_attempt_at = WriteStatus.PENDING, False, now
             row.updated_at = now
             audit.record(tx, at=now, org_id=org_id, session_id=row.session_id,
                          correlation_id=row.correlation_id, actor=actor,
-                         action="write.resolved", key=key, status=row.status, note=note)
+                         action="write.resolved", key=key, status=row.status, note=note,
+                         **detail)
             return WriteRecord.of(row)
+
+    def requeue(self, org_id: str, key: str, *, actor: str, reason: str) -> WriteRecord:
+        """A person drives a failed write again, as a new attempt: the same key and the
+        same stored command (nothing about its identity is recomputed), back to pending and
+        due now with a fresh attempt budget. Whether it may have reached the EHR is kept, so
+        a write that was ever sent is reconciled before anything is sent again."""
+        now = self.clock.now()
+        with self.db.transaction() as tx:
+            row = tx.get(WriteRow, key, with_for_update=True)
+            if row is None or row.org_id != org_id:
+                raise NotFound("no such write in this organization", key=key)
+            if row.status != WriteStatus.FAILED:
+                raise StateConflict(f"write is {row.status}, not failed; only a failed write "
+                                    "is requeued", key=key)
+            previous = {"previous_attempts": row.attempts,
+                        "previous_error_class": row.last_error_class}
+            row.status, row.attempts, row.next_attempt_at = WriteStatus.PENDING, 0, now
+            row.last_error_class, row.last_error, row.updated_at = None, None, now
+            audit.record(tx, at=now, org_id=org_id, session_id=row.session_id,
+                         correlation_id=row.correlation_id, actor=actor,
+                         action="write.requeued", key=key, reason=reason,
+                         reconcile_first=bool(row.maybe_sent), **previous)
+            return WriteRecord.of(row)
+
+    CANCELLABLE = (WriteStatus.PENDING, WriteStatus.FAILED, WriteStatus.STALE,
+                   WriteStatus.NEEDS_RECONCILIATION, WriteStatus.IN_FLIGHT)
+
+    def cancel(self, org_id: str, key: str, *, actor: str, reason: str) -> WriteRecord:
+        """A person stops a write that has not succeeded: cancelled (terminal), with the
+        reason. Never one a live claimant holds (it may be talking to the EHR right now)."""
+        now = self.clock.now()
+        with self.db.transaction() as tx:
+            row = tx.get(WriteRow, key, with_for_update=True)
+            if row is None or row.org_id != org_id:
+                raise NotFound("no such write in this organization", key=key)
+            status = WriteStatus(row.status)
+            if status == WriteStatus.IN_FLIGHT and row.lease_expires_at > now:
+                raise WriteInProgress("this write is in progress; cancel it once it settles",
+                                      key=key)
+            if status not in self.CANCELLABLE:
+                raise StateConflict(f"write is {status}; only a write that has not succeeded "
+                                    "is cancelled", key=key)
+            row.status, row.next_attempt_at = WriteStatus.CANCELLED, None
+            row.lease_owner, row.lease_expires_at, row.updated_at = None, None, now
+            row.last_error_class, row.last_error = "Cancelled", f"cancelled: {reason}"
+            audit.record(tx, at=now, org_id=org_id, session_id=row.session_id,
+                         correlation_id=row.correlation_id, actor=actor,
+                         action="write.cancelled", key=key, previous_status=status.value,
+                         reason=reason, maybe_delivered=bool(row.maybe_sent))
+            return WriteRecord.of(row)
+
+    def resolved_command(self, org_id: str, key: str) -> WriteCommand:
+        """The stored command as a send or a reconcile look-up sees it (its parent's EHR id
+        filled in): what a person's reconcile check asks the EHR about."""
+        return self._resolved(org_id, key)
 
     # -- state changes -------------------------------------------------------------------
     def _claim(self, command: WriteCommand, owner: str) -> bool | WriteRecord:

@@ -1,0 +1,1 @@
+"""Operations: the repairs (repair.py) and the operator console at /ops/."""
