@@ -301,9 +301,11 @@ def install(app, engine, jobs) -> None:
                 known = False
             event = args["event"]
             accepted = response.status_code != 404 and _NAME.match(str(event) or "")
-            INBOUND_EVENTS.labels(args["org"] if known else "unknown",
-                                  event if known and accepted else "unknown",
-                                  str(response.status_code)).inc()
+            org, event = (args["org"] if known else "unknown",
+                          event if known and accepted else "unknown")
+            INBOUND_EVENTS.labels(org, event, str(response.status_code)).inc()
+            log.info("inbound event", extra={"org_id": org, "event": event,
+                                             "http_status": response.status_code})
         return response
 
 
