@@ -188,10 +188,13 @@ def correlation_middleware():
             bind_correlation_id(valid_correlation_id(message.options.get("correlation_id")))
             started.set(time.perf_counter())
 
-        def after_process_message(self, broker, message, *, result=None, exception=None):
+        def after_process_message(self, broker, message, *, result=None, exception=None,
+                                  status=None):
+            if correlation_id() is None:
+                bind_correlation_id(valid_correlation_id(message.options.get("correlation_id")))
             t0 = started.get()
             extra = {"job": message.actor_name, "queue": message.queue_name,
-                     "status": "failed" if exception is not None else "done"}
+                     "status": status or ("failed" if exception is not None else "done")}
             if t0 is not None:
                 extra["duration_ms"] = round((time.perf_counter() - t0) * 1000, 1)
             if exception is not None:
@@ -200,6 +203,7 @@ def correlation_middleware():
             started.set(None)
             _CORRELATION.set(None)
 
-        after_skip_message = after_process_message
+        def after_skip_message(self, broker, message):
+            self.after_process_message(broker, message, status="skipped")
 
     return CorrelationMiddleware()
