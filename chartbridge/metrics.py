@@ -63,9 +63,6 @@ TOKEN_REQUESTS = Counter(
 INBOUND_EVENTS = Counter(
     "chartbridge_inbound_events", "Events an EHR sent the engine, by event and HTTP status",
     ["org", "event", "status"])
-REPAIRS = Counter(
-    "chartbridge_repairs", "Operator repairs (console or CLI), by action and result",
-    ["org", "action", "result"])
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
@@ -156,10 +153,6 @@ def counted_token_request(org_id: str, target: str, reason: str) -> Iterator[Non
         token_request(org_id, target, reason, _result(type(exc)))
         raise
     token_request(org_id, target, reason)
-
-
-def repaired(org_id: str, action: str, result: str = "ok") -> None:
-    REPAIRS.labels(org_id, action, result).inc()
 
 
 # -- job timings: a dramatiq middleware ---------------------------------------------------

@@ -179,3 +179,35 @@ def test_metrics_token_when_configured_is_required(stack, monkeypatch):
 
 def lines(stream) -> list[dict]:
     return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_multiprocess_mode_adds_up_what_every_process_counted(tmp_path):
+    """A worker and a sweeper process count into PROMETHEUS_MULTIPROC_DIR; the web
+    process's registry reports their sum."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    count = ("from chartbridge.metrics import sweep_counted; "
+             "sweep_counted({'chunks': 2, 'writes': 0})")
+    for _ in range(2):          # two processes, each counting two chunks
+        subprocess.run([sys.executable, "-c", count], env=env, check=True, timeout=120)
+    scrape_it = (
+        "from prometheus_client import generate_latest\n"
+        "from chartbridge.bootstrap import bootstrap\n"
+        "from chartbridge.metrics import make_registry\n"
+        f"engine = bootstrap(database_url='sqlite:///{tmp_path / 'm.db'}', config_dir='.')\n"
+        "print(generate_latest(make_registry(engine, None)).decode())\n")
+    out = subprocess.run([sys.executable, "-c", scrape_it], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    families = {f.name: f for f in text_string_to_metric_families(out.stdout)}
+    (chunks,) = [s for s in families["chartbridge_sweeper_actions"].samples
+                 if s.name.endswith("_total") and s.labels["action"] == "chunks"]
+    assert chunks.value == 4.0
+    assert not [s for s in families["chartbridge_sweeper_actions"].samples
+                if s.labels.get("action") == "writes"]         # nothing counted, no sample
+    assert "chartbridge_writes" in families                     # the ledger's, at scrape time
