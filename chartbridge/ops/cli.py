@@ -115,38 +115,32 @@ def resolve(org_id, key, external_id, resend, actor, reason, as_json, database_u
         echo_write(record, as_json, where)
 
 
-@click.command("requeue")
-@org_option
-@click.option("--key", required=True, help="The failed write's idempotency key.")
-@by_option
-@reason_option
-@json_option
-@db_option
-def requeue(org_id, key, actor, reason, as_json, database_url) -> None:
-    """Run a failed write again as a new attempt (same key, same stored body; reconciled
-    first if it was ever sent)."""
-    from chartbridge.ops import repair
+def _write_repair(name: str, repair_name: str, doc: str, *, enqueues: bool):
+    """A `ledger <name> --org --key --by --reason` command calling repair.<repair_name>."""
+    @click.command(name, help=doc)
+    @org_option
+    @click.option("--key", required=True, help="The write's idempotency key (ledger show).")
+    @by_option
+    @reason_option
+    @json_option
+    @db_option
+    def command(org_id, key, actor, reason, as_json, database_url) -> None:
+        from chartbridge.ops import repair
 
-    with repair_engine(database_url) as (engine, where):
-        echo_write(repair.requeue_failed(engine, org_id, key, actor=user(actor), reason=reason),
-                   as_json, where)
+        with repair_engine(database_url) as (engine, where):
+            record = getattr(repair, repair_name)(engine, org_id, key, actor=user(actor),
+                                                  reason=reason)
+            echo_write(record, as_json, where if enqueues else None)
+    return command
 
 
-@click.command("cancel")
-@org_option
-@click.option("--key", required=True, help="The write's idempotency key.")
-@by_option
-@reason_option
-@json_option
-@db_option
-def cancel(org_id, key, actor, reason, as_json, database_url) -> None:
-    """Stop a write that has not succeeded (pending, failed, stale, needs_reconciliation):
-    cancelled, with the reason; nothing is sent for it again."""
-    from chartbridge.ops import repair
-
-    with repair_engine(database_url) as (engine, _where):
-        echo_write(repair.cancel_write(engine, org_id, key, actor=user(actor), reason=reason),
-                   as_json)
+requeue = _write_repair(
+    "requeue", "requeue_failed", "Run a failed write again as a new attempt (same key, same "
+    "stored body; reconciled first if it was ever sent).", enqueues=True)
+cancel = _write_repair(
+    "cancel", "cancel_write", "Stop a write that has not succeeded (pending, failed, stale, "
+    "needs_reconciliation): cancelled, with the reason; nothing is sent for it again.",
+    enqueues=False)
 
 
 LEDGER_REPAIRS = (resolve, requeue, cancel)
