@@ -105,7 +105,7 @@ class SmartBackendTokens:
             return cached
         with self._lock:
             cached = self.cache.get(self.org_id, self.cache_key)
-            return cached or self._fetch()
+            return cached or self._counted("fetch")
 
     def refresh(self, rejected: str | None) -> str:
         """After the server refused `rejected` (401): a different token, fetched unless
@@ -115,6 +115,12 @@ class SmartBackendTokens:
             if cached and cached != rejected:
                 return cached
             self.cache.invalidate(self.org_id, self.cache_key)
+            return self._counted("refresh")
+
+    def _counted(self, reason: str) -> str:
+        """`_fetch`, counted in chartbridge_token_requests_total (issue 17)."""
+        from chartbridge.metrics import counted_token_request
+        with counted_token_request(self.org_id, self.vendor.lower(), reason):
             return self._fetch()
 
     def _refusal(self, resp: httpx.Response) -> PermanentError:

@@ -118,11 +118,12 @@ class Engine:
 
     # -- processing ports ------------------------------------------------------------------
     def transcriber(self, org_id: str) -> Transcriber:
+        from chartbridge.metrics import timed_transcriber    # ASR durations (issue 17)
         org = self.org(org_id)
         if self.transcriber_factory is not None:
-            return self.transcriber_factory(org)
+            return timed_transcriber(self.transcriber_factory(org), org_id)
         from chartbridge.adapters.transcription import transcriber_for
-        return transcriber_for(org)
+        return timed_transcriber(transcriber_for(org), org_id)
 
     def generator(self, org_id: str) -> NoteGenerator:
         org = self.org(org_id)

@@ -343,8 +343,11 @@ class Sweeper:
         # expired rows of every kind: cached tokens, page sessions, seen JWT ids
         purged = e.services.token_cache.purge_expired() + e.services.replay_guard.purge_expired()
         purged += self.leases.purge_expired() if self.leases is not None else 0
-        return {"chunks": len(chunks), "versions": len(versions), "writes": len(writes),
-                "purged": purged}
+        counts = {"chunks": len(chunks), "versions": len(versions), "writes": len(writes),
+                  "purged": purged}
+        from chartbridge.metrics import sweep_counted
+        sweep_counted(counts)
+        return counts
 
     def start(self, interval_s: float = 15.0) -> None:
         def loop():

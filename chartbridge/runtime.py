@@ -58,6 +58,11 @@ def start(engine: Engine, *, broker_url: str | None = None, in_process_worker: b
     engine.ledger.lease = timedelta(seconds=recovery.LEASE_S)
     leases = JobLeases(engine.db, engine.clock, lease_s=recovery.LEASE_S)
     broker.add_middleware(recovery.JobLeaseMiddleware(leases, engine.ledger.lease))
+    # a job logs with the correlation id of the code that enqueued it; its timing is a metric
+    from chartbridge.logs import correlation_middleware
+    from chartbridge.metrics import job_middleware
+    broker.add_middleware(correlation_middleware(), before=recovery.JobLeaseMiddleware)
+    broker.add_middleware(job_middleware())
     jobs = Jobs(engine, broker, queue=queue)
     if in_process_worker is None:
         in_process_worker = isinstance(broker, StubBroker)

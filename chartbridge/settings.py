@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     trusted_proxies: int = Field(
         0, description="how many reverse proxies in front set X-Forwarded-* (serve "
                        "--trusted-proxies); 0 trusts none")
+    metrics_token: str | None = Field(
+        None, description="env:NAME or file:PATH of a bearer token `/metrics` then requires "
+                          "(Authorization: Bearer …); unset: /metrics is open, so keep it off "
+                          "the public listener")
     token_keys: str | None = Field(
         None, description="env:NAME or file:PATH holding the Fernet keys (comma- or newline-"
                           "separated, newest first) that seal the tokens the engine keeps; "

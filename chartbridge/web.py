@@ -69,6 +69,11 @@ def create_app(engine: Engine, *, jobs=None, public_url: str | None = None,
         return resp
 
     httperrors.install(app, api_error)
+    # issue 17: the correlation id of every request's log lines; /metrics
+    from chartbridge import metrics
+    from chartbridge.logs import install_request_context
+    install_request_context(app)
+    metrics.install(app, engine, jobs)
     _register_adapter_endpoints(app, engine, jobs)
     return app
 

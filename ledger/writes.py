@@ -31,6 +31,7 @@ from chartbridge.core.models import (ApprovalState, WriteCommand, WriteKind, Wri
                                      WriteStatus)
 from chartbridge.core.ports import Clock, EhrAdapter
 from chartbridge.core.rules import correction_kind
+from chartbridge import metrics
 
 from . import audit
 from .db import Database
@@ -136,7 +137,8 @@ class WriteLedger:
         outcome: WriteOutcome | None = None
         if reconcile_first:
             try:
-                outcome = adapter.reconcile(command)
+                with metrics.timed_write(org_id, command.target, command.kind, "reconcile"):
+                    outcome = adapter.reconcile(command)
             except OutcomeUnknown as exc:
                 return self._unknown(command, owner, exc)
             except TransientError as exc:
@@ -150,7 +152,8 @@ class WriteLedger:
 
         self._mark_sending(command, owner)
         try:
-            outcome = adapter.send(command)
+            with metrics.timed_write(org_id, command.target, command.kind, "send"):
+                outcome = adapter.send(command)
         except TransientError as exc:
             self._transient(command, owner, exc, maybe_delivered=exc.maybe_delivered)
             raise
@@ -481,6 +484,7 @@ class WriteLedger:
             record = WriteRecord.of(row)
         log.info("write %s", action, extra={"key": record.key, "status": record.status.value,
                                             "correlation_id": record.correlation_id})
+        metrics.write_finished(self.db, record)          # Stopped -> handoff latency
         return record
 
     def _succeeded(self, command, owner, outcome: WriteOutcome, *, reconciled: bool) -> WriteRecord:

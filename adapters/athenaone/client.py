@@ -208,6 +208,7 @@ class TokenSource:
         self.http, self.timeout_s = http, timeout_s
         self.key = f"athenaone:{practice_id}:{client_id}"
         self._lock = threading.Lock()
+        self._refused = False
 
     def token(self) -> str:
         found = self.cache.get(self.org_id, self.key)
@@ -215,12 +216,19 @@ class TokenSource:
             return found
         with self._lock:                      # one fetch per process at a time
             found = self.cache.get(self.org_id, self.key)
-            return found or self._fetch()
+            if found:
+                return found
+            from chartbridge.metrics import counted_token_request    # issue 17
+            with counted_token_request(self.org_id, "athenaone",
+                                       "refresh" if self._refused else "fetch"):
+                self._refused = False
+                return self._fetch()
 
     def invalidate(self, stale: str) -> None:
         """Drop the cached token if it is still the one that was refused."""
         if self.cache.get(self.org_id, self.key) == stale:
             self.cache.invalidate(self.org_id, self.key)
+            self._refused = True            # the next fetch is a refresh (a metric's label)
 
     def _fetch(self) -> str:
         try:

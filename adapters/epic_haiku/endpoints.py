@@ -17,6 +17,7 @@ from chartbridge.core import usecases as uc
 from chartbridge.core.errors import NotFound, TooLarge
 from chartbridge.httperrors import public_url, register_error_shape
 from chartbridge.core.models import ChunkState, RecordingStatus
+from chartbridge.logs import bind_correlation_id
 
 from . import schemas
 
@@ -34,13 +35,15 @@ def make_blueprint(engine, jobs) -> Blueprint:
         session = engine.store.find_session(org, schemas.SOURCE, external_id)
         if session is None:
             raise NotFound("no session with this SessionID was begun")
+        bind_correlation_id(session.correlation_id)     # this request's lines and jobs
         return session
 
     def begin(org, adapter, body: schemas.AmbientSessionBegin, raw: dict) -> None:
         fields = schemas.to_canonical_begin(body, org, engine.org(org).allowed_sections)
         fields["callback_url"] = str(fields["callback_url"])
-        uc.open_session(engine.store, engine.clock, event="AmbientSessionBegin",
-                        event_body=raw, **fields)
+        session, _ = uc.open_session(engine.store, engine.clock, event="AmbientSessionBegin",
+                                     event_body=raw, **fields)
+        bind_correlation_id(session.correlation_id)
 
     def chunk(org, adapter, body: schemas.RecordingChunkAvailable, raw: dict) -> None:
         session = session_of(org, body.SessionID)

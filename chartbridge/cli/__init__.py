@@ -46,9 +46,20 @@ def _attach() -> None:
         cli.add_command(getattr(mod, attr))
 
 
+def _log_context() -> None:
+    """One correlation id per invocation and the one JSON log configuration (WARNING: the
+    command's own output is its stdout; `serve`, `worker` and `sweep` raise it to INFO)."""
+    import logging
+
+    from chartbridge.logs import bind_correlation_id, configure_logging
+    bind_correlation_id()
+    configure_logging(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ChartbridgeErrors become one readable line and exit 1, never a traceback."""
     _attach()
+    _log_context()
     try:
         rv = cli.main(args=argv, prog_name="chartbridge", standalone_mode=False)
     except click.exceptions.Abort:

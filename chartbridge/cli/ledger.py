@@ -42,15 +42,9 @@ def show(org_id: str, status: str | None, session_id: str | None, as_json: bool,
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
-@ledger.command("resolve")
-@click.option("--org", "org_id", required=True)
-@click.option("--key", required=True)
-@click.option("--external-id", default=None, help="The EHR's id if you found the write there.")
-@click.option("--by", "actor", required=True, help="Who checked the EHR.")
-@click.option("--note", required=True, help="What was checked.")
-@click.option("--database-url", default=None)
-def resolve(org_id, key, external_id, actor, note, database_url) -> None:
-    """Settle a needs_reconciliation write after checking the EHR by hand."""
-    rec = _ledger(database_url).resolve(org_id, key, external_id=external_id, actor=f"user:{actor}",
-                                        note=note)
-    click.echo(f"{rec.key}: {rec.status.value}")
+# Repairs (issue 17): resolve (--external-id or --resend), requeue, cancel — the console's
+# own functions (chartbridge/ops/repair.py), with the same audit rows.
+from chartbridge.ops.cli import LEDGER_REPAIRS  # noqa: E402
+
+for _command in LEDGER_REPAIRS:
+    ledger.add_command(_command)

@@ -1,4 +1,4 @@
-"""`chartbridge sessions show`: where each session is — its recording versions, chunks and
+"""`chartbridge sessions show | stuck | redrive`: where each session is — its recording versions, chunks and
 writes, with the reason for anything that failed or waits — so work that cannot progress
 is never silent. Prints engine ids, states and engine-made reasons only, never PHI."""
 import json
@@ -73,3 +73,10 @@ def show(org_id: str, session_id: str | None, limit: int, as_json: bool,
         console.print(table)
     if not reports:
         click.echo(f"no sessions in {org_id}")
+
+
+# Repairs (issue 17): `sessions stuck` and `sessions redrive` (chartbridge/ops/cli.py).
+from chartbridge.ops.cli import redrive, stuck  # noqa: E402
+
+sessions.add_command(stuck)
+sessions.add_command(redrive)
