@@ -44,7 +44,7 @@ def repair_engine(database_url: str | None):
             from chartbridge.logs import correlation_middleware
             broker = make_broker(settings.broker_url)
             broker.add_middleware(correlation_middleware())
-            Jobs(engine, broker, queue=settings.queue)      # sets engine.enqueue
+            Jobs(engine, broker, queue=settings.queue)      # attaches itself as engine.queue
             where = f"enqueued on {settings.queue}"
         else:
             where = "due now: the running engine's sweeper drives it"

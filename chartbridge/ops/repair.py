@@ -39,10 +39,9 @@ def _who(actor: str, reason: str) -> tuple[str, str]:
 def _enqueue(engine, job: str, *args) -> bool:
     """Through the engine's queue if this process has one; else the sweeper finds the
     reopened work (it is due now) on its next pass."""
-    enqueue = getattr(engine, "enqueue", None)
-    if enqueue is None:
+    if engine.queue is None:
         return False
-    enqueue(job, *args)
+    engine.queue.enqueue(job, *args)
     return True
 
 
