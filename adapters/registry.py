@@ -47,10 +47,12 @@ def load_ref(ref: Ref) -> Any:
 class Capabilities:
     """What the vendor's EHR does, as the engine needs to know it."""
 
-    inbound_events: bool = False      # the EHR calls us (sessions start from its events)
-    hands_off_drafts: bool = False    # drafts go back to the EHR for review there (handoff)
-    conditional_create: bool = False  # a create is deduplicated by the EHR itself
-    corrections: tuple[str, ...] = ()  # correction kinds after a final write: replace, append
+    # Sessions this plugin opens hand their drafts back to its EHR for review there (no
+    # approval here): the version's draft is written as `handoff_kind`, a paused
+    # recording's notice as `notice_kind` (both part of the write's key).
+    hands_off_drafts: bool = False
+    handoff_kind: str = ""
+    notice_kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,8 @@ class AdapterSpec:
     factory: Callable[..., Any] | None = None
     needs_approval: bool = True        # False: drafts are reviewed in the EHR (a handoff)
     description: str = ""
-    resource_kind: str = "document"
-    order: int = 100                   # place in `org init` files and listings (built-ins 10..40)    # what one write creates at the EHR (part of the key)
+    resource_kind: str = "document"    # what one write creates at the EHR (part of the key)
+    order: int = 100                   # place in `org init` files and listings (built-ins 10..40)
     capabilities: Capabilities = field(default_factory=Capabilities)
     # endpoints(engine, jobs) -> iterable of Flask blueprints the EHR calls (or None)
     endpoints: Ref | None = None
@@ -105,6 +107,9 @@ class AdapterSpec:
     suite: str | None = None           # importable package holding the contract suite
     # suite_env(target_cfg) -> (environment for the suite's process, note for the operator)
     suite_env: Callable[[Any], tuple[dict[str, str], str | None]] | None = None
+    # CHARTBRIDGE_* variables only this plugin's contract suite reads: name -> meaning
+    # (chartbridge/settings.py documents them by asking the registry)
+    suite_variables: Mapping[str, str] = field(default_factory=dict)
 
     def go_live_checks(self, org: Any, cfg: Any, http: Any, clock: Any) -> Iterable[Any] | None:
         return None if self.checks is None else load_ref(self.checks)(org, cfg, http, clock)

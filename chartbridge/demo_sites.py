@@ -76,7 +76,7 @@ def _start_simulators(stack: ExitStack, workdir: Path) -> dict[str, dict]:
         stack.callback(fhir.stop)
         fhir.add_patient(FHIR_PATIENT)
         fhir.add_encounter(FHIR_ENCOUNTER, FHIR_PATIENT)
-        from chartbridge.adapters.fhir_docref.adapter import SIM_SCOPES, demo_keypair
+        from contract_tests.fhir_docref.sandbox import SIM_SCOPES, demo_keypair
         pem, jwk = demo_keypair()
         key_file = workdir / "keys" / "fhir-backend.pem"
         key_file.parent.mkdir(parents=True, exist_ok=True)

@@ -31,16 +31,21 @@ MAX_CHUNK_ATTEMPTS = 8
 MAX_STEP_ATTEMPTS = 8
 
 
-def _hands_off(session) -> bool:
-    """Whether drafts of this session go back to the EHR that opened it for review there:
-    the opening plugin (`session.source`) has the `hands_off_drafts` capability. API
-    sessions and plugins without it are approved here and written to the targets."""
+def _handoff(session):
+    """The capabilities of the plugin that opened this session when its drafts go back to
+    that EHR for review there (`hands_off_drafts`), else None: API sessions and plugins
+    without it are approved here and written to the targets."""
     from chartbridge.adapters.registry import UnknownAdapter, registry
 
     try:
-        return registry.get(session.source).capabilities.hands_off_drafts
+        caps = registry.get(session.source).capabilities
     except UnknownAdapter:
-        return False
+        return None
+    return caps if caps.hands_off_drafts else None
+
+
+def _hands_off(session) -> bool:
+    return _handoff(session) is not None
 
 
 def make_broker(url: str | None = None) -> dramatiq.Broker:
@@ -177,7 +182,8 @@ class Jobs:
         try:
             if recording.status == RecordingStatus.PAUSED:
                 if _hands_off(session):
-                    self._write(uc.notice_command(session, recording, target=session.source))
+                    self._write(uc.notice_command(session, recording, target=session.source,
+                                                  resource_kind=_handoff(session).notice_kind))
             else:
                 uc.finalize_recording(e.store, e.transcriber(org_id), org_id=org_id,
                                       session=session, recording=recording,
@@ -205,16 +211,18 @@ class Jobs:
         An edit can be heard after the version was drafted — while an earlier handoff of
         that draft waits for a retry, its answer lost. Its body is then never sent again
         (that would send the edited section): the version is drafted anew without it and the
-        new body sent under its own key. Epic's answer settles the earlier one: accepted
-        means Epic never held the earlier body; 409 for the newest version means it did."""
+        new body sent under its own key. The EHR's answer to it settles the earlier one: the
+        adapter says whether a refusal means the EHR already held the earlier body
+        (`earlier_handoff_delivered`; Epic: 409 for the newest version)."""
         e, org_id = self.engine, session.org_id
         protected = set(e.store.protected(org_id, session.id))
         if protected & {s.code for s in draft.sections}:
             earlier = uc.handoff_command(session, draft, recording, target=session.source,
+                                         resource_kind=_handoff(session).handoff_kind,
                                          protected=())
             held = e.ledger.get(org_id, earlier.idempotency_key())
             if held is not None and held.status == WriteStatus.SUCCEEDED:
-                return                               # Epic has this version's note already
+                return                               # the EHR has this version's note already
             if held is not None and held.status == WriteStatus.IN_FLIGHT:
                 raise WriteInProgress("the earlier handoff of this version is in flight")
             draft = uc.draft_note(e.store, e.clock, e.generator(org_id), e.transcriber(org_id),
@@ -222,25 +230,28 @@ class Jobs:
                                   settings=_drafting_settings(e.org(org_id)))
             record = e.ledger.execute(
                 uc.handoff_command(session, draft, recording, target=session.source,
+                                   resource_kind=_handoff(session).handoff_kind,
                                    protected=sorted(protected)),
                 e.adapter(org_id, session.source))
             if held is not None and held.status != WriteStatus.FAILED:
                 delivered = (record.status == WriteStatus.FAILED
-                             and (record.outcome or {}).get("status") == 409
+                             and e.adapter(org_id, session.source).earlier_handoff_delivered(
+                                 record.outcome or {})
                              and e.store.newest_version(org_id, session.id,
                                                         recording.recording_id)
                              == recording.version)
                 e.ledger.settle(org_id, held.key, delivered=delivered,
-                                reason="superseded: a section was edited in Epic before this "
+                                reason="superseded: a section was edited in the EHR before this "
                                        f"handoff was confirmed; draft v{draft.version} was sent "
                                        "without it")
                 if delivered:
                     return
             if record.status in (WriteStatus.FAILED, WriteStatus.STALE):
-                raise PermanentError(record.last_error or "Epic refused the note",
+                raise PermanentError(record.last_error or "the EHR refused the note",
                                      status=(record.outcome or {}).get("status"))
             return
         self._write(uc.handoff_command(session, draft, recording, target=session.source,
+                                       resource_kind=_handoff(session).handoff_kind,
                                        protected=sorted(protected)))
 
     def _draft_for(self, org_id: str, session, recording):
@@ -279,7 +290,7 @@ class Jobs:
                     self.enqueue("finish_version", org_id, command.session_id, rid, version)
                 else:                               # nothing will redo it: settle it, visibly
                     e.ledger.settle(org_id, key, delivered=False,
-                                    reason="not sent again: a section in it was edited in Epic "
+                                    reason="not sent again: a section in it was edited in the EHR "
                                            f"since, and its version is {state or 'gone'}")
                 return
         try:

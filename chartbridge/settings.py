@@ -5,8 +5,9 @@ field is the variable `CHARTBRIDGE_<FIELD>`; its description is what `chartbridg
 settings` prints and what docs/deploy.md tabulates. Per-organization settings (targets,
 credentials, clinician sign-in, the active overlay) live in the org's file, not here.
 
-`TEST_SETTINGS` names the variables only the test and contract suites read (live-sandbox
-runs of `chartbridge contract-test`); `DYNAMIC_PREFIXES` the families whose names carry a
+`TEST_SETTINGS` names the variables only the engine's own test suite reads; each adapter
+plugin's `suite_variables` those its contract suite reads (live-sandbox runs of `chartbridge
+contract-test`), so a vendor brings its own; `DYNAMIC_PREFIXES` the families whose names carry a
 key (`CHARTBRIDGE_CONTRACT_<NAME>`, set by `contract-test` for its child process, and the
 older per-org `CHARTBRIDGE_OIDC_<ORG>_*`, superseded by the org file's `sign_in.oidc`).
 tests/app/test_settings.py keeps this list complete: a `CHARTBRIDGE_*` name in the code
@@ -111,17 +112,7 @@ TEST_SETTINGS = {
     "CHARTBRIDGE_TEST_AMQP_URL": "the RabbitMQ server of the production-pairing test",
     "CHARTBRIDGE_UPDATE_SAMPLES": "1: the contract suites rewrite their recorded samples",
     "CHARTBRIDGE_WRITE_SAMPLES": "1: the contract suites write their samples",
-    "CHARTBRIDGE_FHIR_SIM_KEY": "the FHIR contract suite's simulator key",
     "CHARTBRIDGE_PROPERTY_EXAMPLES": "how many histories the stateful property tests generate",
-    "CHARTBRIDGE_ATHENA_CLIENT_SECRET_FOR_TESTS": "athena contract suite: the sandbox client secret",
-    **{f"CHARTBRIDGE_FHIR_{n}": "FHIR contract suite against a live sandbox (--base-url)"
-       for n in ("TOKEN_URL", "PATIENT_ID", "ENCOUNTER_ID", "KEY_REF", "KEY_ID", "CLIENT_ID",
-                 "ALGORITHM", "PROFILE")},
-    **{f"CHARTBRIDGE_ATHENA_{n}": "athenaOne contract suite against a live sandbox (--base-url)"
-       for n in ("TOKEN_URL", "CLIENT_ID", "CLIENT_SECRET", "PRACTICE_ID", "DEPARTMENT_ID",
-                 "PATIENT_ID")},
-    **{f"CHARTBRIDGE_HL7_{n}": "HL7 MDM contract suite against a live interface engine"
-       for n in ("RECEIVING_APPLICATION", "RECEIVING_FACILITY", "SENDING_FACILITY", "CA_FILE")},
 }
 
 # Families of variables whose names carry a key.
@@ -133,8 +124,15 @@ DYNAMIC_PREFIXES = {
 }
 
 
+def suite_variables() -> dict[str, str]:
+    """The variables each adapter plugin's contract suite reads (its `suite_variables`)."""
+    from chartbridge.adapters.registry import registry
+
+    return {n: m for p in registry.plugins() for n, m in p.suite_variables.items()}
+
+
 def documented(name: str) -> bool:
-    return (name in Settings.variables() or name in TEST_SETTINGS
+    return (name in Settings.variables() or name in TEST_SETTINGS or name in suite_variables()
             or any(name.startswith(p) for p in DYNAMIC_PREFIXES))
 
 

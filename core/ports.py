@@ -85,6 +85,22 @@ class EhrAdapter(Protocol):
         and raise OutcomeUnknown if the vendor gives no way to tell."""
 
 
+@runtime_checkable
+class HandoffAdapter(EhrAdapter, Protocol):
+    """The adapter of an inbound plugin whose sessions hand drafts back to its EHR for
+    review there (capability `hands_off_drafts`): the worker fetches a session's audio from
+    it and asks it how to read the EHR's answers about an earlier handoff."""
+
+    def fetch_chunk(self, external_session_id: str, recording_id: str, version: int,
+                    sequence: int, *, callback_url: str | None = None,
+                    correlation_id: str | None = None) -> tuple[bytes, str | None]:
+        """One chunk's audio and its Content-Type."""
+
+    def earlier_handoff_delivered(self, outcome: dict) -> bool:
+        """Whether the EHR refusing a newer body of a version (`outcome` as stored in the
+        ledger) means it already holds that version's earlier, unconfirmed body."""
+
+
 class TokenCache(Protocol):
     """Outbound access tokens shared by every worker process (one per org and key), so a
     busy site does not hammer a rate-limited token endpoint."""

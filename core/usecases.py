@@ -347,13 +347,14 @@ def submit_approved(store: Store, ledger: WriteRecorder, queue: JobQueue | None,
 
 
 def handoff_command(session: Session, draft: NoteDraft, recording: Recording, *,
-                    target: str, protected: Sequence[str]) -> WriteCommand:
-    """Sections handed back to an EHR that reviews them itself (Epic's DocumentationReady):
-    keyed by the recording version, since only the newest version is documented."""
+                    target: str, resource_kind: str, protected: Sequence[str]) -> WriteCommand:
+    """Sections handed back to an EHR that reviews them itself (the opening plugin's
+    `handoff_kind`): keyed by the recording version, since only the newest version is
+    documented."""
     check_no_protected(draft.sections, protected)
     return WriteCommand(org_id=session.org_id, target=target, session_id=session.id,
                         encounter_key=primary_encounter_key(session),
-                        note_version=recording.version, resource_kind="DocumentationReady",
+                        note_version=recording.version, resource_kind=resource_kind,
                         approval_state=ApprovalState.PRELIMINARY, kind=WriteKind.HANDOFF,
                         correlation_id=session.correlation_id, draft=draft,
                         **_identities(session),
@@ -363,12 +364,13 @@ def handoff_command(session: Session, draft: NoteDraft, recording: Recording, *,
                                "callback_url": session.callback_url})
 
 
-def notice_command(session: Session, recording: Recording, *, target: str) -> WriteCommand:
-    """A partial recording was processed (Epic's AmbientRecordingsProcessed)."""
+def notice_command(session: Session, recording: Recording, *, target: str,
+                   resource_kind: str) -> WriteCommand:
+    """A partial recording was processed (the opening plugin's `notice_kind`)."""
     return WriteCommand(org_id=session.org_id, target=target, session_id=session.id,
                         encounter_key=primary_encounter_key(session),
                         note_version=recording.version,
-                        resource_kind="AmbientRecordingsProcessed",
+                        resource_kind=resource_kind,
                         approval_state=ApprovalState.PRELIMINARY, kind=WriteKind.NOTICE,
                         correlation_id=session.correlation_id, **_identities(session),
                         extra={"external_session_id": session.external_id,

@@ -18,7 +18,6 @@ SPEC = AdapterSpec(
     needs_approval=True,
     description="athenaOne clinicaldocument",
     resource_kind="clinicaldocument",
-    capabilities=Capabilities(),
     checks="chartbridge.adapters.athenaone.checks:check",
     template=plugin.template,
     mapping_note=plugin.MAPPING_NOTE,
@@ -28,4 +27,5 @@ SPEC = AdapterSpec(
     sandbox="contract_tests.athenaone.sandbox:register",
     suite="contract_tests.athenaone",
     suite_env=plugin.suite_env,
+    suite_variables=plugin.SUITE_VARIABLES,
 )

@@ -56,3 +56,12 @@ def template(org: str, p: str) -> str:
     requests_per_second: 5                    # stay under the practice's quota
     timeout_s: 15
 """
+
+
+# CHARTBRIDGE_* variables only this vendor's contract suite reads (live-sandbox runs)
+SUITE_VARIABLES = {
+    "CHARTBRIDGE_ATHENA_CLIENT_SECRET_FOR_TESTS": "athena contract suite: the sandbox client secret",
+    **{f"CHARTBRIDGE_ATHENA_{n}": "athenaOne contract suite against a live sandbox (--base-url)"
+       for n in ("TOKEN_URL", "CLIENT_ID", "CLIENT_SECRET", "PRACTICE_ID", "DEPARTMENT_ID",
+                 "PATIENT_ID")},
+}

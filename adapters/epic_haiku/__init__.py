@@ -16,7 +16,8 @@ SPEC = AdapterSpec(
     factory=_build,
     needs_approval=False,   # drafts go back to Epic, where the clinician reviews and signs
     description="Epic Haiku ambient workflow (inbound events, DocumentationReady)",
-    capabilities=Capabilities(inbound_events=True, hands_off_drafts=True),
+    capabilities=Capabilities(hands_off_drafts=True, handoff_kind="DocumentationReady",
+                              notice_kind="AmbientRecordingsProcessed"),
     endpoints=plugin.blueprints,
     checks="chartbridge.adapters.epic_haiku.checks:check",
     template=plugin.template,

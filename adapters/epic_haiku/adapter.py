@@ -115,6 +115,12 @@ class EpicHaikuAdapter:
         """Epic has no look-up, but dedupes identical bodies: resending is the reconcile."""
         return None
 
+    def earlier_handoff_delivered(self, outcome: dict[str, Any]) -> bool:
+        """Epic's answer to a newer body for a version whose earlier handoff was never
+        confirmed: 409 (documentation for this version is already there) means Epic holds
+        the earlier body; the engine checks that the version is still the newest."""
+        return outcome.get("status") == 409
+
     # -- audio ------------------------------------------------------------------------------
     def fetch_chunk(self, external_session_id: str, recording_id: str, version: int,
                     sequence: int, *, callback_url: str | None = None,

@@ -21,7 +21,6 @@ SPEC = AdapterSpec(
     description="FHIR R4 DocumentReference create/replace",
     resource_kind="DocumentReference",
     # conditional create is per profile (us-core yes, epic no): see profiles.py
-    capabilities=Capabilities(conditional_create=True, corrections=("replace", "append")),
     checks="chartbridge.adapters.fhir_docref.checks:check",
     template=plugin.template,
     mapping_note=plugin.MAPPING_NOTE,
@@ -31,4 +30,5 @@ SPEC = AdapterSpec(
     sandbox="contract_tests.fhir_docref.sandbox:register",
     suite="contract_tests.fhir_docref",
     suite_env=plugin.suite_env,
+    suite_variables=plugin.SUITE_VARIABLES,
 )

@@ -359,17 +359,3 @@ def build(org_config: Any, target_config: FhirDocRefConfig, services: Any) -> Fh
     return FhirDocRefAdapter(org_id=org_id, config=cfg, client=client,
                              note_type_for=_note_type_resolver(org_config),
                              titles=section_titles(org_config))
-
-
-def demo_keypair(algorithm: str = "ES384", kid: str = "sim-key-1") -> tuple[str, dict]:
-    """(private PEM, public JWK with kid) for a simulator client. Test/demo use only."""
-    from joserfc.jwk import ECKey, RSAKey
-    key = ECKey.generate_key("P-384") if algorithm == "ES384" else RSAKey.generate_key(2048)
-    pem = key.as_pem(private=True).decode()
-    jwk = key.as_dict(private=False)
-    jwk.update({"kid": kid, "alg": algorithm, "use": "sig"})
-    return pem, jwk
-
-
-SIM_SCOPES = ["system/DocumentReference.write", "system/DocumentReference.read",
-              "system/Provenance.write", "system/Patient.read", "system/Encounter.read"]

@@ -58,3 +58,12 @@ def template(org: str, p: str) -> str:
     identifier_system: https://{org}.invalid/fhir/sid/note-write   # CHANGE ME: URI of our note identifiers (dedupe)
     timeout_s: 15
 """
+
+
+# CHARTBRIDGE_* variables only this vendor's contract suite reads (live-sandbox runs)
+SUITE_VARIABLES = {
+    "CHARTBRIDGE_FHIR_SIM_KEY": "the FHIR contract suite's simulator key",
+    **{f"CHARTBRIDGE_FHIR_{n}": "FHIR contract suite against a live sandbox (--base-url)"
+       for n in ("TOKEN_URL", "PATIENT_ID", "ENCOUNTER_ID", "KEY_REF", "KEY_ID", "CLIENT_ID",
+                 "ALGORITHM", "PROFILE")},
+}

@@ -18,7 +18,6 @@ SPEC = AdapterSpec(
     needs_approval=True,
     description="HL7 v2.5.1 MDM^T02/T06/T08/T10/T11 over MLLP",
     resource_kind="MDM",
-    capabilities=Capabilities(corrections=("replace", "append")),
     checks="chartbridge.adapters.hl7_mdm.checks:check",
     template=plugin.template,
     mapping_note=plugin.MAPPING_NOTE,
@@ -29,4 +28,5 @@ SPEC = AdapterSpec(
     sandbox="contract_tests.hl7_mdm.sandbox:register",
     suite="contract_tests.hl7_mdm",
     suite_env=plugin.suite_env,
+    suite_variables=plugin.SUITE_VARIABLES,
 )

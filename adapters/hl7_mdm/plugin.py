@@ -74,3 +74,10 @@ def template(org: str, p: str) -> str:
     obx_mode: per_section                     # per_section | per_note
     ack_mode: original                        # original | enhanced
 """
+
+
+# CHARTBRIDGE_* variables only this vendor's contract suite reads (live-sandbox runs)
+SUITE_VARIABLES = {
+    f"CHARTBRIDGE_HL7_{n}": "HL7 MDM contract suite against a live interface engine"
+    for n in ("RECEIVING_APPLICATION", "RECEIVING_FACILITY", "SENDING_FACILITY", "CA_FILE")
+}

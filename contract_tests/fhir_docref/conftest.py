@@ -89,7 +89,7 @@ def fhir(request, monkeypatch, clock):
                    os.environ.get("CHARTBRIDGE_FHIR_ENCOUNTER_ID", ""))
         return
     from contract_tests.fhir_docref.sandbox import demo_target_settings
-    from chartbridge.adapters.fhir_docref.adapter import SIM_SCOPES, demo_keypair
+    from contract_tests.fhir_docref.sandbox import SIM_SCOPES, demo_keypair
 
     from contract_tests.fhir_docref.simulator import FhirSimulator
 

@@ -18,7 +18,7 @@ def demo_target_settings(sim: Any, *, key_ref: str = "env:CHARTBRIDGE_FHIR_SIM_K
                          algorithm: str = "ES384") -> dict:
     """The `targets.fhir_docref` block for a running FhirSimulator. The caller registers the
     public key with `sim.register_client(client_id, jwk, scopes=...)` and puts the PEM
-    private key where `key_ref` points (see adapters.fhir_docref.adapter.demo_keypair())."""
+    private key where `key_ref` points (see demo_keypair() below)."""
     return {"base_url": sim.base_url, "client_id": client_id, "private_key": key_ref,
             "key_id": key_id, "algorithm": algorithm, "profile": sim.profile,
             "content_type": "text/plain", "identifier_system": "urn:chartbridge:write",
@@ -73,3 +73,17 @@ def register(sb: Any, keys: Any, org: Any, cfg: Any) -> None:
         sim.register_client(cfg.client_id, public_jwk(pem, cfg.key_id, cfg.algorithm),
                             scopes=list(cfg.scopes))
         sb.lines.append(f"  {org.org}: fhir client {cfg.client_id} (kid {cfg.key_id}) at {cfg.base_url}")
+
+
+def demo_keypair(algorithm: str = "ES384", kid: str = "sim-key-1") -> tuple[str, dict]:
+    """(private PEM, public JWK with kid) for a simulator client. Test/demo use only."""
+    from joserfc.jwk import ECKey, RSAKey
+    key = ECKey.generate_key("P-384") if algorithm == "ES384" else RSAKey.generate_key(2048)
+    pem = key.as_pem(private=True).decode()
+    jwk = key.as_dict(private=False)
+    jwk.update({"kid": kid, "alg": algorithm, "use": "sig"})
+    return pem, jwk
+
+
+SIM_SCOPES = ["system/DocumentReference.write", "system/DocumentReference.read",
+              "system/Provenance.write", "system/Patient.read", "system/Encounter.read"]

@@ -28,18 +28,6 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
                     headers=dict(headers or {}))
 
 
-def drop_connection(environ: Mapping[str, Any]) -> None:
-    """Shut the request's socket down in both directions (a connection lost mid-answer).
-    The WSGI app should then raise ConnectionResetError (or a subclass): werkzeug takes it
-    as a client gone and writes nothing more."""
-    sock = environ.get("werkzeug.socket")
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
 class BackgroundServer:
     """A threaded werkzeug server for one WSGI app on a daemon thread."""
 
@@ -86,9 +74,9 @@ class BackgroundServer:
 
 
 def drop_connection(environ: Mapping[str, Any]) -> bool:
-    """Close the client's socket under a request being answered (a lost answer); False if
-    the server gives no socket."""
-    import socket
+    """Shut the request's socket down in both directions (a connection lost mid-answer);
+    False if the server gives no socket. The WSGI app should then raise
+    ConnectionResetError (or a subclass): werkzeug takes it as a client gone."""
     sock = environ.get("werkzeug.socket")
     if sock is None:
         return False

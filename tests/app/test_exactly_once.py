@@ -12,7 +12,7 @@ import pytest
 import yaml
 from dramatiq.brokers.stub import StubBroker
 
-from chartbridge.adapters.fhir_docref.adapter import SIM_SCOPES, demo_keypair
+from contract_tests.fhir_docref.sandbox import SIM_SCOPES, demo_keypair
 from chartbridge.bootstrap import bootstrap
 from chartbridge.core import usecases as uc
 from chartbridge.core.models import (Consent, ConsentScope, Decision, Identifier,

@@ -44,7 +44,6 @@ SPEC = AdapterSpec(
     config_model=CbTestConfig,
     factory=_build,
     description="throwaway test EHR",
-    capabilities=Capabilities(corrections=("append",)),
     checks="cbtest_plugin.checks:check",
     template=_template,
     mapping_note="no code-table fields (throwaway plugin)",

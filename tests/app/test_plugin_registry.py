@@ -35,3 +35,21 @@ def test_the_handoff_goes_to_the_plugin_that_opened_the_session(source, hands_of
 
 def test_only_the_epic_plugin_declares_the_handoff_among_the_built_ins():
     assert [p.name for p in registry.with_capability("hands_off_drafts")] == ["epic_haiku"]
+
+
+def test_the_handoff_plugins_adapter_implements_the_handoff_port():
+    from chartbridge.adapters.epic_haiku.adapter import EpicHaikuAdapter
+    from chartbridge.core.ports import HandoffAdapter
+
+    import inspect
+
+    for name, member in inspect.getmembers(HandoffAdapter, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        mine = getattr(EpicHaikuAdapter, name, None)
+        assert callable(mine), name
+        assert list(inspect.signature(mine).parameters) == \
+            list(inspect.signature(member).parameters), name
+    epic = registry.get("epic_haiku").capabilities
+    assert (epic.handoff_kind, epic.notice_kind) == ("DocumentationReady",
+                                                     "AmbientRecordingsProcessed")

@@ -163,7 +163,8 @@ def test_protected_section_is_never_drafted_again(store, clock):
     again = uc.draft_note(store, clock, KeywordGenerator(), WordsTranscriber(), org_id=ORG, session=s, recording=rec)
     assert again.sections == [] and again.version == 2
     with pytest.raises(RuleViolation) as err:            # an old draft holding it cannot be sent
-        uc.handoff_command(s, draft, rec, target="epic_haiku", protected=["10164-2"])
+        uc.handoff_command(s, draft, rec, target="epic_haiku", resource_kind="DocumentationReady",
+                           protected=["10164-2"])
     assert err.value.rule == "section_protected"
     assert all(seg_id in {x.id for x in store.segments(ORG, s.id)} for seg_id in draft.sections[0].segment_ids)
 

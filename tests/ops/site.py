@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from contract_tests.fhir_docref.sandbox import demo_target_settings as fhir_settings
-from chartbridge.adapters.fhir_docref.adapter import SIM_SCOPES, demo_keypair
+from contract_tests.fhir_docref.sandbox import SIM_SCOPES, demo_keypair
 from chartbridge.bootstrap import bootstrap
 from chartbridge.core import usecases as uc
 from chartbridge.core.models import (Consent, ConsentScope, Decision, Identifier,

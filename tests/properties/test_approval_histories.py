@@ -30,7 +30,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, precondition, rule,
                                  run_state_machine_as_test)
 
-from chartbridge.adapters.fhir_docref.adapter import SIM_SCOPES, demo_keypair
+from contract_tests.fhir_docref.sandbox import SIM_SCOPES, demo_keypair
 from chartbridge.bootstrap import bootstrap
 from chartbridge.core import usecases as uc
 from chartbridge.core.clock import FrozenClock

@@ -21,7 +21,6 @@ bearer checks), validation (R4 + profile rules), store (versions and search), fa
 (injected failures over the shared queue), rules (the profiles as data), answers and values
 (OperationOutcome and FHIR value helpers).
 """
-from contract_tests.support.http import QuietHandler as _QuietHandler  # noqa: F401 (old import)
 
 from .answers import FHIR_JSON, FhirAnswer, Issues, fail, issue, outcome
 from .auth import (
