@@ -5,12 +5,10 @@ serving the base_url's path, the org's client registered with its public key, ki
 scopes."""
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from chartbridge.onboarding.keys import public_jwk
 from chartbridge.onboarding.sandbox import host_port, need_loopback, shared_sim
-from contract_tests.support.http import QuietHandler
 
 
 def demo_target_settings(sim: Any, *, key_ref: str = "env:CHARTBRIDGE_FHIR_SIM_KEY",
@@ -43,20 +41,10 @@ class _FhirPrefix:
 
 
 def _start(sb: Any, host: str, port: int, prefix: str, profile: str) -> Any:
-    from werkzeug.serving import make_server
-
     from contract_tests.fhir_docref.simulator import FhirSimulator
 
     sim = FhirSimulator(profile, host=host, port=port)
-    server = make_server(host, port, _FhirPrefix(prefix, sim.wsgi_app), threaded=True,
-                         request_handler=QuietHandler)
-    server.daemon_threads = True
-    sim._server = server                                   # so sim.stop() shuts it down
-    sim.port = server.server_port
-    sim._base_url = f"http://{host}:{server.server_port}{prefix}"   # token aud, Location
-    sim._thread = threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05),
-                                   name="fhir-sim", daemon=True)
-    sim._thread.start()
+    sim.start(wrap=lambda app: _FhirPrefix(prefix, app), base_path=prefix)
     sb.stack.callback(sim.stop)
     return sim
 

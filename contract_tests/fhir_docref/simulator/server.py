@@ -60,8 +60,6 @@ class FhirSimulator:
         self._lock = threading.RLock()
         self._background: BackgroundServer | None = None
         # set by callers that serve wsgi_app themselves (onboarding's sandbox): stop() ends it
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
         self._base_url: str | None = None
         self.store = Store(self.rules, lock=self._lock, clock=clock,
                            base_url=lambda: self._base_url, max_resources=max_resources)
@@ -124,18 +122,9 @@ class FhirSimulator:
         return self._base_url
 
     def stop(self) -> None:
-        # `_server`/`_thread`: set by a caller serving wsgi_app on its own werkzeug server
-        # (onboarding/sandbox.py); drop when it uses start(wrap=..., base_path=...)
         background, self._background = self._background, None
         if background is not None:
             background.stop()
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
 
     def __enter__(self) -> "FhirSimulator":
         self.start()
