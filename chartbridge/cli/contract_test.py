@@ -105,8 +105,8 @@ def _run_org(org_id: str, env_name: str | None, config_dir: str | None, only: st
 @click.option("--env", "env_name", default=None, help="With --org: the environment overlay (e.g. sandbox).")
 @click.option("--config-dir", default=None, type=click.Path(file_okay=False), help="With --org: the org config folder.")
 @click.option("--base-url", default=None, help="A real sandbox instead of the simulator.")
-@click.option("--host", default=None, help="MLLP suites: the receiver's host.")
-@click.option("--port", default=None, type=int, help="MLLP suites: the receiver's port.")
+@click.option("--host", default=None, help="Suites that connect to a host and port (not a URL): the host.")
+@click.option("--port", default=None, type=int, help="Suites that connect to a host and port (not a URL): the port.")
 @click.option("--client-id", default=None, help="Sandbox client id.")
 @click.option("--key", default=None, help="Sandbox key or secret reference (env:NAME or file:PATH).")
 @click.option("--junit-xml", "junit", default=None, type=click.Path(dir_okay=False),

@@ -67,7 +67,7 @@ note_types:
   allowed: ["11506-3"]          # note types this org may produce
 
 policy:
-  approval: required            # required | stage_preliminary (non-Epic targets)
+  approval: required            # required | stage_preliminary (targets written after approval here)
   consent:
     capture: required           # assumed | required
     write_back: required        # assumed | required
