@@ -153,6 +153,9 @@ class Jobs:
         newest = e.store.newest_version(session.org_id, session.id, recording_id)
         chunk = e.store.get_chunk(session.org_id, session.id, recording_id, sequence)
         adapter = e.adapter(session.org_id, session.source)   # the inbound plugin that opened it
+        if not callable(getattr(adapter, "fetch_chunk", None)):
+            raise PermanentError(f"the {session.source} plugin that opened this session serves "
+                                 "no audio (core.ports.HandoffAdapter.fetch_chunk)")
         audio, got_type = adapter.fetch_chunk(session.external_id, recording_id,
                                               max(newest or 0, chunk.version), sequence,
                                               callback_url=session.callback_url,
