@@ -20,10 +20,11 @@ from flask import Blueprint, jsonify, make_response, redirect, render_template, 
 
 from chartbridge.core.errors import ChartbridgeError, InputError, NotFound
 from chartbridge.core.models import WriteStatus
-from chartbridge.httperrors import ORG_ID, external_url_for, register_error_shape
+from chartbridge.httperrors import ORG_ID, register_error_shape
 from chartbridge.ledger import audit as audit_log
 from chartbridge.ledger import repairs as reads
 from chartbridge.review import oidc
+from chartbridge.review.signin_flow import redirect_to_provider, user_from_provider
 from chartbridge.review.websession import PageSessions, SealedCookie, csrf_ok, security_headers
 
 from . import access, health, repair
@@ -146,13 +147,9 @@ def make_blueprint(engine, jobs) -> Blueprint:
     @bp.get("/ops/orgs/<org>/login")
     def login(org: str):
         conf = engine.org(org)
-        provider = oidc.provider_for(org, conf)
-        if provider is not None:
-            url, pending = oidc.start(engine, provider,
-                                      external_url_for(".oidc_callback", org=org))
-            resp = redirect(url, code=302)
-            pending_login.save({"org": org, "phase": "oidc", **pending}, resp, path=path(org))
-            return resp
+        to_provider = redirect_to_provider(engine, org, pending_login, path(org))
+        if to_provider is not None:
+            return to_provider
         if not _dev_login_allowed(org):
             raise NotFound("no sign-in is configured for this organization")
         if signed_in(org):
@@ -195,14 +192,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
 
     @bp.get("/ops/orgs/<org>/oidc/callback")
     def oidc_callback(org: str):
-        provider = oidc.provider_for(org, engine.org(org))
-        pending = pending_login.load()
-        if (provider is None or not pending or pending.get("org") != org
-                or pending.get("phase") != "oidc"):
-            raise InputError("this sign-in answer is not from a sign-in in this browser",
-                             field="state")
-        user = oidc.finish(engine, provider, pending, request.args,
-                           external_url_for(".oidc_callback", org=org))
+        user = user_from_provider(engine, org, pending_login)
         return _signed_in(org, user, "oidc")
 
     @bp.post("/ops/orgs/<org>/logout")

@@ -9,10 +9,8 @@ import secrets
 from flask import Blueprint, redirect, request, url_for
 
 from chartbridge.core.errors import InputError, NotFound
-from chartbridge.httperrors import external_url_for
-
-from . import oidc
 from .common import ROLES, USER_ID, Review, dev_login_allowed
+from .signin_flow import redirect_to_provider, user_from_provider
 from .websession import csrf_ok
 
 log = logging.getLogger("chartbridge.review")
@@ -34,14 +32,9 @@ def register(bp: Blueprint, ctx: Review) -> None:
     # -- sign-in ---------------------------------------------------------------------------
     @bp.get("/orgs/<org>/review/login")
     def login(org: str):
-        engine.org(org)
-        provider = oidc.provider_for(org, engine.org(org))
-        if provider is not None:
-            url, pending = oidc.start(engine, provider,
-                                      external_url_for(".oidc_callback", org=org))
-            resp = redirect(url, code=302)
-            pending_login.save({"org": org, "phase": "oidc", **pending}, resp, path=path(org))
-            return resp
+        to_provider = redirect_to_provider(engine, org, pending_login, path(org))
+        if to_provider is not None:
+            return to_provider
         if not dev_login_allowed(org):
             raise NotFound("no sign-in is configured for this organization")
         if signed_in(org):
@@ -75,14 +68,7 @@ def register(bp: Blueprint, ctx: Review) -> None:
 
     @bp.get("/orgs/<org>/review/oidc/callback")
     def oidc_callback(org: str):
-        provider = oidc.provider_for(org, engine.org(org))
-        pending = pending_login.load()
-        if (provider is None or not pending or pending.get("org") != org
-                or pending.get("phase") != "oidc"):
-            raise InputError("this sign-in answer is not from a sign-in in this browser",
-                             field="state")
-        user = oidc.finish(engine, provider, pending, request.args,
-                           external_url_for(".oidc_callback", org=org))
+        user = user_from_provider(engine, org, pending_login)
         return signed_in_answer(org, user, method="oidc")
 
     @bp.post("/orgs/<org>/review/logout")
