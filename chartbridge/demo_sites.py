@@ -47,9 +47,12 @@ def _chunks(wav: bytes, seconds: float) -> list[tuple[bytes, int]]:
     return out
 
 
-def _start_simulators(stack: ExitStack, workdir: Path) -> dict[str, dict]:
-    """Start each target's simulator and return the org's `targets` block for them."""
+def _start_simulators(stack: ExitStack, workdir: Path,
+                      sims: dict | None = None) -> dict[str, dict]:
+    """Start each target's simulator and return the org's `targets` block for them (and
+    each simulator in `sims`, by target name, when given)."""
     targets: dict[str, dict] = {}
+    sims = {} if sims is None else sims
     from contract_tests.athenaone.sandbox import demo_target_settings as athena_settings
     from contract_tests.athenaone.simulator import AthenaSimulator
     athena = AthenaSimulator()
@@ -57,6 +60,7 @@ def _start_simulators(stack: ExitStack, workdir: Path) -> dict[str, dict]:
     stack.callback(athena.stop)
     os.environ.setdefault("ATHENA_CLIENT_SECRET", "sim-secret")   # the simulator's own credential
     targets["athenaone"] = athena_settings(athena)
+    sims["athenaone"] = athena
 
     from contract_tests.hl7_mdm.sandbox import demo_target_settings as mllp_settings
     from contract_tests.hl7_mdm.simulator import HL7MDMSimulator
@@ -64,6 +68,7 @@ def _start_simulators(stack: ExitStack, workdir: Path) -> dict[str, dict]:
     mllp.start()
     stack.callback(mllp.stop)
     targets["hl7_mdm"] = mllp_settings(mllp)
+    sims["hl7_mdm"] = mllp
 
     try:
         from contract_tests.fhir_docref.sandbox import demo_target_settings as fhir_settings
@@ -84,6 +89,7 @@ def _start_simulators(stack: ExitStack, workdir: Path) -> dict[str, dict]:
         key_file.chmod(0o600)
         fhir.register_client("chartbridge-sim", jwk, scopes=SIM_SCOPES)
         targets["fhir_docref"] = fhir_settings(fhir, key_ref=f"file:{key_file}")
+        sims["fhir_docref"] = fhir
     return targets
 
 

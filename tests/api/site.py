@@ -43,7 +43,8 @@ class ApiSite:
     def __init__(self, tmp_path: Path, database_url: str) -> None:
         self.stack = ExitStack()
         self.workdir = tmp_path
-        self.targets = _start_simulators(self.stack, tmp_path)
+        self.sims: dict = {}
+        self.targets = _start_simulators(self.stack, tmp_path, self.sims)
         self.idp = DemoIdP().start()
         self.stack.callback(self.idp.stop)
         orgs = tmp_path / "orgs"
@@ -74,8 +75,8 @@ class ApiSite:
 
     def client(self, org: str = ORG, client_id: str = CLIENT, scopes: str | None = None):
         c = CaptureClient(self.url, org, client_id, self.keys[(org, client_id)])
-        if scopes is not None:
-            c.scopes = scopes
+        c.scopes = scopes if scopes is not None else (
+            "read" if client_id == READER else "capture read approve")
         return c
 
     def clinician_token(self, sub: str = "clin-42", name: str = "Dr Okafor", **kw) -> str:
