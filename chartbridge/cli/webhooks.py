@@ -65,15 +65,20 @@ def events(org_id: str, database_url: str | None) -> None:
 @org_option
 @click.argument("delivery_id", required=False)
 @click.option("--all-failed", is_flag=True, help="Every failed delivery of the org.")
+@click.option("--by", "by", default="cli", show_default=True,
+              help="Who replays it (audited as user:<by>).")
+@click.option("--reason", default=None, help="Why (audited).")
 @url_option
-def replay(org_id: str, delivery_id: str | None, all_failed: bool,
-           database_url: str | None) -> None:
+def replay(org_id: str, delivery_id: str | None, all_failed: bool, by: str,
+           reason: str | None, database_url: str | None) -> None:
     """Send a failed (or delivered) delivery again: pending, due now, a fresh attempt
     budget, the same event id. The worker (or the sweeper) sends it."""
     if bool(delivery_id) == all_failed:
         raise InputError("give one delivery id, or --all-failed")
     store = _store(database_url)
-    rows = store.replay_failed(org_id) if all_failed else [store.replay(org_id, delivery_id)]
+    actor = f"user:{by}"
+    rows = (store.replay_failed(org_id, actor=actor, reason=reason) if all_failed
+            else [store.replay(org_id, delivery_id, actor=actor, reason=reason)])
     for r in rows:
         click.echo(f"{r.id} {r.event_type} -> {r.subscriber}: pending")
     if all_failed and not rows:

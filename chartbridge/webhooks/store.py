@@ -207,8 +207,12 @@ class WebhookStore:
                 return d
         raise NotFound("no such webhook delivery in this organization", key=did)
 
-    def replay(self, org_id: str, did: str) -> Delivery:
-        """Send a failed or delivered delivery again: pending, due now, attempts from 0."""
+    def replay(self, org_id: str, did: str, *, actor: str = "system",
+               reason: str | None = None) -> Delivery:
+        """Send a failed or delivered delivery again: pending, due now, attempts from 0
+        (audited: who, why, what it was)."""
+        from chartbridge.ledger import audit
+
         now = self.clock.now()
         with self.db.transaction() as tx:
             row = tx.scalars(select(WebhookDeliveryRow).where(
@@ -219,11 +223,18 @@ class WebhookStore:
             if row.status not in (FAILED, DELIVERED):
                 raise StateConflict(f"delivery is {row.status}; it is being delivered already",
                                     key=did)
+            previous = {"previous_status": row.status, "previous_attempts": row.attempts,
+                        "previous_error": row.last_error}
             row.status, row.attempts, row.next_attempt_at = PENDING, 0, now
             row.updated_at = now
-            event_type = tx.scalar(select(WebhookEventRow.type).where(
-                WebhookEventRow.org_id == org_id, WebhookEventRow.id == row.event_id))
-            return _delivery(row, event_type)
+            event = tx.scalars(select(WebhookEventRow).where(
+                WebhookEventRow.org_id == org_id, WebhookEventRow.id == row.event_id)).one()
+            audit.record(tx, at=now, org_id=org_id, session_id=event.session_id, actor=actor,
+                         action="webhook.replayed", delivery=did, event=event.id,
+                         subscriber=row.subscriber, reason=reason, **previous)
+            return _delivery(row, event.type)
 
-    def replay_failed(self, org_id: str) -> list[Delivery]:
-        return [self.replay(org_id, d.id) for d in self.list(org_id, status=FAILED)]
+    def replay_failed(self, org_id: str, *, actor: str = "system",
+                      reason: str | None = None) -> list[Delivery]:
+        return [self.replay(org_id, d.id, actor=actor, reason=reason)
+                for d in self.list(org_id, status=FAILED)]

@@ -205,8 +205,14 @@ def test_failed_after_max_attempts_is_listed_by_the_cli_and_replay_delivers(
     assert d.id in table.stdout and "http_503" in table.stdout
     # and replays it once the receiver is fixed
     receiver.answer = 204
-    replayed = cli("webhooks", "replay", "--org", ORG, d.id, database_url=database_url)
+    replayed = cli("webhooks", "replay", "--org", ORG, d.id, "--by", "ops.jane",
+                   "--reason", "receiver fixed", database_url=database_url)
     assert replayed.returncode == 0, replayed.stderr
+    from chartbridge.ledger.tables import AuditRow
+    with engine.db.transaction() as tx:
+        (row,) = tx.query(AuditRow).filter(AuditRow.action == "webhook.replayed").all()
+        assert (row.actor, row.detail["reason"], row.detail["previous_status"]) == (
+            "user:ops.jane", "receiver fixed", "failed")
     hooks.run_due()
     # Then it is delivered, with the same event id
     (d2,) = hooks.store.list(ORG)
@@ -216,6 +222,12 @@ def test_failed_after_max_attempts_is_listed_by_the_cli_and_replay_delivers(
     other = cli("webhooks", "replay", "--org", "other-org", d.id, database_url=database_url)
     assert other.returncode == 1 and "no such webhook delivery" in other.stderr
     assert "Traceback" not in other.stderr
+    # and a delivery being delivered is not replayed over (delivered: fine, pending: refused)
+    hooks.store.replay(ORG, d.id)
+    busy = cli("webhooks", "replay", "--org", ORG, "--all-failed", database_url=database_url)
+    assert (busy.returncode, busy.stdout.strip()) == (0, "no failed deliveries")
+    again = cli("webhooks", "replay", "--org", ORG, d.id, database_url=database_url)
+    assert again.returncode == 1 and "pending" in again.stderr
 
 
 def test_stale_and_failed_writes_are_announced_with_their_reason(site, receiver):
