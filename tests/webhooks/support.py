@@ -43,6 +43,8 @@ class Receiver:
         self.webhook = Webhook(secret)
         self.received: list[dict] = []      # {"headers", "body", "event"}
         self.rejected: list[str] = []
+        self.requests = 0                   # every POST, whatever it was answered
+        self.hold = None                    # a threading.Event the handler waits on
         self.answer = 204
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -54,6 +56,10 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with outer._lock:
+                    outer.requests += 1
+                if outer.hold is not None:
+                    outer.hold.wait(10)
                 headers = {k: v for k, v in self.headers.items()}
                 try:
                     event = outer.webhook.verify(body, headers)

@@ -154,21 +154,30 @@ def test_a_repeated_transition_is_one_event(site, receiver):
     assert {r.key for r in rows} == set(again)
 
 
-def test_a_crash_between_the_state_change_and_delivery_still_delivers(site, receiver):
-    engine, jobs, fhir, mllp = site
-    # Given a write succeeded and its process died before any delivery ran (nothing but
-    # the database survives: a new engine on the same database and config)
-    _, draft = _drafted(engine, jobs)
-    _approve_and_write(engine, jobs, draft)
-    from chartbridge.bootstrap import bootstrap
-    fresh = bootstrap(db=engine.db, config_dir=engine.config_dir, clock=engine.clock)
-    # When the sweeper of the new process runs and the worker takes the messages
-    from dramatiq.brokers.stub import StubBroker
-    from chartbridge.jobs import Jobs
-    from dramatiq import Worker
+def test_a_crash_between_the_state_change_and_delivery_still_delivers(site, receiver,
+                                                                       database_url):
+    import subprocess
+    import sys
+    from pathlib import Path
 
+    from dramatiq import Worker
+    from dramatiq.brokers.stub import StubBroker
+
+    from chartbridge.jobs import Jobs
+
+    engine, jobs, fhir, mllp = site
+    # Given a process that wrote the notes and died right after (os._exit), before any
+    # delivery could run
+    script = Path(__file__).with_name("crash_after_write.py")
+    done = subprocess.run([sys.executable, str(script), database_url, str(engine.config_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 137, done.stderr[-2000:]
+    assert done.stdout.strip() == "succeeded,succeeded"
+    store = WebhookStore(engine.db, engine.clock)
+    assert len(store.events(ORG)) == 3 and store.list(ORG) == [] and receiver.requests == 0
+    # When this process's sweeper runs and its worker takes the messages
     broker = StubBroker()
-    worker_jobs = Jobs(fresh, broker, queue="hooks-crash")
+    worker_jobs = Jobs(engine, broker, queue="hooks-crash")
     counts = Sweeper(worker_jobs).sweep_once()
     worker = Worker(broker, worker_threads=1)
     worker.start()
@@ -176,10 +185,11 @@ def test_a_crash_between_the_state_change_and_delivery_still_delivers(site, rece
         broker.join(worker_jobs.queue, timeout=20_000)
     finally:
         worker.stop()
-    # Then every event was delivered
+    # Then every event the dead process recorded was delivered, once
     assert counts["webhooks"] == 3
     assert sorted(e["type"] for e in receiver.events()) == [
         "draft.ready", "write.succeeded", "write.succeeded"]
+    assert {d.status for d in store.list(ORG)} == {"delivered"}
 
 
 def test_failed_after_max_attempts_is_listed_by_the_cli_and_replay_delivers(
