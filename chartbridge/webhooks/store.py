@@ -81,7 +81,9 @@ def _delivery(row: WebhookDeliveryRow, event_type: str) -> Delivery:
 
 
 class WebhookStore:
-    def __init__(self, db: Database, clock: Clock, *, lease_s: float = 60.0) -> None:
+    # longer than one attempt can take (httpx's timeout is per phase: connect, write, read,
+    # pool; each at most 30 s), so a live worker's claim never expires under it
+    def __init__(self, db: Database, clock: Clock, *, lease_s: float = 150.0) -> None:
         self.db, self.clock, self.lease = db, clock, timedelta(seconds=lease_s)
 
     # -- events -> deliveries ------------------------------------------------------------

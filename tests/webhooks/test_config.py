@@ -48,3 +48,21 @@ def test_a_bad_subscriber_is_refused_naming_its_field(change, field, kind):
 def test_two_subscribers_with_one_id_are_refused():
     with pytest.raises(ValidationError, match="subscriber id is used once"):
         TypeAdapter(Webhooks).validate_python([GOOD, GOOD])
+
+
+def test_org_check_names_a_webhook_secret_that_is_not_a_signing_key(monkeypatch):
+    from chartbridge.webhooks.checks import subscriber_checks
+    from tests.webhooks.support import SECRET
+
+    doc = yaml.safe_load((REPO / "config/orgs/demo-multi.yaml").read_text())
+    doc["webhooks"] = [GOOD, dict(GOOD, id="two", secret="env:HOOK_SECRET_TWO"),
+                       dict(GOOD, id="three", secret="env:HOOK_SECRET_UNSET")]
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    monkeypatch.setenv("HOOK_SECRET_TWO", "a-plain-password")
+    monkeypatch.delenv("HOOK_SECRET_UNSET", raising=False)
+    checks = subscriber_checks(OrgConfig.model_validate(doc))
+    by_name = {c.name: c for c in checks}
+    assert by_name["ops signing key"].ok
+    assert not by_name["two signing key"].ok and "whsec_" in by_name["two signing key"].detail
+    assert not by_name["secret webhooks[2].secret"].ok
+    assert all("a-plain-password" not in c.detail + c.fix for c in checks)

@@ -2,9 +2,12 @@
 transition's own transaction, whatever is repeated, in whatever order."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from chartbridge.core.errors import (OutcomeUnknown, PermanentError, TransientError,
                                      WriteInProgress)
@@ -72,10 +75,12 @@ def test_the_body_schema_refuses_anything_but_ids_and_states():
     assert b"transcript" not in event.body()
 
 
+# a found failing history stays found (kept in the repo, like tests/properties/examples)
+EXAMPLES_DB = DirectoryBasedExampleDatabase(str(Path(__file__).parent / "examples"))
 OUTCOMES = st.sampled_from(["ok", "permanent", "transient", "unknown", "busy"])
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=25, deadline=None, database=EXAMPLES_DB,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(history=st.lists(st.tuples(st.integers(1, 2), OUTCOMES), min_size=1, max_size=8))
 def test_any_history_of_repeats_announces_each_status_reached_once(db, clock, tmp_path,
