@@ -255,12 +255,14 @@ class WebhookEventRow(Base):
     transition's immutable facts, so recording the same transition again adds nothing."""
 
     __tablename__ = "webhook_events"
-    __table_args__ = (Index("ix_webhook_events_fanout", "fanned_out", "created_at"),)
+    __table_args__ = (Index("ix_webhook_events_fanout", "fanned_out", "created_at"),
+                      Index("ix_webhook_events_subject", "org_id", "subject", "type"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)   # the webhook-id header
     org_id: Mapped[str] = mapped_column(String(64), index=True)
     type: Mapped[str] = mapped_column(String(64))
     session_id: Mapped[str | None] = mapped_column(String(32))
+    subject: Mapped[str | None] = mapped_column(String(200))   # the write key, for a write
     body: Mapped[dict]                       # the signed payload: ids and states only
     fanned_out: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime]

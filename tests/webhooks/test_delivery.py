@@ -16,15 +16,16 @@ from tests.webhooks.support import ENCOUNTER, ORG, PATIENT, body_text, cli
 
 DR = Identifier(value="D1", type="EXTERNAL")
 WORDS = "cough for four days"
-IDENTIFIERS = ["Z1", "urn:demo:mrn", PATIENT, "300012345", ENCOUNTER, "Dr. Demo"]
+MRN, CSN = "MRN-77310-Z", "CSN-300012345"
+IDENTIFIERS = [MRN, "urn:demo:mrn", PATIENT, CSN, ENCOUNTER, "Dr. Demo"]
 
 
 def _drafted(engine, jobs, external_id="API-1", words=WORDS):
     s, _ = uc.open_session(engine.store, engine.clock, org_id=ORG, source=SessionSource.API,
                            external_id=external_id, user=DR,
-                           patient_ids=[Identifier(value="Z1", type="MRN", system="urn:demo:mrn"),
+                           patient_ids=[Identifier(value=MRN, type="MRN", system="urn:demo:mrn"),
                                         Identifier(value=PATIENT, type="FHIR")],
-                           encounter_ids=[Identifier(value="300012345", type="CSN"),
+                           encounter_ids=[Identifier(value=CSN, type="CSN"),
                                           Identifier(value=ENCOUNTER, type="FHIR")],
                            allowed_sections=["10164-2"])
     for scope in ConsentScope.CAPTURE, ConsentScope.WRITE_BACK:
@@ -78,7 +79,7 @@ def test_a_session_to_written_notes_announces_each_step_signed_and_without_phi(s
         assert r["headers"]["webhook-signature"].startswith("v1,")
     # and nothing of the visit travels: not the transcript, not a name, not an identifier
     text = body_text(receiver)
-    for secret in [WORDS, *WORDS.split(), *IDENTIFIERS]:
+    for secret in [WORDS, *(w for w in WORDS.split() if len(w) > 3), *IDENTIFIERS]:
         assert secret not in text, secret
     assert draft.sections[0].text not in text
 

@@ -114,3 +114,16 @@ def test_any_history_of_repeats_announces_each_status_reached_once(db, clock, tm
     events = _events(db, clock)
     assert len(events) == len(set(events))
     assert sorted(events) == sorted((f"write.{s}", k) for k, ss in reached.items() for s in ss)
+
+
+def test_a_requeued_write_that_fails_again_is_announced_again(db, clock, tmp_path):
+    ledger = WriteLedger(db, clock)
+    ehr = FileEhr(tmp_path / "ehr.jsonl", fail_with=PermanentError("refused", status=422))
+    ledger.execute(make_command(), ehr)
+    ledger.execute(make_command(), ehr)                # a repeat: finished, nothing new
+    key = make_command().idempotency_key()
+    ledger.requeue("org-a", key, actor="user:ops", reason="the site fixed its profile")
+    ledger.execute(make_command(), ehr)
+    events = WebhookStore(db, clock).events("org-a")
+    assert [e["type"] for e in events] == ["write.failed", "write.failed"]
+    assert events[0]["id"] != events[1]["id"]

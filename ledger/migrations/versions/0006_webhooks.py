@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column('org_id', sa.String(length=64), nullable=False),
         sa.Column('type', sa.String(length=64), nullable=False),
         sa.Column('session_id', sa.String(length=32), nullable=True),
+        sa.Column('subject', sa.String(length=200), nullable=True),
         sa.Column('body', sa.JSON(), nullable=False),
         sa.Column('fanned_out', sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column('created_at', chartbridge.ledger.tables.UTCDateTime(timezone=True), nullable=False),
@@ -32,6 +33,7 @@ def upgrade() -> None:
     )
     op.create_index('ix_webhook_events_org_id', 'webhook_events', ['org_id'])
     op.create_index('ix_webhook_events_fanout', 'webhook_events', ['fanned_out', 'created_at'])
+    op.create_index('ix_webhook_events_subject', 'webhook_events', ['org_id', 'subject', 'type'])
     op.create_table(
         'webhook_deliveries',
         sa.Column('id', sa.String(length=64), nullable=False),
