@@ -113,6 +113,12 @@ def test_a_tampered_body_fails_the_independent_verification(receiver):
 def test_receiver_down_is_retried_with_backoff_then_delivered(site, receiver):
     engine, jobs, fhir, mllp = site
     hooks, clock = deliverer(engine), engine.clock
+    from prometheus_client import REGISTRY
+
+    def counted(outcome):
+        return REGISTRY.get_sample_value("chartbridge_webhook_deliveries_total", {
+            "org": ORG, "event": "draft.ready", "outcome": outcome}) or 0
+    before = {o: counted(o) for o in ("retry", "delivered")}
     # Given the receiver is down when the draft is ready
     receiver.stop()
     _drafted(engine, jobs)
@@ -132,6 +138,8 @@ def test_receiver_down_is_retried_with_backoff_then_delivered(site, receiver):
     assert (d.status, d.attempts, d.last_error) == ("delivered", 2, None)
     assert [e["type"] for e in receiver.events()] == ["draft.ready"]
     assert receiver.rejected == []
+    # and the metric counted one retry and one delivery (labels: org, event type, outcome)
+    assert {o: counted(o) - before[o] for o in before} == {"retry": 1, "delivered": 1}
 
 
 def test_a_repeated_transition_is_one_event(site, receiver):
