@@ -42,10 +42,10 @@ def write_settled(tx, row, at: datetime) -> str | None:
         return None
     outcome = row.outcome if isinstance(row.outcome, dict) else {}
     status = outcome.get("status")
+    draft = (row.command or {}).get("draft") or {}       # none for a notice
     data = Data(org=row.org_id, session_id=row.session_id, target=row.target,
                 write_key=row.key, write_kind=row.kind, status=str(row.status),
-                draft_id=((row.command or {}).get("draft") or {}).get("id"),
-                draft_version=(row.command or {}).get("note_version"),
+                draft_id=draft.get("id"), draft_version=draft.get("version"),
                 ehr_id=row.external_id if type_ == EventType.WRITE_SUCCEEDED else None,
                 reason_code=row.last_error_class if type_ != EventType.WRITE_SUCCEEDED else None,
                 http_status=status if isinstance(status, int) and type_ != EventType.WRITE_SUCCEEDED
