@@ -86,6 +86,9 @@ class Jobs:
                                              **after_stop)
         self.execute_write = dramatiq.actor(self._execute_write, actor_name="execute_write",
                                             **after_stop)
+        # webhooks: one attempt per message, claimed under a lease (chartbridge/webhooks)
+        self.deliver_webhook = dramatiq.actor(self._deliver_webhook,
+                                              actor_name="deliver_webhook", **opts)
         self.engine.attach_queue(self)
 
     # -- enqueueing --------------------------------------------------------------------------
@@ -275,6 +278,11 @@ class Jobs:
                                  status=(record.outcome or {}).get("status"))
         return record
 
+    # -- a webhook delivery by id (sweeper) ---------------------------------------------------
+    def _deliver_webhook(self, org_id: str, delivery_id: str) -> None:
+        from chartbridge.webhooks.wiring import deliverer
+        deliverer(self.engine).deliver(org_id, delivery_id)
+
     # -- a ledger write by key (approvals, sweeper) ------------------------------------------
     def _execute_write(self, org_id: str, key: str) -> None:
         e = self.engine
@@ -354,13 +362,20 @@ class Sweeper:
         writes = e.ledger.due()
         for org_id, key in writes:
             self.jobs.enqueue("execute_write", org_id, key)
+        # webhooks: new events become deliveries; due ones (or a dead worker's) are sent
+        from chartbridge.webhooks.wiring import deliverer
+        hooks = deliverer(e)
+        hooks.store.fan_out(hooks.subscribers_of)
+        deliveries = hooks.store.due()
+        for org_id, delivery_id in deliveries:
+            self.jobs.enqueue("deliver_webhook", org_id, delivery_id)
         # expired rows of every kind: cached tokens, page sessions, seen JWT ids, API keys
         purged = e.services.token_cache.purge_expired() + e.services.replay_guard.purge_expired()
         purged += self.leases.purge_expired() if self.leases is not None else 0
         from chartbridge.ledger.idempotency import IdempotencyStore    # the capture API's keys
         purged += IdempotencyStore(e.db, e.clock).purge_expired()
         counts = {"chunks": len(chunks), "versions": len(versions), "writes": len(writes),
-                  "purged": purged}
+                  "webhooks": len(deliveries), "purged": purged}
         from chartbridge.metrics import sweep_counted
         sweep_counted(counts)
         return counts

@@ -8,8 +8,8 @@ Two kinds of metric, so the numbers an operator sees are the ones the database h
   `chartbridge_queue_depth` per queue, from the broker the web app enqueues on;
 - **observed where the work happens** (counters and histograms): write and ASR durations,
   Stopped → DocumentationReady latency, jobs, sweeper actions, token fetches and refreshes,
-  inbound events. Web, worker and sweeper processes each observe their own; with
-  `PROMETHEUS_MULTIPROC_DIR` set in every process's environment (prometheus-client's
+  inbound events, webhook deliveries. Web, worker and sweeper processes each observe their
+  own; with `PROMETHEUS_MULTIPROC_DIR` set in every process's environment (prometheus-client's
   multiprocess mode) the web process's `/metrics` adds up the files every process writes.
 
 No PHI in any label or value: labels are only org ids, target and adapter names, write
@@ -63,6 +63,10 @@ TOKEN_REQUESTS = Counter(
 INBOUND_EVENTS = Counter(
     "chartbridge_inbound_events", "Events an EHR sent the engine, by event and HTTP status",
     ["org", "event", "status"])
+WEBHOOK_DELIVERIES = Counter(
+    "chartbridge_webhook_deliveries",
+    "Webhook delivery attempts, by org, event type and outcome (delivered, retry, failed)",
+    ["org", "event", "outcome"])
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
@@ -133,6 +137,11 @@ def write_finished(db, record) -> None:
             max(0.0, (done - stopped).total_seconds()))
     except Exception as exc:  # noqa: BLE001 - a metric must never fail a settled write
         log.warning("stop-to-handoff metric not recorded: %s", type(exc).__name__)
+
+
+def webhook_delivery(org_id: str, event: str, outcome: str) -> None:
+    """One webhook attempt's outcome (labels: a configured org, an event type, an outcome)."""
+    WEBHOOK_DELIVERIES.labels(org_id, event, outcome).inc()
 
 
 def sweep_counted(counts: dict) -> None:

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from chartbridge.config.types import FileRef, Id, Name, SecretRef, Settings, Uri, Url, field_error
 from chartbridge.core.models import SECTION_CODES
+from chartbridge.webhooks.config import Webhooks
 
 ORG_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
 _LOINC = re.compile(r"\d{1,7}-\d")
@@ -298,6 +299,8 @@ class OrgConfig(BaseModel):
     mappings: Mappings = Mappings()
     sign_in: SignIn = SignIn()                   # who the clinicians on the review pages are
     api: Api = Api()                             # the capture API's clients (issue 16)
+    # who is told of drafts, writes and failures (chartbridge/webhooks/config.py)
+    webhooks: Webhooks = []
     # adapter name -> that adapter's config model instance
     targets: Annotated[dict[str, BaseModel], _TargetsSchema()]
 

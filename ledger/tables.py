@@ -264,3 +264,45 @@ class IdempotencyRow(Base):
     response: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+class WebhookEventRow(Base):
+    """The webhook outbox: one row per state change worth announcing, written in the same
+    transaction as the change (chartbridge/webhooks/outbox.py). Its id is derived from the
+    transition's immutable facts, so recording the same transition again adds nothing."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_events_fanout", "fanned_out", "created_at"),
+                      Index("ix_webhook_events_subject", "org_id", "subject", "type"))
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)   # the webhook-id header
+    org_id: Mapped[str] = mapped_column(String(64), index=True)
+    type: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str | None] = mapped_column(String(32))
+    subject: Mapped[str | None] = mapped_column(String(200))   # the write key, for a write
+    body: Mapped[dict]                       # the signed payload: ids and states only
+    fanned_out: Mapped[bool] = mapped_column(default=False, server_default=false())
+    created_at: Mapped[datetime]
+
+
+class WebhookDeliveryRow(Base):
+    """One event to one subscriber: delivered at least once, from this row, with backoff;
+    a claim (lease) keeps two workers from sending the same attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("event_id", "subscriber"),
+                      Index("ix_webhook_deliveries_org_status", "org_id", "status"),
+                      Index("ix_webhook_deliveries_due", "status", "next_attempt_at"))
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id"))
+    subscriber: Mapped[str] = mapped_column(String(64))     # the subscriber's id in the org file
+    status: Mapped[str] = mapped_column(String(16))         # pending|delivering|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(200))   # a reason code, never a body
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

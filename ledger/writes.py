@@ -32,6 +32,7 @@ from chartbridge.core.models import (ApprovalState, WriteCommand, WriteKind, Wri
 from chartbridge.core.ports import Clock, EhrAdapter
 from chartbridge.core.rules import correction_kind
 from chartbridge import metrics
+from chartbridge.webhooks import outbox
 
 from . import audit
 from .db import Database
@@ -265,6 +266,7 @@ class WriteLedger:
                 row.last_error = (f"the earlier write this one corrects is {status.value}; "
                                   "nothing was sent")
                 row.next_attempt_at, row.updated_at = None, now
+                outbox.write_settled(tx, row, now)
                 audit.record(tx, at=now, org_id=row.org_id, session_id=row.session_id,
                              correlation_id=row.correlation_id,
                              action=f"write.{WriteStatus(row.status).value}",
@@ -342,6 +344,7 @@ class WriteLedger:
             row.updated_at = now
             if delivered:
                 row.acknowledged_at = now
+            outbox.write_settled(tx, row, now)
             audit.record(tx, at=now, org_id=org_id, session_id=row.session_id,
                          correlation_id=row.correlation_id, action="write.settled",
                          key=key, status=row.status, delivered=delivered)
@@ -366,6 +369,7 @@ class WriteLedger:
             else:
                 row.status, row.maybe_sent, row.next_attempt_at = WriteStatus.PENDING, False, now
             row.updated_at = now
+            outbox.write_settled(tx, row, now)      # succeeded: announced; pending: not
             audit.record(tx, at=now, org_id=org_id, session_id=row.session_id,
                          correlation_id=row.correlation_id, actor=actor,
                          action="write.resolved", key=key, status=row.status, note=note,
@@ -477,6 +481,7 @@ class WriteLedger:
             for k, v in changes.items():
                 setattr(row, k, v)
             row.lease_owner, row.lease_expires_at, row.updated_at = None, None, now
+            outbox.write_settled(tx, row, now)
             audit.record(tx, at=now, org_id=row.org_id, session_id=row.session_id,
                          correlation_id=row.correlation_id, action=action, outcome=result,
                          key=row.key, target=row.target, status=row.status,
@@ -535,6 +540,7 @@ class WriteLedger:
                 row.last_error = f"gave up after {row.attempts} attempts: {message}"
                 row.next_attempt_at = None
                 action = f"write.{row.status}"
+                outbox.write_settled(tx, row, now)
             else:
                 row.status = WriteStatus.PENDING
                 row.maybe_sent = maybe_delivered

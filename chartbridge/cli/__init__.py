@@ -26,6 +26,7 @@ COMMANDS = {
     "settings": "settings",
     "sessions": "sessions",
     "api": "api",
+    "webhooks": "webhooks",
 }
 
 

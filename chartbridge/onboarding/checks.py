@@ -162,6 +162,8 @@ def run_checks(org: OrgConfig, *, http: httpx.Client | None = None, clock: Any =
         llm = org.drafting.llm
         if llm is not None and llm.api_key is not None:
             results.append(secret_check("drafting", "llm.api_key", llm.api_key))
+        from chartbridge.webhooks.checks import subscriber_checks
+        results.extend(subscriber_checks(org))
         results.extend(_mappings(org))
     finally:
         if own:

@@ -7,6 +7,8 @@ from sqlalchemy import func, select
 from chartbridge.core.errors import NotFound, StateConflict
 from chartbridge.core.models import Approval, NoteDraft
 
+from chartbridge.webhooks import outbox
+
 from .. import audit
 from ..tables import ApprovalRow, DraftRow
 from .base import StoreBase
@@ -33,6 +35,9 @@ class DraftStore(StoreBase):
                          action="draft.saved", draft_id=draft.id, version=draft.version,
                          sections=[s.code for s in draft.sections],
                          generator=draft.provenance.generator)
+            outbox.draft_ready(tx, org_id=org_id, session_id=draft.session_id,
+                               draft_id=draft.id, version=draft.version,
+                               recording_version=draft.recording_version, at=draft.created_at)
             return draft
 
     def get_draft(self, org_id: str, draft_id: str) -> tuple[NoteDraft, str]:

@@ -11,6 +11,8 @@ from chartbridge.core.models import (Chunk, ChunkState, Recording, RecordingStat
                                      SessionStatus, TranscriptSegment, VersionState)
 from chartbridge.core.rules import version_complete
 
+from chartbridge.webhooks import outbox
+
 from .. import audit
 from ..tables import ChunkAudioRow, ChunkRow, RecordingRow, SegmentRow
 from .base import StoreBase, insert_for
@@ -166,6 +168,9 @@ class RecordingStore(StoreBase):
                     RecordingRow.chunk_count >= sequence,
                     RecordingRow.state == VersionState.WAITING)):
                 rec.state, rec.error = VersionState.FAILED, f"chunk {sequence}: {reason}"
+                outbox.session_failed(tx, org_id=org_id, session_id=session_id,
+                                      recording_id=recording_id, version=rec.version,
+                                      reason_code="chunk_failed", at=now)
             session = self._session_row(tx, org_id, session_id)
             audit.record(tx, at=now, org_id=org_id, session_id=session_id,
                          correlation_id=session.correlation_id, action="chunk.failed",
@@ -229,7 +234,12 @@ class RecordingStore(StoreBase):
             row = tx.get(RecordingRow, (session_id, recording_id, version), with_for_update=True)
             if row is None or row.org_id != org_id:
                 raise NotFound("no such recording version in this organization")
+            previous = row.state
             row.state, row.error, row.finished_at = state, error, self.clock.now()
+            if state == VersionState.FAILED and previous != VersionState.FAILED:
+                outbox.session_failed(tx, org_id=org_id, session_id=session_id,
+                                      recording_id=recording_id, version=version,
+                                      reason_code="version_failed", at=row.finished_at)
 
     def segments(self, org_id: str, session_id: str, recording_id: str | None = None,
                  *, up_to_chunk: int | None = None) -> list[TranscriptSegment]:
