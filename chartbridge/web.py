@@ -90,6 +90,8 @@ def _register_adapter_endpoints(app: Flask, engine: Engine, jobs) -> None:
             app.register_blueprint(blueprint)
     app.register_blueprint(review_blueprint(engine, jobs))
     app.register_blueprint(ops_blueprint(engine, jobs))
+    from chartbridge.api import make_blueprint as api_blueprint
+    app.register_blueprint(api_blueprint(engine, jobs))       # the capture API (issue 16)
 
 
 def _secret_key() -> bytes:

@@ -198,6 +198,28 @@ class Recorder(Settings):
     sections: Annotated[list[SectionCode], AfterValidator(_unique)] | None = None
 
 
+# --- the capture API's clients (issue 16) ---------------------------------------------------
+
+ApiScope = Literal["capture", "read", "approve"]
+
+
+class ApiClient(Settings):
+    """A capture client: OAuth 2.0 client credentials with a private_key_jwt assertion
+    signed by a key in its JWKS (a file, relative to this folder, or an https URL)."""
+
+    client_id: Id
+    jwks: Url | FileRef                          # https://... or file:clients/NAME.jwks.json
+    scopes: Annotated[list[ApiScope], Field(min_length=1), AfterValidator(_unique)]
+
+
+class Api(Settings):
+    clients: list[ApiClient] = []
+    token_ttl_s: Annotated[int, Field(ge=30, le=3600)] = 300   # short-lived bearer tokens
+
+    def client(self, client_id: str) -> ApiClient | None:
+        return next((c for c in self.clients if c.client_id == client_id), None)
+
+
 def _env_name(value: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", value):
         raise PydanticCustomError("env_name", "must be lower-case letters, digits and '-' (an "
@@ -262,6 +284,7 @@ class OrgConfig(BaseModel):
     mappings: Mappings = Mappings()
     sign_in: SignIn = SignIn()                   # who the clinicians on the review pages are
     recorder: Recorder | None = None             # the SMART ambient recorder page; none: off
+    api: Api = Api()                             # the capture API's clients (issue 16)
     # adapter name -> that adapter's config model instance
     targets: Annotated[dict[str, BaseModel], _TargetsSchema()]
 

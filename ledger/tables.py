@@ -247,3 +247,20 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     detail: Mapped[dict]
+
+
+class IdempotencyRow(Base):
+    """A capture API request under its Idempotency-Key, per org (IETF
+    draft-ietf-httpapi-idempotency-key-header): the request's fingerprint, whether it is still
+    being answered, and the stored answer replayed for the same key and body."""
+
+    __tablename__ = "api_idempotency"
+
+    org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))    # sha256 of method, path, body
+    state: Mapped[str] = mapped_column(String(16))          # in_flight | done
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

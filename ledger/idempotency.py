@@ -1,0 +1,82 @@
+"""Idempotency keys of the capture API, per org (table `api_idempotency`).
+
+`begin` claims a key with one INSERT ... ON CONFLICT DO NOTHING, so of any number of
+concurrent requests under one key exactly one owns it, on SQLite and PostgreSQL alike; the
+others read the row the winner inserted. A claim left in flight by a dead process is taken
+over once it is older than `stale_after` (the request's work is itself idempotent: the use
+cases dedupe every event).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+
+from chartbridge.core.ports import Clock
+
+from .db import Database
+from .store.base import insert_for
+from .tables import IdempotencyRow
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: str                 # "owner" | "replay" | "mismatch" | "in_flight"
+    status: int | None = None
+    response: dict | None = None
+
+
+class IdempotencyStore:
+    def __init__(self, db: Database, clock: Clock, *, keep: timedelta = timedelta(hours=24),
+                 stale_after: timedelta = timedelta(seconds=60)) -> None:
+        self.db, self.clock, self.keep, self.stale_after = db, clock, keep, stale_after
+
+    def begin(self, org_id: str, key: str, fingerprint: str) -> Claim:
+        now = self.clock.now()
+        with self.db.transaction() as tx:
+            stmt = insert_for(tx)(IdempotencyRow.__table__).values(
+                org_id=org_id, key=key, fingerprint=fingerprint, state="in_flight",
+                created_at=now, expires_at=now + self.keep)
+            got = tx.execute(stmt.on_conflict_do_nothing(index_elements=["org_id", "key"])
+                             .returning(IdempotencyRow.__table__.c.key)).first()
+            if got is not None:
+                return Claim("owner")
+            row = tx.get(IdempotencyRow, (org_id, key))
+            if row is None:                       # deleted between the two statements
+                return Claim("in_flight")
+            if row.fingerprint != fingerprint:
+                return Claim("mismatch")
+            if row.state == "done" and row.expires_at > now:
+                return Claim("replay", row.status, row.response)
+            taken = tx.execute(
+                update(IdempotencyRow)
+                .where(IdempotencyRow.org_id == org_id, IdempotencyRow.key == key,
+                       IdempotencyRow.created_at == row.created_at,
+                       (IdempotencyRow.state == "done") |
+                       (IdempotencyRow.created_at < now - self.stale_after))
+                .values(state="in_flight", status=None, response=None, created_at=now,
+                        expires_at=now + self.keep)).rowcount
+            return Claim("owner") if taken else Claim("in_flight")
+
+    def finish(self, org_id: str, key: str, status: int, response: dict) -> None:
+        with self.db.transaction() as tx:
+            tx.execute(update(IdempotencyRow)
+                       .where(IdempotencyRow.org_id == org_id, IdempotencyRow.key == key)
+                       .values(state="done", status=status, response=response))
+
+    def release(self, org_id: str, key: str) -> None:
+        """The request failed in a way worth retrying (a 5xx): forget the claim."""
+        with self.db.transaction() as tx:
+            tx.execute(delete(IdempotencyRow).where(IdempotencyRow.org_id == org_id,
+                                                    IdempotencyRow.key == key))
+
+    def purge_expired(self) -> int:
+        with self.db.transaction() as tx:
+            return tx.execute(delete(IdempotencyRow)
+                              .where(IdempotencyRow.expires_at < self.clock.now())).rowcount or 0
+
+    def get(self, org_id: str, key: str) -> IdempotencyRow | None:
+        with self.db.transaction() as tx:
+            return tx.scalars(select(IdempotencyRow).where(IdempotencyRow.org_id == org_id,
+                                                           IdempotencyRow.key == key)).first()
