@@ -29,6 +29,7 @@ log = logging.getLogger("chartbridge.smart_launch")
 LAUNCH_TTL_S = 600
 DISCOVERY_TTL_S = 300        # a discovered SMART configuration is reused this long
 JWKS_TTL_S = 300
+ID_TOKEN_ALGS = ["RS256", "RS384", "ES256", "ES384"]
 
 
 class LaunchRefused(ChartbridgeError):
@@ -158,8 +159,9 @@ class SmartLaunch:
     # -- the id_token (OpenID Connect Core 3.1.3.7) ------------------------------------------
     def check_id_token(self, pending: dict[str, Any], id_token: Any, *, client_id: str,
                        issuer: str | None = None) -> dict[str, Any]:
-        from authlib.jose import JsonWebKey, JsonWebToken
-        from authlib.jose.errors import JoseError
+        from joserfc import jwt
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
 
         if not isinstance(id_token, str) or not id_token or len(id_token) > 16_384:
             raise LaunchRefused(f"{self.ehr} did not say who signed in (no id_token)")
@@ -169,13 +171,13 @@ class SmartLaunch:
         if not expected_iss or not isinstance(jwks_uri, str):
             raise LaunchRefused(f"{self.ehr}'s SMART configuration has no issuer or jwks_uri")
         try:
-            keys = JsonWebKey.import_key_set(self._keys(jwks_uri))
-            claims = JsonWebToken(["RS256", "RS384", "ES256", "ES384"]).decode(
-                id_token, keys, claims_options={
-                    "iss": {"essential": True, "value": expected_iss},
-                    "aud": {"essential": True, "value": client_id},
-                    "exp": {"essential": True}, "sub": {"essential": True}})
-            claims.validate(now=int(self.engine.clock.now().timestamp()), leeway=60)
+            keys = KeySet.import_key_set(self._keys(jwks_uri))
+            claims = jwt.decode(id_token, keys, algorithms=ID_TOKEN_ALGS).claims
+            jwt.JWTClaimsRegistry(
+                leeway=60, now=int(self.engine.clock.now().timestamp()),
+                iss={"essential": True, "value": str(expected_iss)},
+                aud={"essential": True, "value": client_id},
+                exp={"essential": True}, sub={"essential": True}).validate(claims)
         except (JoseError, ValueError, KeyError, TypeError) as exc:
             log.info("id_token refused", extra={"reason": type(exc).__name__})
             raise LaunchRefused(f"{self.ehr}'s statement of who signed in does not verify; "

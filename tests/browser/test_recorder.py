@@ -290,3 +290,22 @@ def test_the_page_session_reaches_only_the_launched_visit(site, open_page):
         first = http.post(api + "/sessions", json=body, headers={"Idempotency-Key": "k2"})
         again = http.post(api + "/sessions", json=body, headers={"Idempotency-Key": "k3"})
         assert first.status_code == 201 and again.json()["id"] == first.json()["id"]
+
+
+def test_an_id_token_that_does_not_verify_opens_nothing(site, monkeypatch):
+    import httpx
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from contract_tests.fhir_docref.simulator.launch import SmartLaunch
+    # Given an authorization server whose published keys are not the ones it signs with
+    other = SmartLaunch(lambda: site.fhir.base_url)
+    other._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other.kid = site.fhir.launch.kid
+    monkeypatch.setattr(site.fhir.launch, "jwks", other.jwks)
+    # When the EHR launches the recorder (no browser needed: follow the redirects)
+    with httpx.Client(follow_redirects=True) as http:
+        answer = http.get(site.launch_url())
+    # Then the callback refuses, no page session is written and no API session opened
+    assert answer.status_code == 403 and "does not verify" in answer.text
+    assert "cb_recorder" not in http.cookies
+    assert site.sessions() == []

@@ -94,6 +94,11 @@
       storedSeqs.add(chunk.seq);
       stored = storedSeqs.size;
       progressEl.textContent = `Parts of the recording stored: ${stored}.`;
+    } else if (answer.status === 422 && answer.data && answer.data.error === "not_audio" &&
+               chunk.seq === nextSeq - 1 && !recording) {
+      // the last part, cut at Stop, was too short to hold any sound: it is not a part
+      await forget(key);
+      nextSeq -= 1;
     } else {
       fail(`Part ${chunk.seq} of the recording could not be stored: ${detail(answer)}.`);
     }
