@@ -2,16 +2,17 @@
 
 Starts the Epic simulator and the engine on free loopback ports, plays a visit as 10 s
 chunks, waits for DocumentationReady, then simulates a clinician edit in Epic and a second
-recording to show the edit survives. A second organization (a non-Epic site) then opens a
-session through the core use cases with the same audio, is approved by a named demo
-clinician and written to every target it has configured (FHIR, athenaOne, HL7 MDM). Every
+recording to show the edit survives. A second organization (a non-Epic site) then plays
+the same audio through the capture API over HTTP (token, session, chunks, stop, draft,
+approval with a named demo clinician's own ID token, writes) and is written to every target
+it has configured (FHIR, athenaOne, HL7 MDM). Every
 step goes over HTTP between the two, exactly as with a real site; transcription is the real
 faster-whisper on the CPU (the packaged base model).
 
 With `hold`, everything stays up: the printed Haiku link is the Epic simulator opening the
 web view (a fresh SMART EHR launch), and unless `auto_approve` the second site's draft is
-left staged for a person on its review page (the development login is turned on for the
-demo's `demo-*` orgs in this process); each write that approval sends is printed.
+left staged for a person on its review page (signed in through the demo's identity
+provider, chartbridge/demo_idp.py); each write that approval sends is printed.
 """
 from __future__ import annotations
 
@@ -221,8 +222,8 @@ def run_demo(*, workdir: Path, audio: Path | None = None, chunk_seconds: float =
         from chartbridge.demo_sites import AWAITING, ORG as SITE, run_multi_site, written
         review = f"{stack.engine_url}/orgs/{SITE}/review/"
         progress(f"review page for the second site: {review}")
-        progress(f"  sign in there with the development login (on for the demo's orgs in this "
-                 f"process only): user id {DEMO_REVIEWER}, any name, role physician")
+        progress(f"  sign in there through the demo's identity provider (it signs you in as "
+                 f"{DEMO_REVIEWER}, physician, at once)")
         with ExitStack() as site_sims:
             site = run_multi_site(stack, wav, chunk_seconds=chunk_seconds, progress=progress,
                                   timeout=timeout, auto_approve=auto_approve, keep_up=site_sims)

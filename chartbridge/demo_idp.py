@@ -20,7 +20,11 @@ class DemoIdP:
                  role: str = "physician") -> None:
         from flask import Flask, jsonify, redirect, request
         from joserfc.jwk import RSAKey
-        from werkzeug.serving import make_server
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        class Quiet(WSGIRequestHandler):
+            def log_request(self, *args, **kwargs):      # the demo's output stays readable
+                pass
 
         self.key = RSAKey.generate_key(2048, private=True)
         self.key.ensure_kid()
@@ -58,7 +62,7 @@ class DemoIdP:
                            id_token=self.id_token(sub, name, role, nonce=req.get("nonce"),
                                                   audience=req.get("client_id", CLIENT_ID)))
 
-        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
         self.issuer = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="demo-idp")

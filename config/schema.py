@@ -11,6 +11,7 @@ here.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -203,12 +204,41 @@ class Recorder(Settings):
 ApiScope = Literal["capture", "read", "approve"]
 
 
+class _JwksRef:
+    """`https://...` (an URL, checked as every Url is) or a file reference, never a guess
+    between the two: anything with `://` is a URL."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler):
+        url, path = handler.generate_schema(Url), handler.generate_schema(FileRef)
+
+        return core_schema.union_schema(
+            [core_schema.chain_schema([core_schema.no_info_plain_validator_function(
+                 _must_be_url), url]),
+             core_schema.chain_schema([core_schema.no_info_plain_validator_function(
+                 _must_be_file), path])],
+            mode="left_to_right", custom_error_type="jwks_ref",
+            custom_error_message="must be an https:// URL (http only for 127.0.0.1/localhost) or a "
+                                 "file: reference to a JWKS")
+
+
+def _must_be_url(value: Any) -> Any:
+    if not (isinstance(value, str) and "://" in value):
+        raise PydanticCustomError("not_url", "not a URL")
+    return value
+
+
+def _must_be_file(value: Any) -> Any:
+    if isinstance(value, str) and "://" in value:
+        raise PydanticCustomError("not_file", "a URL, not a file")
+    return value
+
+
 class ApiClient(Settings):
     """A capture client: OAuth 2.0 client credentials with a private_key_jwt assertion
     signed by a key in its JWKS (a file, relative to this folder, or an https URL)."""
 
     client_id: Id
-    jwks: Url | FileRef                          # https://... or file:clients/NAME.jwks.json
+    jwks: Annotated[str | Path, _JwksRef()]      # https://... or file:clients/NAME.jwks.json
     scopes: Annotated[list[ApiScope], Field(min_length=1), AfterValidator(_unique)]
 
 

@@ -45,6 +45,8 @@ class IdempotencyStore:
             row = tx.get(IdempotencyRow, (org_id, key))
             if row is None:                       # deleted between the two statements
                 return Claim("in_flight")
+            if row.state == "in_flight" and row.created_at >= now - self.stale_after:
+                return Claim("in_flight")         # still being answered (whatever its body)
             if row.fingerprint != fingerprint:
                 return Claim("mismatch")
             if row.state == "done" and row.expires_at > now:

@@ -62,6 +62,7 @@ def _decoded(data: bytes) -> Chunk:
             if not streams:
                 raise NotAudio("the chunk holds no audio stream")
             fmt = (container.format.name or "audio").split(",")[0]
+            fmt = {"matroska": "webm"}.get(fmt, fmt)
             resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
             parts = []
             total = 0

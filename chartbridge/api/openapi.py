@@ -93,9 +93,11 @@ def document(org: str) -> dict:
         elif r.body_type != "application/json":
             op["requestBody"] = {"required": True, "content": {
                 t: {"schema": {"type": "string", "format": "binary"}}
-                for t in ("audio/wav", "audio/webm", "audio/ogg")}}
+                for t in ("audio/wav", "audio/webm", "audio/ogg", "application/octet-stream")}}
             statuses |= {413, 422}
-        op["responses"] = {str(r.status): {"description": "OK", **_json(r.answer)},
+        op["responses"] = {**{str(st): {"description": "OK" if st == r.status else
+                                         "the same request already answered (stored state)",
+                                         **_json(r.answer)} for st in (r.status, *r.also)},
                            **{str(s): _error(s) for s in sorted(statuses)}}
         paths.setdefault(base + path, {})[r.method.lower()] = op
     paths[base + "/token"] = {"post": {

@@ -50,6 +50,7 @@ class Route:
     status: int = 200
     errors: tuple[int, ...] = ()
     headers: tuple[str, ...] = ()            # extra request headers (documented)
+    also: tuple[int, ...] = ()               # other success statuses (same body)
     extra: dict = field(default_factory=dict)
 
 
@@ -170,7 +171,7 @@ def dump(model: BaseModel) -> dict:
 
 # -- sessions ------------------------------------------------------------------------------
 @route("POST", "/sessions", scope="capture", summary="Open a capture session",
-       body=m.SessionCreate, answer=m.SessionOut, status=201, errors=(409,))
+       body=m.SessionCreate, answer=m.SessionOut, status=201, errors=(409,), also=(200,))
 @idempotent
 def create_session(org: str):
     body: m.SessionCreate = parse(m.SessionCreate)

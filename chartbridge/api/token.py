@@ -59,6 +59,15 @@ class Client(ClientMixin):
 class Grant(grants.ClientCredentialsGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = [AUTH_METHOD]
 
+    def validate_token_request(self):
+        super().validate_token_request()
+        from authlib.oauth2.rfc6749 import InvalidScopeError
+
+        asked = set((self.request.payload.scope or "").split())
+        if not asked <= set(self.client.spec.scopes):      # never a silently smaller token
+            raise InvalidScopeError(description="the client may not have scope "
+                                    + " ".join(sorted(asked - set(self.client.spec.scopes))))
+
 
 class Assertion(JWTBearerClientAssertion):
     CLIENT_AUTH_METHOD = AUTH_METHOD
@@ -135,6 +144,9 @@ def token_response(engine, org: str):
     server.register_grant(Grant)
     resp = server.create_token_response()
     resp.headers["Cache-Control"] = "no-store"
+    if resp.status_code == 400 and (resp.get_json(silent=True) or {}).get("error") == "invalid_client":
+        resp.status_code = 401                        # RFC 6749 5.2: the client did not verify
+        resp.headers["WWW-Authenticate"] = 'Bearer error="invalid_client"'
     return resp
 
 

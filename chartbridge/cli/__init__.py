@@ -25,6 +25,7 @@ COMMANDS = {
     "keys": "keys",
     "settings": "settings",
     "sessions": "sessions",
+    "api": "api",
 }
 
 

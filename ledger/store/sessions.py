@@ -18,6 +18,17 @@ class SessionStore(StoreBase):
                      key: str) -> tuple[Session, bool]:
         """Store a new session and its inbox row in one transaction. The same begin again
         returns the stored session; another context for the same id is a StateConflict."""
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            return self._open_session(session, begin_hash=begin_hash, event=event, key=key)
+        except IntegrityError:
+            # the same session opened at the same moment elsewhere (PostgreSQL's row lock
+            # cannot cover a row not inserted yet): it is stored now, so read it again
+            return self._open_session(session, begin_hash=begin_hash, event=event, key=key)
+
+    def _open_session(self, session: Session, *, begin_hash: str, event: str,
+                      key: str) -> tuple[Session, bool]:
         now = self.clock.now()
         with self.db.transaction() as tx:
             existing = tx.scalars(select(SessionRow).where(

@@ -40,20 +40,22 @@ def wav(seconds: float = 1.0, tone: int = 440) -> bytes:
 
 
 class ApiSite:
-    def __init__(self, tmp_path: Path, database_url: str) -> None:
+    def __init__(self, tmp_path: Path, database_url: str, *, orgs=(ORG, OTHER),
+                 client_id: str = CLIENT) -> None:
         self.stack = ExitStack()
         self.workdir = tmp_path
-        self.targets = _start_simulators(self.stack, tmp_path)
+        self.sims: dict = {}
+        self.targets = _start_simulators(self.stack, tmp_path, self.sims)
         self.idp = DemoIdP().start()
         self.stack.callback(self.idp.stop)
-        orgs = tmp_path / "orgs"
-        orgs.mkdir()
+        folder = tmp_path / "orgs"
+        folder.mkdir()
         self.keys = {}
-        for org in (ORG, OTHER):
+        for org in orgs:
             clients = []
-            for cid, scopes in ((CLIENT, ["capture", "read", "approve"]), (READER, ["read"])):
+            for cid, scopes in ((client_id, ["capture", "read", "approve"]), (READER, ["read"])):
                 key, jwks = new_client_key()
-                (orgs / f"{org}-{cid}.jwks.json").write_text(json.dumps(jwks))
+                (folder / f"{org}-{cid}.jwks.json").write_text(json.dumps(jwks))
                 self.keys[(org, cid)] = key
                 clients.append({"client_id": cid, "jwks": f"file:{org}-{cid}.jwks.json",
                                 "scopes": scopes})
@@ -61,8 +63,8 @@ class ApiSite:
             doc.update(org=org, name=f"Clinic {org}", targets=self.targets,
                        drafting={"generator": "rules", "template": "default"},
                        sign_in=self.idp.sign_in_block(), api={"clients": clients, "token_ttl_s": 300})
-            (orgs / f"{org}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-        self.engine = bootstrap(database_url=database_url, config_dir=orgs,
+            (folder / f"{org}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        self.engine = bootstrap(database_url=database_url, config_dir=folder,
                                 transcriber_factory=lambda org: ChunkTranscriber(),
                                 generator_factory=lambda org: OneSection())
         self.rt = runtime.start(self.engine, sweep_interval_s=1.0)
@@ -74,8 +76,8 @@ class ApiSite:
 
     def client(self, org: str = ORG, client_id: str = CLIENT, scopes: str | None = None):
         c = CaptureClient(self.url, org, client_id, self.keys[(org, client_id)])
-        if scopes is not None:
-            c.scopes = scopes
+        c.scopes = scopes if scopes is not None else (
+            "read" if client_id == READER else "capture read approve")
         return c
 
     def clinician_token(self, sub: str = "clin-42", name: str = "Dr Okafor", **kw) -> str:
