@@ -70,7 +70,7 @@ class Site:
                                 generator_factory=lambda org: OneSection())
         self.rt = runtime.start(self.engine, sweep_interval_s=1.0)
         from waitress.server import create_server
-        app = create_app(self.engine, jobs=self.rt.jobs)
+        app = self.app = create_app(self.engine, jobs=self.rt.jobs)
         self.server = create_server(app, host="127.0.0.1", port=0, threads=8)
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
         app.config["CHARTBRIDGE_PUBLIC_URL"] = self.url
@@ -309,3 +309,38 @@ def test_an_id_token_that_does_not_verify_opens_nothing(site, monkeypatch):
     assert answer.status_code == 403 and "does not verify" in answer.text
     assert "cb_recorder" not in http.cookies
     assert site.sessions() == []
+
+
+def test_bad_input_is_a_4xx_naming_the_field_never_a_5xx(site):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    web = site.app.test_client()
+    base = f"/orgs/{ORG}/recorder"
+    # Given missing launch parameters, a callback from no launch, no page session
+    missing = web.get(base + "/launch")
+    assert missing.status_code == 400 and "<code>iss</code>" in missing.get_data(as_text=True)
+    no_launch = web.get(base + "/launch?iss=" + site.fhir.base_url)
+    assert no_launch.status_code == 400 and "<code>launch</code>" in no_launch.get_data(as_text=True)
+    stray = web.get(base + "/callback?state=x&code=y")
+    assert stray.status_code == 400 and "<code>state</code>" in stray.get_data(as_text=True)
+    assert web.get(base).status_code == 401
+    assert web.post(base + "/session", json={"session_id": "x"}).status_code == 403
+    # An org without a recorder, and an API call with a forged page-session cookie
+    assert web.get("/orgs/no-such-org/recorder/launch?iss=a&launch=b").status_code == 404
+    web.set_cookie("cb_recorder", "forged", path=f"/orgs/{ORG}")
+    forged = web.get(f"/orgs/{ORG}/api/v1/sessions/abc", headers={"X-CSRF-Token": "t"})
+    assert forged.status_code == 401 and forged.json["error"] == "unauthorized"
+
+    text = st.text(max_size=40)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(["/launch", "/callback", "", "/session"]),
+           args=st.dictionaries(st.sampled_from(["iss", "launch", "state", "code", "error"]), text),
+           post=st.booleans(), body=st.binary(max_size=200))
+    def fuzz(path, args, post, body):
+        call = web.post if post else web.get
+        answer = call(base + path, query_string=args, data=body,
+                      headers={"Content-Type": "application/json"})
+        assert answer.status_code < 500, (path, args, answer.status_code)
+    fuzz()
