@@ -39,7 +39,7 @@ from chartbridge.adapters.smart_launch import SmartLaunch, same_base
 from chartbridge.api.auth import ApiForbidden, ApiUnauthorized, Principal, register_authenticator
 from chartbridge.core.bounds import load_json
 from chartbridge.core.errors import ChartbridgeError, InputError, NotFound
-from chartbridge.core.models import Identifier, SessionSource, find_identifier
+from chartbridge.core.models import SECTION_CODES, Identifier, SessionSource, find_identifier
 from chartbridge.httperrors import external_url_for, public_origin, register_error_shape
 from chartbridge.review.websession import PageSessions, security_headers
 
@@ -167,6 +167,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
             "csrf": data["csrf"],
             "session_id": session_id,
             "chunk_ms": cfg.chunk_seconds * 1000,
+            "section_names": dict(SECTION_CODES),
             "open": {
                 "external_id": external_id(org, data),
                 "user": data["person"] | {"system": data["person"].get("system")},

@@ -219,6 +219,7 @@ def test_launch_record_reload_stop_edit_approve_writes_every_target(site, open_p
     shot(page, f"recorder-draft-{viewport['width']}")
 
     # When the clinician edits the history and approves
+    assert page.locator("label[for='section-10164-2']").inner_text() == "History of present illness"
     area = page.locator("#sections textarea").first
     area.fill("Cough for three days, worse at night. Edited by the clinician.")
     page.focus("#approve")
@@ -344,3 +345,32 @@ def test_bad_input_is_a_4xx_naming_the_field_never_a_5xx(site):
                       headers={"Content-Type": "application/json"})
         assert answer.status_code < 500, (path, args, answer.status_code)
     fuzz()
+
+
+def test_chunks_the_server_never_got_are_sent_after_a_reload(site, open_page):
+    page = open_page(PHONE)
+    page.goto(site.launch_url())
+    page.wait_for_selector("#record:not([disabled])")
+    # Given a network that drops every chunk upload while the clinician records
+    dropped = re.compile(r"/recordings/\d+/chunks/\d+$")
+    page.route(dropped, lambda route: route.abort())
+    page.check("#consent-capture")
+    page.check("#consent-write")
+    page.click("#record")
+    (session,) = wait_until(site.sessions, what="the API session opened")
+    kept = """() => new Promise((ok) => { const r = indexedDB.open("chartbridge-recorder", 1);
+        r.onsuccess = () => { const q = r.result.transaction("chunks").objectStore("chunks").count();
+                              q.onsuccess = () => ok(q.result); }; })"""
+    wait_until(lambda: page.evaluate(kept) >= 2, timeout=30, what="two chunks kept in the browser")
+    assert stored_chunks(site, session.id) == []
+    # When the network is back and the tab is reopened
+    page.unroute(dropped)
+    page.reload()
+    # Then what the browser kept is sent, and it continues after it
+    wait_until(lambda: len(stored_chunks(site, session.id)) >= 2, timeout=30,
+               what="the kept chunks stored")
+    page.wait_for_selector("#record:not([disabled])")
+    seqs = stored_chunks(site, session.id)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert page.locator("#record").inner_text() == "Continue recording"
+    wait_until(lambda: page.evaluate(kept) == 0, what="nothing left in the browser")

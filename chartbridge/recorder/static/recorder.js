@@ -281,7 +281,7 @@
       const id = `section-${section.code}`;
       const label = document.createElement("label");
       label.htmlFor = id;
-      label.textContent = section.title || section.code;
+      label.textContent = section.title || boot.section_names[section.code] || section.code;
       const area = document.createElement("textarea");
       area.id = id;
       area.dataset.code = section.code;
