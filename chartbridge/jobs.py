@@ -354,9 +354,11 @@ class Sweeper:
         writes = e.ledger.due()
         for org_id, key in writes:
             self.jobs.enqueue("execute_write", org_id, key)
-        # expired rows of every kind: cached tokens, page sessions, seen JWT ids
+        # expired rows of every kind: cached tokens, page sessions, seen JWT ids, API keys
         purged = e.services.token_cache.purge_expired() + e.services.replay_guard.purge_expired()
         purged += self.leases.purge_expired() if self.leases is not None else 0
+        from chartbridge.ledger.idempotency import IdempotencyStore    # the capture API's keys
+        purged += IdempotencyStore(e.db, e.clock).purge_expired()
         counts = {"chunks": len(chunks), "versions": len(versions), "writes": len(writes),
                   "purged": purged}
         from chartbridge.metrics import sweep_counted
