@@ -24,7 +24,7 @@ class Body(BaseModel):
 
 class Identifier(Body):
     """An identifier exactly as the capture client knows it: `type` is its own word (MRN,
-    FHIR, CSN, athena-patient ...), `system` the assigning authority."""
+    FHIR, CSN, a practice's own ...), `system` the assigning authority."""
 
     value: Text128
     type: Text64

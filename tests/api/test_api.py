@@ -264,3 +264,36 @@ def webm_opus(seconds: float) -> bytes:
         for p in stream.encode(None):
             out.mux(p)
     return buf.getvalue()
+
+
+def test_a_registered_page_authenticator_approves_as_its_signed_in_person(site):
+    """The recorder page's interface: an authenticator after the bearer token's, whose
+    Principal names the person; the approval records that person, with no client token."""
+    from chartbridge.api import auth
+    from chartbridge.core.models import Identifier
+
+    c = site.client()
+    sid = _visit(site, c, "PAGE-1", chunks=1)
+    h = c.get(f"/sessions/{sid}/drafts/1").json()["content_hash"]
+
+    def page(request, org):
+        if request.headers.get("X-Test-Page") != "yes":
+            return None
+        return auth.Principal(org=org, scopes=frozenset({"read", "approve"}), client_id=None,
+                              person=Identifier(value="page-dr", type="USER", system="idp"),
+                              person_name="Dr Page", via="page")
+    auth.register_authenticator(page)
+    try:
+        assert auth.AUTHENTICATORS[0].__name__ == "bearer_authenticator"
+        r = httpx.post(f"{c.api}/sessions/{sid}/drafts/1/approval",
+                       json={"decision": "approved", "content_hash": h},
+                       headers={"X-Test-Page": "yes", "Idempotency-Key": "page-approve"})
+        assert r.status_code == 200, r.text
+        assert r.json()["approver"]["id"]["value"] == "page-dr"
+        denied = httpx.post(f"{c.api}/sessions", json=session_body("PAGE-2"),
+                            headers={"X-Test-Page": "yes", "Idempotency-Key": "page-open"})
+        assert denied.status_code == 403                      # the page has no capture scope
+    finally:
+        auth.AUTHENTICATORS.remove(page)
+    approval = site.engine.store.approval(ORG, site.engine.store.drafts(ORG, session_id=sid)[0][0].id)
+    assert approval.approver.value == "page-dr"
