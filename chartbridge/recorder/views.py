@@ -170,7 +170,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
             "section_names": dict(SECTION_CODES),
             "open": {
                 "external_id": external_id(org, data),
-                "user": data["person"] | {"system": data["person"].get("system")},
+                "user": data["person"],
                 "patient_ids": [{"value": data["patient"], "type": "FHIR",
                                  "system": data["iss"]}],
                 "encounter_ids": [{"value": data["encounter"], "type": "FHIR",
