@@ -10,7 +10,6 @@ import logging
 import re
 import threading
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -29,7 +28,7 @@ from contract_tests.hl7_mdm.simulator import HL7MDMSimulator
 from tests.fakes import OneSection
 
 from .a11y import check_accessibility
-from .conftest import ARGS, AXE, CHROMIUM, CI, DESKTOP, PHONE, _missing, shot, wait_until
+from .conftest import ARGS, AXE, CHROMIUM, DESKTOP, PHONE, shot, wait_until
 
 pytestmark = pytest.mark.browser
 ORG = "smart-clinic"
@@ -105,21 +104,15 @@ def site(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def mic_browser():
-    """Chromium whose microphone is the fixture WAV (looped) and which grants it unasked."""
-    reason = _missing()
-    if reason:
-        if CI:
-            raise RuntimeError(f"browser tests must run in CI: {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS + [
-            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-            f"--use-file-for-fake-audio-capture={WAV}", "--autoplay-policy=no-user-gesture-required"])
-        yield b
-        b.close()
+def mic_browser(browser):
+    """Chromium whose microphone is the fixture WAV (looped) and which grants it unasked:
+    a second browser of the suite's one Playwright (conftest's `browser`, which also
+    decides skip or fail when Chromium is missing)."""
+    b = browser.browser_type.launch(executable_path=CHROMIUM, headless=True, args=ARGS + [
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={WAV}"])
+    yield b
+    b.close()
 
 
 @pytest.fixture
