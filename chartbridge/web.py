@@ -92,6 +92,8 @@ def _register_adapter_endpoints(app: Flask, engine: Engine, jobs) -> None:
     app.register_blueprint(ops_blueprint(engine, jobs))
     from chartbridge.api import make_blueprint as api_blueprint
     app.register_blueprint(api_blueprint(engine, jobs))       # the capture API (issue 16)
+    from chartbridge.recorder import make_blueprint as recorder_blueprint
+    app.register_blueprint(recorder_blueprint(engine, jobs))  # the SMART ambient recorder
 
 
 def _secret_key() -> bytes:

@@ -184,6 +184,22 @@ class SignIn(Settings):
     oidc: OidcSignIn | None = None               # none: no sign-in (the dev login only for demo-* orgs)
 
 
+class Recorder(Settings):
+    """The SMART ambient recorder (chartbridge/recorder/): the site's FHIR server that
+    launches it (SMART EHR launch) and the recorder's registration at its authorization
+    server. Which authorization server that is comes from the FHIR server's
+    `/.well-known/smart-configuration`; `authorization_server`, when set, must be the
+    issuer that document names (a launch discovering another one is refused)."""
+
+    fhir_base: Url                               # the launch's `iss` must equal it
+    client_id: Id                                # the recorder's SMART client id (public, PKCE)
+    authorization_server: Url | None = None      # expected issuer of the id_token; none: the discovered one
+    chunk_seconds: Annotated[int, Field(ge=2, le=60)] = 8   # the browser cuts a chunk this often
+    # what an API session opened from the recorder asks for (absent: the org's defaults)
+    note_type: LoincCode | None = None
+    sections: Annotated[list[SectionCode], AfterValidator(_unique)] | None = None
+
+
 # --- the capture API's clients (issue 16) ---------------------------------------------------
 
 ApiScope = Literal["capture", "read", "approve"]
@@ -298,6 +314,7 @@ class OrgConfig(BaseModel):
     drafting: Drafting = Drafting()
     mappings: Mappings = Mappings()
     sign_in: SignIn = SignIn()                   # who the clinicians on the review pages are
+    recorder: Recorder | None = None             # the SMART ambient recorder page; none: off
     api: Api = Api()                             # the capture API's clients (issue 16)
     # who is told of drafts, writes and failures (chartbridge/webhooks/config.py)
     webhooks: Webhooks = []

@@ -24,15 +24,15 @@ import logging
 import secrets
 from urllib.parse import urlsplit
 
-import httpx
 from flask import (Blueprint, jsonify, make_response, redirect, render_template, request,
                    url_for)
 
+from chartbridge.adapters.smart_launch import LaunchRefused, SmartLaunch, same_base
 from chartbridge.core.errors import ChartbridgeError, InputError, NotFound
 from chartbridge.core.models import (SECTION_CODES, ChunkState, RecordingStatus, VersionState,
                                      WriteStatus, find_identifier)
 from chartbridge.httperrors import external_url_for, register_error_shape
-from chartbridge.review.websession import PageSessions, SealedCookie, security_headers
+from chartbridge.review.websession import PageSessions, security_headers
 
 from .schemas import SOURCE
 
@@ -40,20 +40,13 @@ log = logging.getLogger("chartbridge.epic.page")
 
 TARGET = "epic_haiku"
 SCOPE = "launch openid fhirUser"
-LAUNCH_TTL_S = 600
-DISCOVERY_TTL_S = 300        # a discovered SMART configuration is reused this long
-
-
-class LaunchRefused(ChartbridgeError):
-    code = "launch_refused"
-    http_status = 403
 
 
 def make_blueprint(engine, jobs) -> Blueprint:
     bp = Blueprint("epic_haiku_page", __name__, template_folder="templates")
     pages = PageSessions(engine, kind="haiku")
-    launches = SealedCookie("cb_haiku_launch", lifetime_s=LAUNCH_TTL_S)
-    discovered: dict[str, tuple[float, dict]] = {}
+    smart = SmartLaunch(engine, cookie="cb_haiku_launch", scope=SCOPE, ehr="Epic",
+                        reopen="open the page again from Haiku")
 
     def cookie_path(org: str) -> str:
         return f"/orgs/{org}/epic/haiku"
@@ -93,60 +86,26 @@ def make_blueprint(engine, jobs) -> Blueprint:
                 return refuse(org, "This page was opened from a server this organization does "
                                    "not trust. Open it again from Haiku.", reason="iss_untrusted",
                               status=400, audited=False)
-            smart = discover(args["iss"])
-            from authlib.integrations.httpx_client import OAuth2Client
-            from authlib.common.security import generate_token
-
-            verifier = generate_token(64)
-            client = OAuth2Client(client_id=epic.launch_client_id, scope=SCOPE,
-                                  redirect_uri=external_url_for(".callback", org=org),
-                                  code_challenge_method="S256",
-                                  token_endpoint_auth_method="none")
-            url, state = client.create_authorization_url(
-                smart["authorization_endpoint"], code_verifier=verifier,
-                launch=args["launch"], aud=args["iss"])
-            client.close()
+            url, pending = smart.begin(org=org, iss=args["iss"], launch=args["launch"],
+                                       client_id=epic.launch_client_id,
+                                       redirect_uri=external_url_for(".callback", org=org),
+                                       remember={"external_session": args["session"]})
         except ChartbridgeError as exc:
             return _error_page(render, exc)
         resp = redirect(url, code=302)
-        launches.save({"org": org, "state": state, "verifier": verifier,
-                       "external_session": args["session"], "iss": args["iss"],
-                       "token_endpoint": smart["token_endpoint"],
-                       "started": engine.clock.now().timestamp()},
-                      resp, path=cookie_path(org))
+        smart.save(pending, resp, path=cookie_path(org))
         return resp
-
-    def discover(iss: str) -> dict:
-        now = engine.clock.now().timestamp()
-        hit = discovered.get(iss)
-        if hit is not None and now - hit[0] < DISCOVERY_TTL_S:
-            return hit[1]
-        doc = _discover(engine, iss)
-        if len(discovered) > 64:
-            discovered.clear()
-        discovered[iss] = (now, doc)
-        return doc
 
     @bp.get("/orgs/<org>/epic/haiku/callback")
     def callback(org: str):
         try:
             epic = settings(org)
-            pending = launches.load()
-            if not pending or pending.get("org") != org:
-                raise InputError("this sign-in link is not from a launch in this browser; "
-                                 "open the page again from Haiku", field="state")
-            if engine.clock.now().timestamp() - pending.get("started", 0) > LAUNCH_TTL_S:
-                raise InputError("the launch took too long; open the page again from Haiku",
-                                 field="state")
-            if not secrets.compare_digest(request.args.get("state", ""), pending["state"]):
-                raise InputError("the sign-in answer does not belong to this launch", field="state")
+            pending = smart.pending(org)
             if request.args.get("error"):
                 return refuse(org, "Epic did not authorize this page. Open it again from Haiku.",
                               reason="authorization_denied", audited=False)
-            code = request.args.get("code", "")
-            if not code:
-                raise InputError("the sign-in answer has no authorization code", field="code")
-            token = _exchange(engine, epic, org, pending, code)
+            token = smart.complete(pending, client_id=epic.launch_client_id,
+                                   redirect_uri=external_url_for(".callback", org=org)).token
             session = engine.store.find_session(org, SOURCE,
                                                 pending["external_session"])
             if session is None:
@@ -175,7 +134,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
                                    "scope": token.get("scope"),
                                    "expires_in": token.get("expires_in")}},
                    resp, path=cookie_path(org), new_id=True)
-        launches.clear(resp, path=cookie_path(org))
+        smart.clear(resp, path=cookie_path(org))
         return resp
 
     # -- the page ---------------------------------------------------------------------------
@@ -234,53 +193,13 @@ def _trusted_iss(iss: str, epic) -> bool:
     the same origin as the org's Epic site (its token URL or callback base)."""
     got = iss.rstrip("/")
     if epic.fhir_base:
-        return got == str(epic.fhir_base).rstrip("/")
+        return same_base(got, epic.fhir_base)
     parts = urlsplit(got)
     if parts.scheme not in ("https", "http"):
         return False
     origin = (parts.scheme, parts.netloc)
     known = [str(u) for u in (epic.token_url, epic.callback_url) if u]
     return any((urlsplit(u).scheme, urlsplit(u).netloc) == origin for u in known)
-
-
-def _discover(engine, iss: str) -> dict:
-    try:
-        with engine.services.http(timeout=10.0) as http:
-            resp = http.get(iss.rstrip("/") + "/.well-known/smart-configuration",
-                            headers={"Accept": "application/json"})
-        if resp.status_code != 200:
-            raise LaunchRefused("Epic's SMART configuration could not be read",
-                                status=resp.status_code)
-        doc = resp.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise LaunchRefused("Epic's SMART configuration could not be read",
-                            reason=type(exc).__name__) from None
-    for name in ("authorization_endpoint", "token_endpoint"):
-        if not isinstance(doc.get(name), str) or not doc[name].startswith(("https://", "http://")):
-            raise LaunchRefused(f"Epic's SMART configuration has no {name}", field=name)
-    if "S256" not in (doc.get("code_challenge_methods_supported") or ["S256"]):
-        raise LaunchRefused("Epic's SMART server does not offer PKCE S256")
-    return doc
-
-
-def _exchange(engine, epic, org: str, pending: dict, code: str) -> dict:
-    from authlib.integrations.httpx_client import OAuth2Client
-    from authlib.integrations.base_client.errors import OAuthError
-
-    try:
-        with OAuth2Client(client_id=epic.launch_client_id, code_challenge_method="S256",
-                          token_endpoint_auth_method="none", timeout=10.0,
-                          redirect_uri=external_url_for(".callback", org=org)) as client:
-            token = client.fetch_token(pending["token_endpoint"], code=code,
-                                       code_verifier=pending["verifier"],
-                                       grant_type="authorization_code")
-    except OAuthError as exc:
-        raise LaunchRefused("Epic refused to complete the sign-in; open the page again "
-                            "from Haiku", vendor_code=getattr(exc, "error", None)) from None
-    except (httpx.HTTPError, ValueError) as exc:
-        raise LaunchRefused("Epic could not be reached to complete the sign-in",
-                            reason=type(exc).__name__) from None
-    return dict(token)
 
 
 def _error_page(render, exc: ChartbridgeError):
@@ -387,4 +306,4 @@ def _fingerprint(view: dict) -> str:
     return hashlib.sha256(json.dumps(view, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-__all__ = ["make_blueprint", "session_view", "NotFound"]
+__all__ = ["LaunchRefused", "make_blueprint", "session_view", "NotFound"]

@@ -106,10 +106,11 @@ def test_trusted_proxy_setting_applies_proxyfix(hostile):
 
 def test_anonymous_launch_and_login_write_nothing_and_discovery_is_cached(hostile, monkeypatch):
     monkeypatch.setenv("CHARTBRIDGE_DEV_LOGIN", "1")
-    from chartbridge.adapters.epic_haiku import page
+    from chartbridge.adapters import smart_launch
     calls = []
-    real = page._discover
-    monkeypatch.setattr(page, "_discover", lambda engine, iss: calls.append(iss) or real(engine, iss))
+    real = smart_launch._discover
+    monkeypatch.setattr(smart_launch, "_discover",
+                        lambda engine, iss, ehr: calls.append(iss) or real(engine, iss, ehr))
     before = (rows(hostile, TokenRow), rows(hostile, AuditRow))
     for i in range(5):
         assert hostile.client.get(launch_path(hostile, f"AMB-A{i}")).status_code == 302

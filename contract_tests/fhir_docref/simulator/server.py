@@ -26,6 +26,7 @@ from contract_tests.support.http import BackgroundServer, drop_connection, json_
 from .answers import FHIR_JSON, FhirAnswer, fail, issue, outcome
 from .auth import SUPPORTED_ALGS, Token, TokenService
 from .faults import Fault, Faults
+from .launch import SmartLaunch
 from .rules import PROFILES, RULES, ServerRules
 from .store import ALL_TYPES, COMMON_SEARCH_PARAMS, REFERENCE_TARGETS, SEEDED_TYPES, \
     WRITABLE_TYPES, Store
@@ -69,6 +70,8 @@ class FhirSimulator:
                                  count=self.store.count)
         self.validator = Validator(self.rules, self.store)
         self.faults = Faults(ALL_TYPES, lock=self._lock)
+        # the SMART EHR launch (launch.py): /oauth2/authorize, the code grant, the id_token
+        self.launch = SmartLaunch(lambda: self._base_url, clock=clock)
         self._calls: deque[dict[str, Any]] = deque(maxlen=max_calls)
         self._seq = 0
         self.reset(keep_seed=False)
@@ -303,6 +306,8 @@ class FhirSimulator:
             return "smart_config", None, parts
         if parts[:2] == ["oauth2", "token"]:
             return "token", None, parts
+        if parts[:2] in (["oauth2", "authorize"], ["oauth2", "launch-jwks"]):
+            return "launch", None, parts
         if head not in ALL_TYPES:
             return "unknown", head, parts
         if len(parts) == 1:
@@ -377,6 +382,10 @@ class FhirSimulator:
             if call == "smart_config":
                 self._only(request, "GET")
                 return self._json(200, self.smart_configuration())
+            if call == "launch":
+                return self.launch.handle(request)
+            if call == "token" and request.form.get("grant_type") == "authorization_code":
+                return self.launch.token(request)
             if call == "token":
                 status, body, headers = self.auth.issue(request.method, request.mimetype,
                                                         request.form, self.token_url)
@@ -477,7 +486,7 @@ class FhirSimulator:
 
     def smart_configuration(self) -> dict[str, Any]:
         base = self._base_url or ""
-        return {
+        doc = {
             "token_endpoint": base + "/oauth2/token",
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": ["private_key_jwt"],
@@ -488,6 +497,19 @@ class FhirSimulator:
                                  "system/DocumentReference.write"],
             "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
         }
+        return self._with_launch(doc)
+
+    def _with_launch(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The EHR launch's members (launch.py) added; lists keep the Backend Services
+        values first."""
+        if not self._base_url:
+            return doc
+        for name, value in self.launch.configuration().items():
+            if isinstance(value, list):
+                doc[name] = doc.get(name, []) + [v for v in value if v not in doc.get(name, [])]
+            else:
+                doc.setdefault(name, value)
+        return doc
 
     # ------------------------------------------------------------ body parsing
     @staticmethod

@@ -1,0 +1,369 @@
+"""The SMART ambient recorder in real Chromium: launched from the FHIR simulator's SMART EHR
+launch, a fixture WAV as the microphone (Chromium's fake media capture), chunks uploaded
+through the capture API as they are cut, a reload mid-visit that continues after the chunks
+the engine stored, stop, edit, approve, and every target written (FHIR DocumentReference,
+HL7 MDM). The transcriber is the contract suite's stand-in; the chunks are decoded for real
+by the API."""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chartbridge import runtime
+from chartbridge.bootstrap import bootstrap
+from chartbridge.config.loader import EXAMPLE_ORGS
+from chartbridge.core.models import find_identifier
+from chartbridge.web import create_app
+from contract_tests.epic_haiku.stack import ChunkTranscriber
+from contract_tests.fhir_docref.sandbox import SIM_SCOPES, demo_keypair
+from contract_tests.fhir_docref.sandbox import demo_target_settings as fhir_settings
+from contract_tests.fhir_docref.simulator import FhirSimulator
+from contract_tests.hl7_mdm.sandbox import demo_target_settings as mllp_settings
+from contract_tests.hl7_mdm.simulator import HL7MDMSimulator
+from tests.fakes import OneSection
+
+from .a11y import check_accessibility
+from .conftest import ARGS, AXE, CHROMIUM, DESKTOP, PHONE, shot, wait_until
+
+pytestmark = pytest.mark.browser
+ORG = "smart-clinic"
+CLIENT = "chartbridge-recorder"
+PATIENT, ENCOUNTER = "pat-rec-1", "enc-rec-1"
+DOCTOR = "Practitioner/dr-rivera"
+WAV = Path(__file__).resolve().parents[1] / "fixtures" / "encounters" / "encounter-1.wav"
+CHUNK_S = 2
+
+
+class Site:
+    """The FHIR server (with its SMART launch) and an MDM interface engine, the engine on
+    waitress with its in-process worker, and an org whose recorder trusts that server."""
+
+    def __init__(self, tmp_path: Path, database_url: str) -> None:
+        self.fhir = FhirSimulator("us-core")
+        self.fhir.start()
+        self.mllp = HL7MDMSimulator()
+        self.mllp.start()
+        self.fhir.add_patient(PATIENT)
+        self.fhir.add_encounter(ENCOUNTER, PATIENT)
+        pem, jwk = demo_keypair()
+        key = tmp_path / "fhir.pem"
+        key.write_text(pem)
+        self.fhir.register_client("chartbridge-sim", jwk, scopes=SIM_SCOPES)
+        orgs = tmp_path / "orgs"
+        orgs.mkdir()
+        doc = yaml.safe_load((EXAMPLE_ORGS / "demo-multi.yaml").read_text())
+        doc.update(org=ORG, name="Smart Clinic",
+                   targets={"fhir_docref": fhir_settings(self.fhir, key_ref=f"file:{key}"),
+                            "hl7_mdm": mllp_settings(self.mllp)},
+                   drafting={"generator": "rules", "template": "default"},
+                   recorder={"fhir_base": self.fhir.base_url, "client_id": CLIENT,
+                             "chunk_seconds": CHUNK_S})
+        (orgs / f"{ORG}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        self.engine = bootstrap(database_url=database_url, config_dir=orgs,
+                                transcriber_factory=lambda org: ChunkTranscriber(),
+                                generator_factory=lambda org: OneSection())
+        self.rt = runtime.start(self.engine, sweep_interval_s=1.0)
+        from waitress.server import create_server
+        app = self.app = create_app(self.engine, jobs=self.rt.jobs)
+        self.server = create_server(app, host="127.0.0.1", port=0, threads=8)
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        app.config["CHARTBRIDGE_PUBLIC_URL"] = self.url
+        threading.Thread(target=self.server.run, daemon=True, name="recorder-http").start()
+        self.fhir.launch.register_app(CLIENT, [f"{self.url}/orgs/{ORG}/recorder/callback"])
+
+    def launch_url(self, *, encounter: str | None = ENCOUNTER) -> str:
+        launch = self.fhir.launch.new_launch(patient=PATIENT, encounter=encounter,
+                                             user=DOCTOR, name="Dr. Ana Rivera")
+        return self.fhir.launch.launch_url(f"{self.url}/orgs/{ORG}/recorder/launch", launch)
+
+    def sessions(self):
+        from chartbridge.ledger.tables import SessionRow
+        from sqlalchemy import select
+        with self.engine.db.transaction() as tx:
+            ids = [r for (r,) in tx.execute(select(SessionRow.id).where(SessionRow.org_id == ORG))]
+        return [self.engine.store.get_session(ORG, i) for i in ids]
+
+    def stop(self) -> None:
+        self.server.close()
+        self.rt.stop()
+        self.fhir.stop()
+        self.mllp.stop()
+        self.engine.db.dispose()
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = Site(tmp_path, f"sqlite:///{tmp_path / 'engine.db'}")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def mic_browser(browser):
+    """Chromium whose microphone is the fixture WAV (looped) and which grants it unasked:
+    a second browser of the suite's one Playwright (conftest's `browser`, which also
+    decides skip or fail when Chromium is missing)."""
+    b = browser.browser_type.launch(executable_path=CHROMIUM, headless=True, args=ARGS + [
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={WAV}"])
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def open_page(mic_browser):
+    contexts = []
+
+    def make(viewport):
+        ctx = mic_browser.new_context(viewport=viewport)
+        ctx.set_default_timeout(20_000)
+        ctx.add_init_script(path=str(AXE))
+        contexts.append(ctx)
+        return ctx.new_page()
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+def status(page) -> str:
+    return re.sub(r"\s+", " ", page.locator("#status").inner_text()).strip()
+
+
+def stored_chunks(site, session_id):
+    return sorted(c.sequence for c in site.engine.store.chunks(ORG, session_id))
+
+
+@pytest.mark.parametrize("viewport", [pytest.param(PHONE, id="phone"),
+                                      pytest.param(DESKTOP, id="desktop")])
+def test_launch_record_reload_stop_edit_approve_writes_every_target(site, open_page, viewport,
+                                                                    caplog):
+    caplog.set_level(logging.INFO)
+    page = open_page(viewport)
+    # When the EHR opens the recorder from the visit (SMART EHR launch)
+    page.goto(site.launch_url())
+    page.wait_for_url(re.compile(rf"/orgs/{ORG}/recorder$"))
+    # Then the launch used PKCE S256, state, aud = iss, the launch handle and a nonce
+    (auth,) = site.fhir.launch.authorize_requests
+    assert auth.outcome == "code" and auth.params["client_id"] == CLIENT
+    assert auth.params["code_challenge_method"] == "S256" and len(auth.params["code_challenge"]) == 43
+    assert auth.params["aud"] == site.fhir.base_url and auth.params["launch"]
+    assert auth.params["state"] and auth.params["nonce"]
+    assert {"launch", "openid", "fhirUser"} <= set(auth.params["scope"].split())
+    assert site.fhir.launch.token_results == [("ok", 200)]
+    # And the browser holds only an httpOnly page-session id; no token is in the page
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert set(cookies) == {"cb_recorder"} and cookies["cb_recorder"]["httpOnly"]
+    assert cookies["cb_recorder"]["path"] == f"/orgs/{ORG}"
+    assert "access_token" not in page.content()
+    page.wait_for_selector("#record:not([disabled])")
+    assert PATIENT in page.locator("#context").inner_text()
+    check_accessibility(page)
+    shot(page, f"recorder-ready-{viewport['width']}")
+
+    # When the clinician records the patient's consent and starts, with the keyboard only
+    page.focus("#consent-capture")
+    page.keyboard.press("Space")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Space")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "record"
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#record.recording")
+    # Then chunks reach the engine while recording, each one whole (decoded by the API)
+    (session,) = wait_until(site.sessions, what="the API session opened")
+    assert find_identifier(session.patient_ids, "FHIR").value == PATIENT
+    assert find_identifier(session.encounter_ids, "FHIR").value == ENCOUNTER
+    assert session.user.value == site.fhir.base_url + "/" + DOCTOR
+    wait_until(lambda: len(stored_chunks(site, session.id)) >= 2, timeout=30,
+               what="two chunks stored while recording")
+
+    # When the page is reloaded mid-visit
+    page.reload()
+    # Then it resumes from the engine's state: what is stored, and continue after it
+    page.wait_for_selector("#record:not([disabled])")
+    before = stored_chunks(site, session.id)
+    assert "interrupted" in status(page) and page.locator("#record").inner_text() == "Continue recording"
+    check_accessibility(page)
+    page.focus("#record")
+    page.keyboard.press("Enter")
+    wait_until(lambda: len(stored_chunks(site, session.id)) >= len(before) + 2, timeout=30,
+               what="chunks after the reload")
+    # When the clinician stops
+    page.focus("#stop")
+    page.keyboard.press("Enter")
+    # Then the recording is one version whose chunks are 1..N with no gap and no repeat
+    try:
+        page.wait_for_selector("#draft:not([hidden])", timeout=60_000)
+    except Exception as exc:
+        raise AssertionError(("no draft shown", status(page), page.locator("#problem").inner_text(),
+                              site.engine.store.recordings(ORG, session.id),
+                              site.engine.store.chunks(ORG, session.id))) from exc
+    seqs = stored_chunks(site, session.id)
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= len(before) + 2
+    (rec,) = site.engine.store.recordings(ORG, session.id)
+    assert rec.status == "Stopped" and rec.chunk_count == len(seqs)
+    assert "draft note is ready" in status(page)
+    check_accessibility(page)
+    shot(page, f"recorder-draft-{viewport['width']}")
+
+    # When the clinician edits the history and approves
+    assert page.locator("label[for='section-10164-2']").inner_text() == "History of present illness"
+    area = page.locator("#sections textarea").first
+    area.fill("Cough for three days, worse at night. Edited by the clinician.")
+    page.focus("#approve")
+    page.keyboard.press("Enter")
+    # Then every target is written, and the page says so per target
+    for target in ("fhir_docref", "hl7_mdm"):
+        page.wait_for_selector(f"#write-list li[data-target='{target}'][data-status='written']",
+                               timeout=60_000)
+    wait_until(lambda: "written to every target" in status(page), what="final status")
+    (doc,) = site.fhir.documents(PATIENT)
+    assert "Edited by the clinician" in site.fhir.document_text(doc)
+    assert doc["context"]["encounter"][0]["reference"] == f"Encounter/{ENCOUNTER}"
+    assert len(site.mllp.documents()) == 1
+    # And the approval is the launched clinician's, of the edited version
+    drafts = site.engine.store.drafts(ORG, session_id=session.id)
+    approved = [d for d, state in drafts if state == "approved"]
+    assert len(approved) == 1 and approved[0].version == 2
+    approval = site.engine.store.approval(ORG, approved[0].id)
+    assert approval.approver.value == site.fhir.base_url + "/" + DOCTOR
+    assert approval.approver_name == "Dr. Ana Rivera"
+    check_accessibility(page)
+    shot(page, f"recorder-written-{viewport['width']}")
+    # And no identifier or clinical text reached the logs
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for phi in (PATIENT, ENCOUNTER, "Edited by the clinician", "dr-rivera"):
+        assert phi not in logged
+
+
+def test_a_launch_from_an_untrusted_server_or_without_a_visit_is_refused(site, open_page):
+    page = open_page(PHONE)
+    # When the launch's iss is not the org's FHIR server
+    before = len(site.fhir.launch.authorize_requests)
+    bad = site.launch_url().replace("iss=http", "iss=https%3A%2F%2Fevil.example%2F%3Fx%3Dhttp")
+    page.goto(bad)
+    # Then it never leaves the engine
+    assert "not trust" in page.locator("#refusal").inner_text()
+    assert len(site.fhir.launch.authorize_requests) == before
+    # When the EHR launches it without an encounter in context
+    page.goto(site.launch_url(encounter=None))
+    # Then it refuses in plain words and opens nothing
+    assert "open it from the visit" in page.locator("#refusal").inner_text()
+    assert site.sessions() == []
+    check_accessibility(page)
+    # And the page itself needs a launch
+    page.context.clear_cookies()
+    page.goto(f"{site.url}/orgs/{ORG}/recorder")
+    assert "opened from the patient's chart" in page.locator("#refusal").inner_text()
+
+
+def test_the_page_session_reaches_only_the_launched_visit(site, open_page):
+    import httpx
+    page = open_page(PHONE)
+    page.goto(site.launch_url())
+    page.wait_for_selector("#record:not([disabled])")
+    boot = page.evaluate("JSON.parse(document.getElementById('recorder-boot').textContent)")
+    cookie = {c["name"]: c["value"] for c in page.context.cookies()}
+    api = f"{site.url}/orgs/{ORG}/api/v1"
+    body = dict(boot["open"], consent={"capture": True, "write_back": True})
+    with httpx.Client(cookies=cookie, headers={"X-CSRF-Token": boot["csrf"]}) as http:
+        # Without the CSRF token the page session is refused
+        no_csrf = http.post(api + "/sessions", json=body,
+                            headers={"X-CSRF-Token": "", "Idempotency-Key": "k0"})
+        assert no_csrf.status_code == 403
+        # A session for another patient is refused
+        other = dict(body, patient_ids=[{"value": "someone-else", "type": "FHIR"}])
+        assert http.post(api + "/sessions", json=other,
+                         headers={"Idempotency-Key": "k1"}).status_code == 403
+        # The launched visit opens, and the same visit again is the same session
+        first = http.post(api + "/sessions", json=body, headers={"Idempotency-Key": "k2"})
+        again = http.post(api + "/sessions", json=body, headers={"Idempotency-Key": "k3"})
+        assert first.status_code == 201 and again.json()["id"] == first.json()["id"]
+
+
+def test_an_id_token_that_does_not_verify_opens_nothing(site, monkeypatch):
+    import httpx
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from contract_tests.fhir_docref.simulator.launch import SmartLaunch
+    # Given an authorization server whose published keys are not the ones it signs with
+    other = SmartLaunch(lambda: site.fhir.base_url)
+    other._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other.kid = site.fhir.launch.kid
+    monkeypatch.setattr(site.fhir.launch, "jwks", other.jwks)
+    # When the EHR launches the recorder (no browser needed: follow the redirects)
+    with httpx.Client(follow_redirects=True) as http:
+        answer = http.get(site.launch_url())
+    # Then the callback refuses, no page session is written and no API session opened
+    assert answer.status_code == 403 and "does not verify" in answer.text
+    assert "cb_recorder" not in http.cookies
+    assert site.sessions() == []
+
+
+def test_bad_input_is_a_4xx_naming_the_field_never_a_5xx(site):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    web = site.app.test_client()
+    base = f"/orgs/{ORG}/recorder"
+    # Given missing launch parameters, a callback from no launch, no page session
+    missing = web.get(base + "/launch")
+    assert missing.status_code == 400 and "<code>iss</code>" in missing.get_data(as_text=True)
+    no_launch = web.get(base + "/launch?iss=" + site.fhir.base_url)
+    assert no_launch.status_code == 400 and "<code>launch</code>" in no_launch.get_data(as_text=True)
+    stray = web.get(base + "/callback?state=x&code=y")
+    assert stray.status_code == 400 and "<code>state</code>" in stray.get_data(as_text=True)
+    assert web.get(base).status_code == 401
+    assert web.post(base + "/session", json={"session_id": "x"}).status_code == 403
+    # An org without a recorder, and an API call with a forged page-session cookie
+    assert web.get("/orgs/no-such-org/recorder/launch?iss=a&launch=b").status_code == 404
+    web.set_cookie("cb_recorder", "forged", path=f"/orgs/{ORG}")
+    forged = web.get(f"/orgs/{ORG}/api/v1/sessions/abc", headers={"X-CSRF-Token": "t"})
+    assert forged.status_code == 401 and forged.json["error"] == "unauthorized"
+
+    text = st.text(max_size=40)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(["/launch", "/callback", "", "/session"]),
+           args=st.dictionaries(st.sampled_from(["iss", "launch", "state", "code", "error"]), text),
+           post=st.booleans(), body=st.binary(max_size=200))
+    def fuzz(path, args, post, body):
+        call = web.post if post else web.get
+        answer = call(base + path, query_string=args, data=body,
+                      headers={"Content-Type": "application/json"})
+        assert answer.status_code < 500, (path, args, answer.status_code)
+    fuzz()
+
+
+def test_chunks_the_server_never_got_are_sent_after_a_reload(site, open_page):
+    page = open_page(PHONE)
+    page.goto(site.launch_url())
+    page.wait_for_selector("#record:not([disabled])")
+    # Given a network that drops every chunk upload while the clinician records
+    dropped = re.compile(r"/recordings/\d+/chunks/\d+$")
+    page.route(dropped, lambda route: route.abort())
+    page.check("#consent-capture")
+    page.check("#consent-write")
+    page.click("#record")
+    (session,) = wait_until(site.sessions, what="the API session opened")
+    kept = """() => new Promise((ok) => { const r = indexedDB.open("chartbridge-recorder", 1);
+        r.onsuccess = () => { const q = r.result.transaction("chunks").objectStore("chunks").count();
+                              q.onsuccess = () => ok(q.result); }; })"""
+    wait_until(lambda: page.evaluate(kept) >= 2, timeout=30, what="two chunks kept in the browser")
+    assert stored_chunks(site, session.id) == []
+    # When the network is back and the tab is reopened
+    page.unroute(dropped)
+    page.reload()
+    # Then what the browser kept is sent, and it continues after it
+    wait_until(lambda: len(stored_chunks(site, session.id)) >= 2, timeout=30,
+               what="the kept chunks stored")
+    page.wait_for_selector("#record:not([disabled])")
+    seqs = stored_chunks(site, session.id)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert page.locator("#record").inner_text() == "Continue recording"
+    wait_until(lambda: page.evaluate(kept) == 0, what="nothing left in the browser")
