@@ -64,6 +64,15 @@ def read_secret(ref: str) -> str:
     raise PreflightFailed("the key must be a reference: env:NAME or file:PATH")
 
 
+def _is_ec(pem: str) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    try:
+        return isinstance(load_pem_private_key(pem.encode(), None), ec.EllipticCurvePrivateKey)
+    except (ValueError, TypeError):
+        return False
+
+
 class FhirTarget:
     """The FHIR server under test, reached the way the site's tools reach it."""
 
@@ -108,6 +117,8 @@ class FhirTarget:
         if not s["key_id"]:
             raise PreflightFailed("no key id (--key-id)")
         pem = read_secret(s["private_key"])
+        if not os.environ.get("CHARTBRIDGE_FHIR_ALGORITHM"):     # the key says which
+            s["algorithm"] = "ES384" if "EC PRIVATE" in pem or _is_ec(pem) else "RS384"
         try:
             key = import_key(pem, "EC" if s["algorithm"].startswith("ES") else "RSA")
         except Exception:  # noqa: BLE001 - any unreadable key is the same answer
@@ -116,7 +127,8 @@ class FhirTarget:
         now = int(time.time())
         claims = {"iss": s["client_id"], "sub": s["client_id"], "aud": self.discover(),
                   "iat": now, "exp": now + 240, "jti": uuid.uuid4().hex}
-        return jwt.encode({"alg": s["algorithm"], "kid": s["key_id"], "typ": "JWT"}, claims, key)
+        return jwt.encode({"alg": s["algorithm"], "kid": s["key_id"], "typ": "JWT"}, claims, key,
+                          algorithms=[s["algorithm"]])
 
     def token(self) -> str:
         if self._token:

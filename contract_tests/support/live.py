@@ -58,6 +58,7 @@ class LiveRun:
     failed: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     fatal: str | None = None
+    deselected: int = 0
 
     def __post_init__(self) -> None:
         url = urlsplit(self.base_url)
@@ -91,9 +92,9 @@ class LiveRun:
             response = original(transport, request)
             if target:
                 run.count(f"{request.method} {_route(request.url.path, run.base_url)}")
-                loc = response.headers.get("Location") or response.headers.get("Content-Location")
-                if response.status_code == 201 and loc:
-                    run.artifact(_resource_ref(loc))
+                if request.method in ("POST", "PUT") and response.status_code in (200, 201):
+                    for ref in _created(response):
+                        run.artifact(ref)
             return response
 
         httpx.HTTPTransport.handle_request = handle_request
@@ -124,10 +125,15 @@ class LiveRun:
         if self.preflight is not None:
             try:
                 self.preflight()
-            except PreflightFailed as exc:
-                self.fatal = f"preflight against {self.base_url} failed: {exc}"
+            except Exception as exc:  # noqa: BLE001 - one readable line, never a traceback
+                why = str(exc) if isinstance(exc, PreflightFailed) else \
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.fatal = f"preflight against {self.base_url} failed: {why}"
                 self._write()
                 pytest.exit(self.fatal, returncode=3)
+
+    def pytest_deselected(self, items) -> None:
+        self.deselected += len(items)
 
     def pytest_runtest_logreport(self, report) -> None:
         name = report.nodeid.split("::", 1)[-1]
@@ -145,6 +151,7 @@ class LiveRun:
                 "scenarios_run": len(self.ran) + len(set(self.failed)),
                 "passed": len(self.ran), "failed": sorted(set(self.failed)),
                 "skipped": self.skipped, "artifacts": self.artifacts,
+                "not_live_scenarios": self.deselected,
                 "credentials": self.credentials, "fatal": self.fatal}
 
     @pytest.hookimpl(tryfirst=True)
@@ -179,6 +186,8 @@ class LiveRun:
                 f"failed {len(s['failed'])}); skipped: {len(self.skipped)}")
         for name, why in sorted(self.skipped.items()):
             tr.line(f"  skipped {name}: {why}")
+        tr.line(f"not collected (other profiles, simulator self-tests, offline checks): "
+                f"{self.deselected}")
         tr.line(f"artifacts created at the target ({len(self.artifacts)}; clean up after the run):")
         for ref in self.artifacts:
             tr.line(f"  {ref}")
@@ -210,6 +219,29 @@ def _route(path: str, base_url: str) -> str:
     if parts[0].startswith(".") or parts[0] in ("oauth2", "auth", "token"):
         return "/".join(parts)
     return "/".join([parts[0]] + ["{id}" if i == 0 else p for i, p in enumerate(parts[1:])])
+
+
+def _created(response) -> list[str]:
+    """What a write answer says the server created: a 201's Location (or the body's id), or
+    a transaction-response Bundle's 201 entries."""
+    loc = response.headers.get("Location") or response.headers.get("Content-Location")
+    if response.status_code == 201 and loc:
+        return [_resource_ref(loc)]
+    if "json" not in response.headers.get("Content-Type", ""):
+        return []
+    try:
+        body = json.loads(response.read())
+    except ValueError:
+        return []
+    if not isinstance(body, dict):
+        return []
+    if response.status_code == 201 and body.get("resourceType") and body.get("id"):
+        return [f"{body['resourceType']}/{body['id']}"]
+    if body.get("resourceType") == "Bundle" and str(body.get("type", "")).startswith("transaction"):
+        return [_resource_ref(e["response"]["location"]) for e in body.get("entry", [])
+                if str(e.get("response", {}).get("status", "")).startswith("201")
+                and e["response"].get("location")]
+    return []
 
 
 def _resource_ref(location: str) -> str:
