@@ -133,6 +133,7 @@ class FhirTarget:
     def token(self) -> str:
         if self._token:
             return self._token
+        self.discover()                     # connect first: a closed port says so
         form = {"grant_type": "client_credentials",
                 "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
                 "client_assertion": self.assertion()}

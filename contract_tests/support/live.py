@@ -158,7 +158,7 @@ class LiveRun:
     def pytest_sessionfinish(self, session, exitstatus) -> None:
         for undo in reversed(self._undo):
             undo()
-        if self.fatal is None and session.testscollected:
+        if self.fatal is None:
             if not self.ran and not self.failed:
                 self.fatal = f"no scenario applies to {self.base_url} (all {len(self.skipped)} skipped)"
             elif not self.requests:
