@@ -25,7 +25,6 @@ import {
   getStatus,
   indexSearchParameterBundle,
   indexStructureDefinitionBundle,
-  normalizeOperationOutcome,
   OperationOutcomeError,
   validateResource,
 } from '@medplum/core';
@@ -39,6 +38,10 @@ const ASSERTION_MAX_LIFETIME_S = 300; // exp no more than five minutes in the fu
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 const NO_STORE = { 'Cache-Control': 'no-store', Pragma: 'no-cache' };
 const MAX_BODY = 8 * 1024 * 1024;
+
+const ROUTER_VERSION = JSON.parse(
+  readFileSync(new URL('./node_modules/@medplum/fhir-router/package.json', import.meta.url), 'utf8')
+).version;
 
 const { values: args } = parseArgs({
   options: {
@@ -68,7 +71,44 @@ for (const file of ['fhir/r4/profiles-types.json', 'fhir/r4/profiles-resources.j
 }
 indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
 
-const repo = new MemoryRepository();
+// Medplum's server validates every write (each entry of a batch/transaction too) with
+// @medplum/core's validator; MemoryRepository does not, so it is asked to here
+class ValidatingRepository extends MemoryRepository {
+  async createResource(resource, options) {
+    if (!args['no-validate']) validateResource(resource);
+    return super.createResource(resource, options);
+  }
+
+  async updateResource(resource, options) {
+    if (!args['no-validate']) validateResource(resource);
+    return super.updateResource(resource, options);
+  }
+
+  // MemoryRepository runs a transaction's callback without any rollback; Medplum's server
+  // has PostgreSQL's. All-or-nothing here: the maps are copied before and put back on
+  // failure (safe because requests run one at a time, below).
+  async withTransaction(callback) {
+    const copy = (m) => new Map([...m].map(([type, byId]) => [type, new Map([...byId].map(([id, v]) => [id, Array.isArray(v) ? [...v] : v]))]));
+    const saved = { resources: copy(this.resources), history: copy(this.history) };
+    try {
+      return await callback(undefined);
+    } catch (err) {
+      this.resources = saved.resources;
+      this.history = saved.history;
+      throw err;
+    }
+  }
+}
+
+const repo = new ValidatingRepository();
+// one FHIR request at a time: the strictest isolation a server can give, and what lets a
+// transaction roll back by restoring a copy
+let queue = Promise.resolve();
+function serialized(work) {
+  const run = queue.then(work, work);
+  queue = run.catch(() => undefined);
+  return run;
+}
 const router = new FhirRouter();
 
 // ---- clients (ours: the authorization server Medplum's router does not have)
@@ -97,9 +137,13 @@ async function seed() {
   const stored = [];
   for (const resource of body) {
     if (!resource?.resourceType || !resource?.id) fail('every seed resource needs resourceType and id');
-    const issues = validateResource(resource);
-    if (issues.length) fail(`seed ${resource.resourceType}/${resource.id}: ${issues[0].details?.text}`);
-    const saved = await repo.updateResource(resource); // update-as-create keeps the id
+    let saved;
+    try {
+      saved = await repo.updateResource(resource); // update-as-create keeps the id
+    } catch (err) {
+      const text = err instanceof OperationOutcomeError ? err.outcome.issue?.[0]?.details?.text : err.message;
+      fail(`seed ${resource.resourceType}/${resource.id}: ${text}`);
+    }
     stored.push(`${saved.resourceType}/${saved.id}`);
   }
   return stored;
@@ -279,15 +323,6 @@ async function fhir(req, res, path, query) {
       }
     }
   }
-  // Medplum's server validates every write with @medplum/core's validator; so do we
-  if (!args['no-validate'] && body?.resourceType && ['POST', 'PUT'].includes(method) && body.resourceType !== 'Bundle') {
-    try {
-      validateResource(body);
-    } catch (err) {
-      const oo = err instanceof OperationOutcomeError ? err.outcome : normalizeOperationOutcome(err);
-      return send(res, getStatus(oo), oo, { 'Content-Type': FHIR_JSON });
-    }
-  }
   const qs = query.toString();
   const fhirRequest = {
     method,
@@ -297,8 +332,10 @@ async function fhir(req, res, path, query) {
     params: {},
     query: {},
     headers: req.headers,
+    config: { transactions: true }, // a transaction Bundle is all-or-nothing (http.html#transaction)
   };
-  const [oo, resource] = await router.handleRequest(fhirRequest, repo);
+  if (method === 'GET' && path === 'metadata') return send(res, 200, capabilityStatement(req), { 'Content-Type': FHIR_JSON });
+  const [oo, resource] = await serialized(() => router.handleRequest(fhirRequest, repo));
   const status = getStatus(oo);
   const headers = { 'Content-Type': FHIR_JSON };
   const meta = resource?.meta;
@@ -310,6 +347,43 @@ async function fhir(req, res, path, query) {
     }
   }
   return send(res, status, resource ?? oo, headers);
+}
+
+// ours: Medplum's router has no /metadata (its server builds one); this one states what the
+// router does and where the token endpoint is
+function capabilityStatement(req) {
+  const interaction = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'search-type'];
+  return {
+    resourceType: 'CapabilityStatement',
+    status: 'active',
+    date: new Date().toISOString(),
+    kind: 'instance',
+    software: { name: 'Medplum FhirRouter + MemoryRepository (Chartbridge peer)', version: ROUTER_VERSION },
+    fhirVersion: '4.0.1',
+    format: ['application/fhir+json'],
+    rest: [
+      {
+        mode: 'server',
+        security: {
+          service: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }] }],
+          extension: [
+            {
+              url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris',
+              extension: [{ url: 'token', valueUri: `${origin(req)}${TOKEN_PATH}` }],
+            },
+          ],
+        },
+        resource: ['DocumentReference', 'Provenance', 'Binary', 'Patient', 'Encounter'].map((type) => ({
+          type,
+          interaction: interaction.map((code) => ({ code })),
+          versioning: 'versioned-update',
+          conditionalCreate: true,
+          conditionalUpdate: true,
+        })),
+        interaction: [{ code: 'transaction' }, { code: 'batch' }],
+      },
+    ],
+  };
 }
 
 async function handle(req, res) {
