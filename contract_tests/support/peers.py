@@ -10,6 +10,7 @@ peers/install at the versions their package-lock.json pins.
 
     with start_mllp_peer() as mllp:
         mllp.host, mllp.port, mllp.messages()         # messages() reads its JSONL record
+        mllp.live_env()                               # the env of the MDM suite's live mode
 
 Each peer is a node process in its own process group, started on a port it picks itself
 (port 0: no race for a "free" port) and announced on its first stdout line, which is
@@ -80,6 +81,11 @@ class MllpPeer:
     record_path: Path
     pid: int
     rules: list[dict] = field(default_factory=list)
+
+    def live_env(self) -> dict[str, str]:
+        """The environment of the MDM suite's live mode (contract_tests/hl7_mdm/conftest.py)
+        against this receiver."""
+        return {"CHARTBRIDGE_CONTRACT_BASE_URL": f"mllp://{self.host}:{self.port}"}
 
     def messages(self) -> list[dict]:
         """What the receiver recorded so far: one {"at", "control_id", "type", "ack_code",
@@ -236,10 +242,11 @@ def start_fhir_peer(*, client_id: str = "chartbridge-peer", algorithm: str = "RS
 
 
 @contextmanager
-def start_mllp_peer(*, rules: Sequence[dict[str, Any]] = (),
+def start_mllp_peer(*, rules: Sequence[dict[str, Any]] = (), enhanced: bool = False,
                     timeout_s: float = START_TIMEOUT_S) -> Iterator[MllpPeer]:
     """The MLLP receiver on 127.0.0.1: every message ACKed AA by the library, except where
-    a rule {"control_id": REGEX, "ack": "AE"|"AR"} matches the message's MSH-10."""
+    a rule {"control_id": REGEX, "ack": "AE"|"AR"} matches the message's MSH-10. With
+    `enhanced`, each message first gets a commit ACK (CA), then that application ACK."""
     install("mllp")
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mllp-peer-")))
@@ -248,6 +255,8 @@ def start_mllp_peer(*, rules: Sequence[dict[str, Any]] = (),
         if rules:
             (work / "rules.json").write_text(json.dumps(list(rules)), "utf-8")
             args += ["--rules", str(work / "rules.json")]
+        if enhanced:
+            args.append("--enhanced")
         proc, ready = stack.enter_context(
             _node(PEERS_DIR / "mllp" / "server.mjs", args, "MLLP peer", work, timeout_s))
         yield MllpPeer(host="127.0.0.1", port=int(ready["port"]), record_path=record,

@@ -6,8 +6,11 @@
 // incoming MSH-10). This file only opens the TCP listener on a chosen host (Medplum's
 // Hl7Server binds every interface), picks the ACK code, and records what it received.
 //
-// Usage: node server.mjs [--port N] [--host H] [--record FILE] [--rules FILE]
-//   env fallbacks: PEER_MLLP_PORT, PEER_MLLP_HOST, PEER_MLLP_RECORD, PEER_MLLP_RULES
+// Usage: node server.mjs [--port N] [--host H] [--record FILE] [--rules FILE] [--enhanced]
+//   env fallbacks: PEER_MLLP_PORT, PEER_MLLP_HOST, PEER_MLLP_RECORD, PEER_MLLP_RULES,
+//                  PEER_MLLP_ENHANCED=1
+//   --enhanced: Medplum's enhanced mode: a commit ACK (CA) for every message, then the
+//             application ACK (AA/AE/AR) on the same connection
 //   --record: append one JSON line per message ACKed: {at, control_id, type, ack_code, message}
 //   --rules:  a JSON array of {"control_id": REGEX, "ack": "AE" | "AR"}: a message whose
 //             MSH-10 matches the first such rule is answered with that code, others AA
@@ -25,6 +28,7 @@ const { values: args } = parseArgs({
     host: { type: 'string', default: process.env.PEER_MLLP_HOST ?? '127.0.0.1' },
     record: { type: 'string', default: process.env.PEER_MLLP_RECORD },
     rules: { type: 'string', default: process.env.PEER_MLLP_RULES },
+    enhanced: { type: 'boolean', default: process.env.PEER_MLLP_ENHANCED === '1' },
   },
 });
 
@@ -49,7 +53,7 @@ const sockets = new Set();
 const server = net.createServer((socket) => {
   sockets.add(socket);
   socket.on('close', () => sockets.delete(socket));
-  const connection = new Hl7Connection(socket);
+  const connection = new Hl7Connection(socket, 'utf-8', args.enhanced);
   connection.addEventListener('error', (event) => {
     process.stderr.write(`mllp peer: connection error: ${event.error?.message ?? event}\n`);
   });
@@ -74,7 +78,7 @@ const server = net.createServer((socket) => {
 server.on('error', (err) => fail(err.message));
 server.listen(Number.parseInt(args.port, 10), args.host, () => {
   const { port } = server.address();
-  process.stdout.write(JSON.stringify({ ready: true, host: args.host, port, rules: rules.length }) + '\n');
+  process.stdout.write(JSON.stringify({ ready: true, host: args.host, port, rules: rules.length, enhanced: args.enhanced }) + '\n');
 });
 for (const sig of ['SIGTERM', 'SIGINT']) {
   process.on(sig, () => {

@@ -235,6 +235,23 @@ def test_a_rule_answers_ar(mllp):
     assert (str(ack.segment("MSA")[1]), str(ack.segment("MSA")[2])) == ("AR", "REJECT-1")
 
 
+def test_enhanced_mode_commits_then_accepts():
+    async def both(peer):
+        reader, writer = await open_hl7_connection(peer.host, peer.port)
+        try:
+            writer.writemessage(hl7.parse(mdm_t02("ENH-1")))
+            await writer.drain()
+            return [await asyncio.wait_for(reader.readmessage(), timeout=5) for _ in range(2)]
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    with start_mllp_peer(enhanced=True) as peer:
+        commit, accept = asyncio.run(both(peer))
+    assert [str(m.segment("MSA")[1]) for m in (commit, accept)] == ["CA", "AA"]
+    assert {str(m.segment("MSA")[2]) for m in (commit, accept)} == {"ENH-1"}
+
+
 def test_peers_install_is_quick_when_installed():
     import subprocess
     started = time.monotonic()
