@@ -286,6 +286,9 @@ function scopeAllows(scopes, resourceType, write) {
 
 // ---- FHIR (Medplum's router), behind the bearer-token check
 async function fhir(req, res, path, query) {
+  if (req.method === 'GET' && path === 'metadata') {
+    return send(res, 200, capabilityStatement(req), { 'Content-Type': FHIR_JSON }); // public, as SMART wants
+  }
   const auth = req.headers.authorization ?? '';
   const bearer = /^bearer\s+(\S+)$/i.exec(auth);
   const tok = bearer && tokens.get(bearer[1]);
@@ -334,7 +337,6 @@ async function fhir(req, res, path, query) {
     headers: req.headers,
     config: { transactions: true }, // a transaction Bundle is all-or-nothing (http.html#transaction)
   };
-  if (method === 'GET' && path === 'metadata') return send(res, 200, capabilityStatement(req), { 'Content-Type': FHIR_JSON });
   const [oo, resource] = await serialized(() => router.handleRequest(fhirRequest, repo));
   const status = getStatus(oo);
   const headers = { 'Content-Type': FHIR_JSON };

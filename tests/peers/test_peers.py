@@ -184,6 +184,41 @@ def test_an_invalid_document_is_refused_with_an_operation_outcome(http, fhir, au
     assert issue["severity"] == "error" and issue["expression"] == ["DocumentReference.content"]
 
 
+def test_a_transaction_is_all_or_nothing(http, fhir, key):
+    token = token_request(http, fhir, assertion(fhir, key), scope="system/DocumentReference.* "
+                          "system/Provenance.*").json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": FHIR_JSON}
+    value, full_url = uuid.uuid4().hex, f"urn:uuid:{uuid.uuid4()}"
+    provenance = {"resourceType": "Provenance", "target": [{"reference": full_url}],
+                  "recorded": "2026-12-01T12:00:00Z", "agent": [{"who": {"display": "peer"}}]}
+    entries = [{"fullUrl": full_url, "resource": docref(fhir, value),
+                "request": {"method": "POST", "url": "DocumentReference",
+                            "ifNoneExist": f"identifier={SYSTEM}|{value}"}},
+               {"resource": provenance, "request": {"method": "POST", "url": "Provenance"}}]
+    broken = {**provenance, "agent": []}                   # Provenance.agent is 1..*
+    refused = http.post(fhir.base_url, headers=headers, json={
+        "resourceType": "Bundle", "type": "transaction", "entry": [entries[0], {
+            "resource": broken, "request": {"method": "POST", "url": "Provenance"}}]})
+    assert refused.status_code == 400
+    search = {"identifier": f"{SYSTEM}|{value}"}
+    assert not http.get(fhir.base_url + "/DocumentReference", params=search,
+                        headers=headers).json().get("entry")         # the first entry undone
+    done = http.post(fhir.base_url, headers=headers,
+                     json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert done.status_code == 200 and done.json()["type"] == "transaction-response"
+    doc_entry, prov_entry = done.json()["entry"]
+    assert doc_entry["response"]["status"].startswith("201")
+    assert prov_entry["resource"]["target"] == [{"reference": doc_entry["response"]["location"]}]
+
+
+def test_metadata_is_a_public_capability_statement_naming_the_token_endpoint(http, fhir):
+    cap = http.get(fhir.base_url + "/metadata", headers={"Accept": FHIR_JSON})
+    assert cap.status_code == 200 and cap.json()["resourceType"] == "CapabilityStatement"
+    assert cap.json()["fhirVersion"] == "4.0.1"
+    oauth = cap.json()["rest"][0]["security"]["extension"][0]["extension"]
+    assert {"url": "token", "valueUri": fhir.token_url} in oauth
+
+
 # ------------------------------------------------------------------------------ MLLP peer
 @pytest.fixture(scope="module")
 def mllp():
