@@ -233,7 +233,7 @@ def mdm_t02(control_id: str) -> str:
         "EVN|T02|20261201120000",
         "PID|1||MRN-0001^^^CLINIC^MR||Peer^Test",
         "PV1|1|O|||||||||||||||||CSN-1",
-        "TXA|1|PN|TX|20261201120000|||||||||DOC-1||||||AU",
+        "TXA|1|PN|TX|20261201120000||||||||DOC-1|||||AU||AV",
         "OBX|1|TX|11506-3^Progress note^LN||Cough for three days.||||||F",
     ]) + "\r"
 
