@@ -402,6 +402,22 @@ def test_unknown_patient_is_a_clear_permanent_error(fhir, adapter, ledger):
     assert "cb-contract-nobody" not in (record.last_error or "")
 
 
+def test_a_server_validation_error_is_permanent_and_names_the_element(fhir, adapter):
+    """The adapter validates what it renders (fhir.resources), so a structural error cannot
+    be provoked through a note; the server's refusal is checked through the adapter's own
+    FHIR client: a DocumentReference without `content` (1..1 in R4) answers 400/422 with an
+    OperationOutcome, which becomes a permanent error naming the element, with its text."""
+    from chartbridge.core.errors import PermanentError
+    bad = {"resourceType": "DocumentReference", "status": "current",
+           "subject": {"reference": f"Patient/{fhir.patient}"}}
+    with pytest.raises(PermanentError) as exc:
+        adapter.client.create(bad)
+    assert exc.value.status in (400, 422)
+    issues = exc.value.detail.get("issues") if hasattr(exc.value, "detail") else None
+    text = str(exc.value)
+    assert "content" in text or any("content" in i.get("expression", "") for i in issues or []), text
+
+
 # --------------------------------------------------------------------------- payloads
 def _sample_cases(fhir):
     return {
