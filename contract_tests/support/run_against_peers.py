@@ -3,11 +3,12 @@ the CLI as a site's implementation team types it: `chartbridge contract-test --v
 --base-url URL [--client-id … --key env:… --key-id …]`. Used by .ci/run; exits non-zero when
 any run fails (a failed scenario, or a run that fails closed).
 
-    .venv/bin/python -m contract_tests.support.run_against_peers [--only fhir|mdm] [-- PYTEST_ARGS]
+    .venv/bin/python -m contract_tests.support.run_against_peers [--only fhir|mdm]
+        [--reports DIR] [-- PYTEST_ARGS]
 
 The FHIR suite runs once per profile that applies to a plain FHIR R4 server (us-core); the
 MDM suite once against the MLLP receiver. Each run's JUnit XML goes to
-$CHARTBRIDGE_PEER_REPORTS (default: a temporary folder) as contract-<vendor>-<profile>.xml.
+--reports DIR (default: a temporary folder) as contract-<vendor>[-<profile>].xml.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from contract_tests.support.peers import start_fhir_peer, start_mllp_peer
 
 CLI = str(Path(sys.executable).with_name("chartbridge"))
 FHIR_PROFILES = ("us-core",)        # the profiles a plain R4 server plays (docs/vendors/fhir-profiles.md)
-KEY_ENV = "CHARTBRIDGE_FHIR_PEER_KEY"
+KEY_ENV = "PEER_FHIR_PRIVATE_KEY"       # the peer's fresh key, passed by reference (env:)
 
 
 def _clean_env() -> dict[str, str]:
@@ -43,9 +44,10 @@ def run(args: list[str], env: dict[str, str], what: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("fhir", "mdm"))
+    parser.add_argument("--reports", default=None, help="folder for the JUnit XML reports")
     parser.add_argument("pytest_args", nargs="*")
     opts = parser.parse_args(argv)
-    reports = Path(os.environ.get("CHARTBRIDGE_PEER_REPORTS") or tempfile.mkdtemp(prefix="peers-"))
+    reports = Path(opts.reports or tempfile.mkdtemp(prefix="peers-"))
     reports.mkdir(parents=True, exist_ok=True)
     extra = ["--", *opts.pytest_args] if opts.pytest_args else []
     worst = 0
