@@ -3,7 +3,14 @@ simulator (default) or a real sandbox named on the command line.
 
 `chartbridge contract-test --org ORG --env sandbox`: run the contract suite of each target
 ORG has configured (or just --vendor) against that org's endpoints in that environment (the
-ORG.sandbox.yaml overlay merged over ORG.yaml). Each vendor's suite and its settings are its
+ORG.sandbox.yaml overlay merged over ORG.yaml).
+
+A run against a real target (--base-url/--host, or --org) is a LIVE run (`run_live`): the
+suite runs in its own process and writes a summary (contract_tests/support/live.py:
+requests it sent the target, counted at the transport; scenarios run and skipped with
+reasons; artifacts created). The run fails closed with one line: when the suite wrote no
+summary, when its preflight (connect + credentials) failed, when it sent no request or no
+scenario applied, or when a credential given here is not the one the suite used. Each vendor's suite and its settings are its
 plugin's (`AdapterSpec.suite`, `suite_env`): the org's target settings become the suites'
 environment variables; each suite runs in its own pytest process, so
 one vendor's settings never leak into another's. The suites WRITE test documents, so a
