@@ -148,9 +148,9 @@ class FhirTarget:
                 why = resp.json().get("error") or ""
             except (ValueError, AttributeError):
                 why = ""
+            answer = f"HTTP {resp.status_code}" + (f" {why}" if why else "")
             raise PreflightFailed(f"the token endpoint refused client {self.settings['client_id']} "
-                                  f"(HTTP {resp.status_code} {why})".rstrip() + "; check --client-id, "
-                                  "--key and --key-id")
+                                  f"({answer}); check --client-id, --key and --key-id")
         self._token = resp.json().get("access_token")
         return self._token
 
