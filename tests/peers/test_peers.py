@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +20,7 @@ from hl7.mllp import open_hl7_connection
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
-from contract_tests.support.peers import PEERS_DIR, start_fhir_peer, start_mllp_peer
+from contract_tests.support.peers import PEERS_DIR, PeerError, start_fhir_peer, start_mllp_peer
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SYSTEM = "urn:chartbridge:peer-test"
@@ -285,6 +286,18 @@ def test_enhanced_mode_commits_then_accepts():
         commit, accept = asyncio.run(both(peer))
     assert [str(m.segment("MSA")[1]) for m in (commit, accept)] == ["CA", "AA"]
     assert {str(m.segment("MSA")[2]) for m in (commit, accept)} == {"ENH-1"}
+
+
+def test_a_peer_that_cannot_start_says_why_and_one_that_ran_is_gone_after():
+    with pytest.raises(PeerError, match="did not start.*Patient/bad.*"):
+        with start_fhir_peer(resources=[{"resourceType": "Patient", "id": "bad",
+                                         "gender": "sometimes", "bogus": 1}]):
+            pass
+    with start_mllp_peer() as peer:
+        pid = peer.pid
+        os.kill(pid, 0)                                     # running inside the block
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)                                     # its process group was killed
 
 
 def test_peers_install_is_quick_when_installed():
