@@ -124,6 +124,15 @@ def test_token_endpoint_checks_the_assertion(http, fhir, key):
     assert granted.json()["error"] == "invalid_scope"
 
 
+def test_the_helpers_own_es384_key_gets_a_token(http):
+    with start_fhir_peer(algorithm="ES384") as peer:
+        own = ECKey.import_key(peer.private_key_pem, parameters={"kid": peer.key_id})
+        resp = token_request(http, peer, assertion(peer, own, alg="ES384"))
+        assert resp.status_code == 200, resp.text
+        assert peer.live_env("K")["K"] == peer.private_key_pem
+        assert peer.live_env("K")["CHARTBRIDGE_FHIR_KEY_REF"] == "env:K"
+
+
 def test_create_read_and_search_by_identifier(http, fhir, auth):
     value = uuid.uuid4().hex
     created = http.post(fhir.base_url + "/DocumentReference", json=docref(fhir, value),
