@@ -205,6 +205,11 @@ def test_a_transaction_is_all_or_nothing(http, fhir, key):
                 "request": {"method": "POST", "url": "DocumentReference",
                             "ifNoneExist": f"identifier={SYSTEM}|{value}"}},
                {"resource": provenance, "request": {"method": "POST", "url": "Provenance"}}]
+    only_docs = token_request(http, fhir, assertion(fhir, key)).json()["access_token"]
+    unscoped = http.post(fhir.base_url, json={"resourceType": "Bundle", "type": "transaction",
+                                              "entry": entries},
+                         headers={**headers, "Authorization": f"Bearer {only_docs}"})
+    assert unscoped.status_code == 403                     # the Provenance entry's scope
     broken = {**provenance, "agent": []}                   # Provenance.agent is 1..*
     refused = http.post(fhir.base_url, headers=headers, json={
         "resourceType": "Bundle", "type": "transaction", "entry": [entries[0], {
