@@ -1,7 +1,7 @@
 """Start the independent peers (../../peers/README.md) for a test or a live contract run:
-an open-source FHIR R4 server (Medplum's FhirRouter behind peers/fhir/server.mjs) and an
-MLLP receiver (peers/mllp/server.mjs), both installed from the npm registry by
-peers/install at the versions their package-lock.json pins.
+an open-source FHIR R4 server (peers/fhir/server.mjs) and an MLLP receiver
+(peers/mllp/server.mjs), named and explained in peers/README.md, both installed from the
+npm registry by peers/install at the versions their package-lock.json pins.
 
     with start_fhir_peer() as fhir:         # a fresh key pair, client, patients, encounters
         fhir.base_url, fhir.token_url, fhir.client_id, fhir.key_id, fhir.private_key_pem
@@ -160,7 +160,10 @@ def _read_ready(proc: subprocess.Popen, stderr_path: Path, what: str,
     except ValueError:
         ready = None
     if not isinstance(ready, dict) or not ready.get("ready"):
-        proc.wait(timeout=5) if proc.poll() is None else None
+        try:
+            proc.wait(timeout=2)            # it is exiting: let stderr be complete
+        except subprocess.TimeoutExpired:
+            pass                            # still running: the caller's _stop() ends it
         err = stderr_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
         raise PeerError(f"{what} did not start (exit {proc.poll()}): "
                         + (" | ".join(err[-5:]) or "no output"))
@@ -219,6 +222,9 @@ def start_fhir_peer(*, client_id: str = "chartbridge-peer", algorithm: str = "RS
         kid = f"peer-{uuid.uuid4().hex[:8]}"
         pem, jwk = _generate_key(algorithm, kid)
         jwks = {"keys": [jwk]}
+    else:
+        first = jwks["keys"][0]
+        algorithm = first.get("alg") or ("ES384" if first.get("kty") == "EC" else "RS384")
     kid = str(jwks["keys"][0].get("kid", ""))
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fhir-peer-")))

@@ -326,6 +326,18 @@ async function fhir(req, res, path, query) {
       }
     }
   }
+  if (path === '' && body?.resourceType === 'Bundle') {
+    // a batch/transaction needs, for each entry, the scope its own request would need
+    for (const entry of body.entry ?? []) {
+      const type = String(entry?.request?.url ?? '').split(/[/?]/)[0];
+      const entryWrite = !['GET', 'HEAD'].includes(String(entry?.request?.method ?? 'GET').toUpperCase());
+      if (/^[A-Z][A-Za-z]+$/.test(type) && !scopeAllows(tok.scopes, type, entryWrite)) {
+        return send(res, 403, outcome(403, 'forbidden', `access token lacks a system scope for ${type}`), {
+          'Content-Type': FHIR_JSON,
+        });
+      }
+    }
+  }
   const qs = query.toString();
   const fhirRequest = {
     method,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +21,11 @@ from hl7.mllp import open_hl7_connection
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
-from contract_tests.support.peers import PEERS_DIR, start_fhir_peer, start_mllp_peer
+from contract_tests.support.peers import PEERS_DIR, PeerError, start_fhir_peer, start_mllp_peer
+
+if shutil.which("node") is None and not os.environ.get("CI"):
+    # CI has node (the peers are part of its run): there a missing node fails loudly
+    pytest.skip("the peers need node (>= 20.19)", allow_module_level=True)
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SYSTEM = "urn:chartbridge:peer-test"
@@ -123,6 +129,15 @@ def test_token_endpoint_checks_the_assertion(http, fhir, key):
     assert granted.json()["error"] == "invalid_scope"
 
 
+def test_the_helpers_own_es384_key_gets_a_token(http):
+    with start_fhir_peer(algorithm="ES384") as peer:
+        own = ECKey.import_key(peer.private_key_pem, parameters={"kid": peer.key_id})
+        resp = token_request(http, peer, assertion(peer, own, alg="ES384"))
+        assert resp.status_code == 200, resp.text
+        assert peer.live_env("K")["K"] == peer.private_key_pem
+        assert peer.live_env("K")["CHARTBRIDGE_FHIR_KEY_REF"] == "env:K"
+
+
 def test_create_read_and_search_by_identifier(http, fhir, auth):
     value = uuid.uuid4().hex
     created = http.post(fhir.base_url + "/DocumentReference", json=docref(fhir, value),
@@ -195,6 +210,11 @@ def test_a_transaction_is_all_or_nothing(http, fhir, key):
                 "request": {"method": "POST", "url": "DocumentReference",
                             "ifNoneExist": f"identifier={SYSTEM}|{value}"}},
                {"resource": provenance, "request": {"method": "POST", "url": "Provenance"}}]
+    only_docs = token_request(http, fhir, assertion(fhir, key)).json()["access_token"]
+    unscoped = http.post(fhir.base_url, json={"resourceType": "Bundle", "type": "transaction",
+                                              "entry": entries},
+                         headers={**headers, "Authorization": f"Bearer {only_docs}"})
+    assert unscoped.status_code == 403                     # the Provenance entry's scope
     broken = {**provenance, "agent": []}                   # Provenance.agent is 1..*
     refused = http.post(fhir.base_url, headers=headers, json={
         "resourceType": "Bundle", "type": "transaction", "entry": [entries[0], {
@@ -285,6 +305,18 @@ def test_enhanced_mode_commits_then_accepts():
         commit, accept = asyncio.run(both(peer))
     assert [str(m.segment("MSA")[1]) for m in (commit, accept)] == ["CA", "AA"]
     assert {str(m.segment("MSA")[2]) for m in (commit, accept)} == {"ENH-1"}
+
+
+def test_a_peer_that_cannot_start_says_why_and_one_that_ran_is_gone_after():
+    with pytest.raises(PeerError, match="did not start.*Patient/bad.*"):
+        with start_fhir_peer(resources=[{"resourceType": "Patient", "id": "bad",
+                                         "gender": "sometimes", "bogus": 1}]):
+            pass
+    with start_mllp_peer() as peer:
+        pid = peer.pid
+        os.kill(pid, 0)                                     # running inside the block
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)                                     # its process group was killed
 
 
 def test_peers_install_is_quick_when_installed():
