@@ -61,6 +61,18 @@ def _live_settings() -> tuple[dict, str]:
     return settings, value
 
 
+def _created(request, response) -> list[str]:
+    """athena answers an upload 200 with {"clinicaldocumentid": N, "success": true}."""
+    if "/documents/clinicaldocument" not in request.url.path or request.method != "POST":
+        return []
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    docid = body.get("clinicaldocumentid") if isinstance(body, dict) else None
+    return [f"clinicaldocument/{docid}"] if docid else []
+
+
 def pytest_configure(config):
     if not LIVE_URL or "run" in LIVE:
         return
@@ -68,6 +80,7 @@ def pytest_configure(config):
     settings, value = _live_settings()
     target = AthenaTarget(settings, value)
     run = LiveRun("athenaone", settings["base_url"], preflight=target.preflight,
+                  created=_created,
                   credentials={"client_id": settings["client_id"],
                                "key": env("CHARTBRIDGE_CONTRACT_KEY")})
     LIVE.update(run=run, target=target, settings=settings, secret=value)

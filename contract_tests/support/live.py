@@ -52,6 +52,8 @@ class LiveRun:
     base_url: str
     credentials: dict[str, str] = field(default_factory=dict)   # names/refs, never secrets
     preflight: Callable[[], None] | None = None
+    # the vendor's reading of a 2xx write answer: what it created (e.g. an id in the body)
+    created: Callable[[Any, Any], list[str]] | None = None
     requests: Counter = field(default_factory=Counter)
     artifacts: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
@@ -93,7 +95,8 @@ class LiveRun:
             if target:
                 run.count(f"{request.method} {_route(request.url.path, run.base_url)}")
                 if request.method in ("POST", "PUT") and response.status_code in (200, 201):
-                    for ref in _created(response):
+                    refs = _created(response) or (run.created(request, response) if run.created else [])
+                    for ref in refs:
                         run.artifact(ref)
             return response
 
