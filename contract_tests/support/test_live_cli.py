@@ -4,8 +4,9 @@ with `chartbridge simulate fhir`, reached only over HTTP: the live run cannot in
 
 - a run against the server sends it requests, passes, and ends with the summary (printed
   and in the JUnit XML properties), naming the artifacts it created;
-- a closed port, wrong credentials, a run with no applicable scenario, and credentials the
-  suite does not take each exit non-zero with one readable line, no traceback.
+- a closed port, wrong credentials, a run with no applicable scenario, a run that sends
+  the target nothing, and credentials the suite does not take each exit non-zero with one
+  readable line, no traceback.
 """
 from __future__ import annotations
 
@@ -139,3 +140,20 @@ def test_credentials_a_suite_does_not_take_are_refused(remote_fhir):
 def test_credentials_without_a_target_are_a_usage_error():
     r = contract_test("--vendor", "fhir_docref", "--client-id", "someone")
     assert r.returncode == 2 and "--base-url" in r.stderr
+
+
+def test_a_run_that_sends_the_target_no_request_fails():
+    # Given an MLLP receiver in another process, and only a scenario refused before sending
+    port = free_port()
+    proc = subprocess.Popen([CLI, "simulate", "mllp", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        r = contract_test("--vendor", "hl7_mdm", "--base-url", f"mllp://127.0.0.1:{port}",
+                          "--", "-k", "control_characters and sqlite")
+        # Then the run passed its scenario but fails: nothing reached the receiver
+        assert "1 passed" in r.stdout
+        assert "sent no request" in one_line_error(r)
+    finally:
+        proc.terminate()
+        proc.wait(10)
