@@ -37,6 +37,8 @@ def suite_env(cfg: Any) -> tuple[dict[str, str], str | None]:
            "CHARTBRIDGE_ATHENA_CLIENT_SECRET": cfg.client_secret.resolve(),
            "CHARTBRIDGE_ATHENA_PRACTICE_ID": cfg.practice_id,
            "CHARTBRIDGE_ATHENA_DEPARTMENT_ID": cfg.department_id}
+    if cfg.fallback_subclass:      # the subclass the site's practice takes (never guessed)
+        env["CHARTBRIDGE_ATHENA_FALLBACK_SUBCLASS"] = cfg.fallback_subclass
     return env, "set CHARTBRIDGE_ATHENA_PATIENT_ID to a test patient of the practice"
 
 
@@ -63,5 +65,5 @@ SUITE_VARIABLES = {
     "CHARTBRIDGE_ATHENA_CLIENT_SECRET_FOR_TESTS": "athena contract suite: the sandbox client secret",
     **{f"CHARTBRIDGE_ATHENA_{n}": "athenaOne contract suite against a live sandbox (--base-url)"
        for n in ("TOKEN_URL", "CLIENT_ID", "CLIENT_SECRET", "PRACTICE_ID", "DEPARTMENT_ID",
-                 "PATIENT_ID")},
+                 "PATIENT_ID", "FALLBACK_SUBCLASS")},
 }

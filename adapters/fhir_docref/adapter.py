@@ -61,6 +61,13 @@ def parse_location(location: str | None) -> tuple[str | None, str | None]:
     return f"{m.group(1)}/{m.group(2)}", m.group(3)
 
 
+def _body_version(body: object) -> str | None:
+    if isinstance(body, dict):
+        version = (body.get("meta") or {}).get("versionId")
+        return str(version) if version else None
+    return None
+
+
 def _etag_version(etag: str | None) -> str | None:
     if not etag:
         return None
@@ -164,7 +171,12 @@ class FhirDocRefAdapter:
         if ref is None:
             raise PermanentError("the transaction answer names no DocumentReference",
                                  status=resp.status, vendor_code="no_location")
-        version = version or _etag_version(first.get("etag"))
+        # the version: a versioned location, else the entry's etag, else the returned
+        # resource's meta.versionId (all three are 0..1 in R4 bundle.html; Medplum gives only
+        # the last). Without it a later edit could not send the If-Match that protects an
+        # EHR-side change (contract_tests/fhir_docref/simulator/README.md, live findings).
+        version = version or _etag_version(first.get("etag")) or \
+            (((entries[0] or {}).get("resource") or {}).get("meta") or {}).get("versionId")
         if str(first.get("status", "")).startswith("200"):
             detail = {**detail, "already_there": True}
         if len(entries) > 1:
@@ -224,7 +236,8 @@ class FhirDocRefAdapter:
         resp = self.client.update(doc, if_match=f'W/"{self._expected_version(command, version)}"')
         _, new_version = parse_location(resp.location)
         return WriteOutcome(external_id=ref,
-                            external_version=new_version or _etag_version(resp.etag),
+                            external_version=new_version or _etag_version(resp.etag)
+                            or _body_version(resp.body),
                             detail={"profile": self.profile.name, "identifier": ours["value"],
                                     "docStatus": doc.get("docStatus"), "updated": True})
 
@@ -241,7 +254,8 @@ class FhirDocRefAdapter:
         resp = self.client.update(doc, if_match=f'W/"{self._expected_version(command, version)}"')
         _, new_version = parse_location(resp.location)
         return WriteOutcome(external_id=ref,
-                            external_version=new_version or _etag_version(resp.etag),
+                            external_version=new_version or _etag_version(resp.etag)
+                            or _body_version(resp.body),
                             detail={"profile": self.profile.name, "status": "entered-in-error"})
 
     # -- reconcile ----------------------------------------------------------------------

@@ -67,6 +67,10 @@ def outcome_issues(body: Any) -> list[dict[str, str]]:
                 "code": str(raw.get("code") or "")[:40]}
         if isinstance(raw.get("diagnostics"), str):
             item["diagnostics"] = raw["diagnostics"][:MAX_TEXT]
+        elif isinstance((raw.get("details") or {}).get("text"), str):
+            # operationoutcome.html: details.text is the human text as much as diagnostics
+            # (Medplum writes only details.text)
+            item["diagnostics"] = raw["details"]["text"][:MAX_TEXT]
         expr = raw.get("expression") or raw.get("location")
         if isinstance(expr, list):
             item["expression"] = ", ".join(str(e)[:120] for e in expr[:5])

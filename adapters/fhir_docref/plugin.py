@@ -28,11 +28,15 @@ def mapping_needs(cfg: Any, kind: str, entry: Any) -> list[str]:
 
 
 def suite_env(cfg: Any) -> tuple[dict[str, str], str | None]:
+    """The suite reads the generic CHARTBRIDGE_CONTRACT_* names first (the ones `contract-test
+    --base-url/--client-id/--key/--key-id` sets, so both ways reach it the same) and the
+    FHIR ones for what only FHIR has (contract_tests/fhir_docref/live.py)."""
     key = cfg.private_key
     ref = key.ref if key.scheme == "env" else f"file:{key.path}"
     env = {"CHARTBRIDGE_CONTRACT_BASE_URL": cfg.base_url,
            "CHARTBRIDGE_CONTRACT_CLIENT_ID": cfg.client_id,
            "CHARTBRIDGE_CONTRACT_KEY": ref,
+           "CHARTBRIDGE_CONTRACT_KEY_ID": cfg.key_id,
            "CHARTBRIDGE_FHIR_PROFILE": cfg.profile,
            "CHARTBRIDGE_FHIR_CLIENT_ID": cfg.client_id,
            "CHARTBRIDGE_FHIR_KEY_REF": ref,
@@ -40,7 +44,9 @@ def suite_env(cfg: Any) -> tuple[dict[str, str], str | None]:
            "CHARTBRIDGE_FHIR_ALGORITHM": cfg.algorithm}
     if cfg.token_url:
         env["CHARTBRIDGE_FHIR_TOKEN_URL"] = cfg.token_url
-    return env, "set CHARTBRIDGE_FHIR_PATIENT_ID / _ENCOUNTER_ID to a test patient of the sandbox"
+        env["CHARTBRIDGE_CONTRACT_TOKEN_URL"] = cfg.token_url
+    return env, ("set CHARTBRIDGE_FHIR_PATIENT_ID / _ENCOUNTER_ID to a test patient of the "
+                 "sandbox (otherwise the suite creates one, which needs Patient/Encounter write)")
 
 
 def template(org: str, p: str) -> str:
@@ -63,6 +69,8 @@ def template(org: str, p: str) -> str:
 # CHARTBRIDGE_* variables only this vendor's contract suite reads (live-sandbox runs)
 SUITE_VARIABLES = {
     "CHARTBRIDGE_FHIR_SIM_KEY": "the FHIR contract suite's simulator key",
+    "CHARTBRIDGE_FHIR_PEER_KEY": "the private key of the independent FHIR peer's test client "
+                                 "(contract_tests/support/peers.py, by reference)",
     **{f"CHARTBRIDGE_FHIR_{n}": "FHIR contract suite against a live sandbox (--base-url)"
        for n in ("TOKEN_URL", "PATIENT_ID", "ENCOUNTER_ID", "KEY_REF", "KEY_ID", "CLIENT_ID",
                  "ALGORITHM", "PROFILE")},

@@ -36,9 +36,67 @@ from chartbridge.core.models import (
     WriteCommand,
 )
 
-LIVE_URL = os.environ.get("CHARTBRIDGE_CONTRACT_BASE_URL")
+from contract_tests.support.live import LiveRun, live_base_url
+
+LIVE_URL = live_base_url()
 SECRET_ENV = "CHARTBRIDGE_ATHENA_CLIENT_SECRET_FOR_TESTS"
+SIM_FALLBACK_SUBCLASS = "CLINICALDOCUMENT_URGENTCARE"
 _encounters = itertools.count(700001)
+LIVE: dict[str, Any] = {}
+
+
+def _live_settings() -> tuple[dict, str]:
+    from contract_tests.athenaone.live import env, secret
+    base = LIVE_URL.rstrip("/")
+    key_ref = env("CHARTBRIDGE_CONTRACT_KEY")
+    value = secret(key_ref) if key_ref else env("CHARTBRIDGE_ATHENA_CLIENT_SECRET")
+    settings = {"base_url": base,
+                "token_url": env("CHARTBRIDGE_CONTRACT_TOKEN_URL", "CHARTBRIDGE_ATHENA_TOKEN_URL",
+                                 default=f"{base}/oauth2/v1/token"),
+                "client_id": env("CHARTBRIDGE_CONTRACT_CLIENT_ID", "CHARTBRIDGE_ATHENA_CLIENT_ID"),
+                "client_secret": f"env:{SECRET_ENV}",
+                "practice_id": env("CHARTBRIDGE_ATHENA_PRACTICE_ID", default="195900"),
+                "department_id": env("CHARTBRIDGE_ATHENA_DEPARTMENT_ID", default="1"),
+                "requests_per_second": 2}
+    return settings, value
+
+
+def _created(request, response) -> list[str]:
+    """athena answers an upload 200 with {"clinicaldocumentid": N, "success": true}."""
+    if "/documents/clinicaldocument" not in request.url.path or request.method != "POST":
+        return []
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    docid = body.get("clinicaldocumentid") if isinstance(body, dict) else None
+    return [f"clinicaldocument/{docid}"] if docid else []
+
+
+def pytest_configure(config):
+    if not LIVE_URL or "run" in LIVE:
+        return
+    from contract_tests.athenaone.live import AthenaTarget, env
+    settings, value = _live_settings()
+    target = AthenaTarget(settings, value)
+    run = LiveRun("athenaone", settings["base_url"], preflight=target.preflight,
+                  created=_created,
+                  credentials={"client_id": settings["client_id"],
+                               "key": env("CHARTBRIDGE_CONTRACT_KEY")})
+    LIVE.update(run=run, target=target, settings=settings, secret=value)
+    config.pluginmanager.register(run, "chartbridge-live-run")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Live: the simulator's own tests and offline checks are not scenarios of the practice."""
+    if not LIVE_URL:
+        return
+    keep = [i for i in items if "athena" in getattr(i, "fixturenames", ())
+            and "test_simulator" not in i.nodeid and "test_shared_quota" not in i.nodeid
+            and "test_reconcile_answers" not in i.nodeid]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
 
 
 @dataclass
@@ -48,27 +106,23 @@ class Athena:
     sim: Any                     # AthenaSimulator, or None when live
     settings: dict               # the targets.athenaone block
     patient_id: str
+    # a CLINICALDOCUMENT subclass the practice accepts (live: from its config, never guessed)
+    fallback_subclass: str | None = SIM_FALLBACK_SUBCLASS
+    target: Any = None           # live: contract_tests.athenaone.live.AthenaTarget
 
     def need_sim(self, why: str):
         if self.sim is None:
-            pytest.skip(f"needs the simulator ({why}); CHARTBRIDGE_CONTRACT_BASE_URL is set")
+            pytest.skip(f"simulator-only: {why}")
         return self.sim
 
 
 @pytest.fixture
 def athena(monkeypatch):
     if LIVE_URL:
-        base = LIVE_URL.rstrip("/")
-        monkeypatch.setenv(SECRET_ENV, os.environ.get("CHARTBRIDGE_ATHENA_CLIENT_SECRET", ""))
-        settings = {"base_url": base,
-                    "token_url": os.environ.get("CHARTBRIDGE_ATHENA_TOKEN_URL",
-                                                f"{base}/oauth2/v1/token"),
-                    "client_id": os.environ.get("CHARTBRIDGE_ATHENA_CLIENT_ID", ""),
-                    "client_secret": f"env:{SECRET_ENV}",
-                    "practice_id": os.environ.get("CHARTBRIDGE_ATHENA_PRACTICE_ID", "195900"),
-                    "department_id": os.environ.get("CHARTBRIDGE_ATHENA_DEPARTMENT_ID", "1"),
-                    "requests_per_second": 2}
-        yield Athena(None, settings, os.environ.get("CHARTBRIDGE_ATHENA_PATIENT_ID", "1"))
+        monkeypatch.setenv(SECRET_ENV, LIVE["secret"])
+        yield Athena(None, dict(LIVE["settings"]), os.environ.get("CHARTBRIDGE_ATHENA_PATIENT_ID", "1"),
+                     fallback_subclass=os.environ.get("CHARTBRIDGE_ATHENA_FALLBACK_SUBCLASS") or None,
+                     target=LIVE["target"])
         return
     from contract_tests.athenaone.sandbox import demo_target_settings
 
@@ -128,3 +182,35 @@ def make_command(*, org: str = "athena-org", patient: str | None = "7",
                         correlation_id=correlation_id, patient_ids=patient_ids,
                         encounter_ids=encounter_ids, draft=draft, approval=approval,
                         extra={"note_type": note_type} if note_type else {})
+
+
+class AthenaDriver:
+    """The shared scenarios' view of this suite (contract_tests/capabilities/scenarios.py):
+    a command's artifacts are the practice's clinical documents carrying its write id
+    (athena's own document list live; the simulator's store otherwise)."""
+
+    name = "athenaone"
+    losing_the_answer = None
+    why_no_lost_answer = ("athenaone: the lost answer is injected server-side "
+                          "(test_lost_response_is_reconciled_not_resent, simulator-only)")
+
+    def __init__(self, athena: Athena, adapter: Any) -> None:
+        self.athena, self.adapter = athena, adapter
+
+    def command(self, **kw: Any) -> WriteCommand:
+        return make_command(patient=self.athena.patient_id, **kw)
+
+    def count(self, command: WriteCommand) -> int:
+        from chartbridge.adapters.athenaone.mapping import write_id
+        wid = write_id(command)
+        if self.athena.sim is None:
+            return self.athena.target.count_write(self.athena.patient_id, wid)
+        return sum(1 for d in self.athena.sim.documents(patientid=self.athena.patient_id)
+                   if wid in str(d.get("internalnote", "")))
+
+
+@pytest.fixture
+def driver(athena, services, tmp_path):
+    from chartbridge.adapters.athenaone import SPEC
+    org = org_config(tmp_path, athena.settings, extra_types=("11506-3",))
+    return AthenaDriver(athena, SPEC.factory(org, org.targets["athenaone"], services))

@@ -4,18 +4,16 @@ By default every test runs against the in-process FhirSimulator, once per server
 of the simulator (us-core, epic, oracle-health: simulator.rules.RULES), with the
 simulator's clock tied to the test's FrozenClock. A test asks what differs through
 `fhir.profile_of` (the adapter's Profile: what it sends) and `sim.rules` (the server's
-rules, written from the vendor's docs), never through the profile's name. With
-CHARTBRIDGE_CONTRACT_BASE_URL set, the suite targets that FHIR server instead, with:
+rules, written from the vendor's docs), never through the profile's name.
 
-    CHARTBRIDGE_FHIR_PROFILE        us-core | epic | oracle-health (tests of the others skip)
-    CHARTBRIDGE_FHIR_TOKEN_URL      (default: SMART discovery)
-    CHARTBRIDGE_FHIR_CLIENT_ID
-    CHARTBRIDGE_FHIR_KEY_REF        env:NAME or file:PATH of the PEM private key (by reference)
-    CHARTBRIDGE_FHIR_KEY_ID         its kid
-    CHARTBRIDGE_FHIR_ALGORITHM      RS384 | ES384 (default RS384)
-    CHARTBRIDGE_FHIR_PATIENT_ID, CHARTBRIDGE_FHIR_ENCOUNTER_ID   a test patient and encounter
-
-and tests that need the simulator (faults, counters, seeding) skip, saying why.
+With CHARTBRIDGE_CONTRACT_BASE_URL set (what `chartbridge contract-test --base-url` or
+`--org ORG --env sandbox` sets) the suite runs LIVE against that FHIR server: settings in
+live.py (client id, key reference, kid, token URL, profile, test patient/encounter); a
+preflight (discovery + token, and a test patient/encounter when none is named) runs before
+any scenario; what the adapter filed is read back through the server's own API
+(`fhir.target`: read, search by identifier, an EHR-side update); scenarios that need fault
+injection or the simulator's store skip as "simulator-only: ..."; the run ends with the
+summary of contract_tests/support/live.py.
 """
 from __future__ import annotations
 
@@ -42,8 +40,25 @@ from chartbridge.core.models import (
 )
 
 from contract_tests.fhir_docref.simulator.rules import PROFILES as SIM_PROFILES
+from contract_tests.support.live import LiveRun, live_base_url
 
-LIVE_URL = os.environ.get("CHARTBRIDGE_CONTRACT_BASE_URL")
+LIVE_URL = live_base_url()
+LIVE: dict[str, Any] = {}
+
+
+def pytest_configure(config):
+    if not LIVE_URL or "run" in LIVE:
+        return
+    from chartbridge.adapters.fhir_docref.profiles import profile as adapter_profile
+
+    from contract_tests.fhir_docref.live import FhirTarget, live_settings
+    settings = live_settings()
+    target = FhirTarget(settings, send_scope=adapter_profile(settings["profile"]).send_scope)
+    run = LiveRun("fhir_docref", settings["base_url"], preflight=target.preflight,
+                  credentials={"client_id": settings["client_id"],
+                               "key": settings["private_key"], "key_id": settings["key_id"]})
+    LIVE.update(run=run, target=target, settings=settings)
+    config.pluginmanager.register(run, "chartbridge-live-run")
 KEY_ENV = "CHARTBRIDGE_FHIR_SIM_KEY"
 _encounters = itertools.count(800001)
 
@@ -57,11 +72,20 @@ class Fhir:
     encounter: str
     other_patient: str | None = None
     other_encounter: str | None = None
+    target: Any = None          # live: contract_tests.fhir_docref.live.FhirTarget
+
+    @property
+    def live(self) -> bool:
+        return self.sim is None
 
     def need_sim(self, why: str):
         if self.sim is None:
-            pytest.skip(f"needs the simulator ({why}); CHARTBRIDGE_CONTRACT_BASE_URL is set")
+            pytest.skip(f"simulator-only: {why}")
         return self.sim
+
+    @property
+    def identifier_system(self) -> str:
+        return self.settings["identifier_system"]
 
     @property
     def profile_of(self):
@@ -74,19 +98,11 @@ class Fhir:
 def fhir(request, monkeypatch, clock):
     profile = request.param
     if LIVE_URL:
-        live_profile = os.environ.get("CHARTBRIDGE_FHIR_PROFILE", "us-core")
-        if profile != live_profile:
-            pytest.skip(f"live server is profile {live_profile}")
-        settings = {"base_url": LIVE_URL.rstrip("/"),
-                    "client_id": os.environ.get("CHARTBRIDGE_FHIR_CLIENT_ID", ""),
-                    "private_key": os.environ.get("CHARTBRIDGE_FHIR_KEY_REF", "env:MISSING"),
-                    "key_id": os.environ.get("CHARTBRIDGE_FHIR_KEY_ID", ""),
-                    "algorithm": os.environ.get("CHARTBRIDGE_FHIR_ALGORITHM", "RS384"),
-                    "profile": profile, "identifier_system": "urn:chartbridge:contract-test"}
-        if os.environ.get("CHARTBRIDGE_FHIR_TOKEN_URL"):
-            settings["token_url"] = os.environ["CHARTBRIDGE_FHIR_TOKEN_URL"]
-        yield Fhir(None, profile, settings, os.environ.get("CHARTBRIDGE_FHIR_PATIENT_ID", ""),
-                   os.environ.get("CHARTBRIDGE_FHIR_ENCOUNTER_ID", ""))
+        settings = LIVE["settings"]
+        if profile != settings["profile"]:
+            pytest.skip(f"the live server plays profile {settings['profile']}, not {profile}")
+        target = LIVE["target"]
+        yield Fhir(None, profile, settings, target.patient, target.encounter, target=target)
         return
     from contract_tests.fhir_docref.sandbox import demo_target_settings
     from contract_tests.fhir_docref.sandbox import SIM_SCOPES, demo_keypair
@@ -156,3 +172,81 @@ def make_command(fhir: Fhir, *, version: int = 1, approved: bool = True,
                        Identifier(value=encounter or fhir.encounter, type="FHIR")],
         user=Identifier(value="prac-1", type="FHIR"), draft=draft, approval=approval,
         parent_external_id=parent, extra=extra or {"note_type": "11506-3"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Live: only scenarios against the server, in its own profile, are collected (the other
+    profiles' cases, the simulator's self-tests and offline checks are not scenarios of
+    this server; the summary counts them as not collected)."""
+    if not LIVE_URL:
+        return
+    wanted = LIVE["settings"]["profile"]
+    keep, drop = [], []
+    for item in items:
+        param = getattr(getattr(item, "callspec", None), "params", {}).get("fhir")
+        other_profile = param is not None and param != wanted
+        # the simulator's own tests and offline checks (no `fhir` target) are not scenarios
+        offline = "fhir" not in getattr(item, "fixturenames", ()) or "test_simulator" in item.nodeid
+        (drop if other_profile or offline else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+class FhirDriver:
+    """The shared scenarios' view of this suite (contract_tests/capabilities/scenarios.py)."""
+
+    name = "fhir_docref"
+
+    def __init__(self, fhir: Fhir, adapter: Any) -> None:
+        self.fhir, self.adapter = fhir, adapter
+        prof = fhir.profile_of
+        self.losing_the_answer = self._losing if prof.search_by_identifier else None
+        self.why_no_lost_answer = None if prof.search_by_identifier else (
+            f"{fhir.profile}: the server keeps no identifier, so a lost answer is left to a "
+            "person (needs_reconciliation; test_lost_response_after_201_never_files_twice)")
+
+    def command(self, **kw: Any) -> WriteCommand:
+        return make_command(self.fhir, **kw)
+
+    def count(self, command: WriteCommand) -> int:
+        """Documents carrying the write's identifier: the server's own search (live) or the
+        simulator's store; where the server keeps no identifier, the chart's documents."""
+        key = command.idempotency_key()
+        if self.fhir.live:
+            return self.fhir.target.count_by_identifier(self.fhir.identifier_system, key)
+        docs = self.fhir.sim.documents(self.fhir.patient)
+        if not self.fhir.profile_of.search_by_identifier:
+            return len(docs)
+        return sum(1 for d in docs for i in d.get("identifier", []) if i.get("value") == key)
+
+    def _losing(self):
+        from contextlib import contextmanager
+
+        from contract_tests.support.live import DropResponse
+
+        @contextmanager
+        def losing():
+            http = self.adapter.client.http
+            inner = http._transport
+            http._transport = DropResponse(
+                inner, times=1, methods=("POST",),      # the write, not the token request
+                match=lambda r: "fhir+json" in r.headers.get("Content-Type", ""))
+            try:
+                yield
+            finally:
+                http._transport = inner
+        return losing()
+
+
+@pytest.fixture
+def driver(fhir, adapter):
+    return FhirDriver(fhir, adapter)
+
+
+if LIVE_URL:
+    @pytest.fixture
+    def clock():
+        """Live: the server checks our assertions' iat/exp against its own (real) clock."""
+        from chartbridge.core.clock import SystemClock
+        return SystemClock()

@@ -26,9 +26,32 @@ def _creates(fhir) -> int:
     return fhir.sim.creates("DocumentReference")
 
 
+def _count(fhir, command) -> int:
+    """Documents filed for this command, counted where the server keeps them: the simulator's
+    store, or (live) the server's own search by our identifier."""
+    if fhir.live:
+        return fhir.target.count_by_identifier(fhir.identifier_system, command.idempotency_key())
+    return len([d for d in fhir.sim.documents(fhir.patient)
+                if any(i.get("value") == command.idempotency_key() for i in d.get("identifier", []))]) \
+        if fhir.profile_of.search_by_identifier else len(fhir.sim.documents(fhir.patient))
+
+
+def _doc(fhir, ref: str) -> dict:
+    """The stored document `ref` (DocumentReference/<id>), read from the server."""
+    if fhir.live:
+        return fhir.target.read(ref)
+    return fhir.sim.get("DocumentReference", ref.split("/")[1])
+
+
 def _write_call(fhir) -> str:
     """The simulator call a create/replace goes out as."""
     return "transaction" if fhir.profile_of.transaction else "create"
+
+
+def _key(prefix: str) -> str:
+    """An encounter key of its own per run (a live server keeps earlier runs' documents)."""
+    import uuid
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 CONTENT_TYPE = {None: "text/plain; charset=utf-8", "text/plain": "text/plain; charset=utf-8",
@@ -36,8 +59,31 @@ CONTENT_TYPE = {None: "text/plain; charset=utf-8", "text/plain": "text/plain; ch
 
 
 # --------------------------------------------------------------------------- create
+def test_create_files_one_r4_document_live(fhir, adapter, ledger):
+    # Given an approved two-section note
+    command = make_command(fhir)
+    # When it is written through the ledger
+    record = ledger.execute(command, adapter)
+    # Then the server holds one DocumentReference, read back through its own API, shaped as
+    # R4 wants, in the right chart
+    assert record.status == WriteStatus.SUCCEEDED, record.last_error
+    assert record.external_id.startswith("DocumentReference/")
+    doc = _doc(fhir, record.external_id)
+    assert doc["status"] == "current" and doc["docStatus"] == "final"
+    assert doc["subject"]["reference"].endswith(f"Patient/{fhir.patient}")
+    assert [e["reference"].rsplit("/", 2)[-2:] for e in doc["context"]["encounter"]] == \
+        [["Encounter", fhir.encounter]]
+    assert doc["type"]["coding"][0]["code"] == "11506-3"
+    if "data" in doc["content"][0]["attachment"]:     # (oracle-health: text behind a url)
+        assert "Cough for three days" in _text(doc)
+    if fhir.profile_of.search_by_identifier:
+        assert _count(fhir, command) == 1
+    if record.external_version is not None:      # from the server's ETag / versioned Location
+        assert record.external_version == str(doc["meta"]["versionId"])
+
+
 def test_create_files_one_r4_document(fhir, adapter, ledger):
-    sim = fhir.need_sim("inspects the stored document")
+    sim = fhir.need_sim("reads the simulator's store, calls and token log")
     # Given an approved two-section note
     command = make_command(fhir)
     # When it is written through the ledger
@@ -77,21 +123,8 @@ def test_create_files_one_r4_document(fhir, adapter, ledger):
     assert record.external_version == ("1" if sim.rules.etag else None)
 
 
-def test_duplicate_approvals_file_one_document(fhir, adapter, ledger):
-    sim = fhir.need_sim("counts creates")
-    # Given the same approval delivered twice (another correlation id)
-    first = make_command(fhir, correlation_id="a")
-    again = first.model_copy(update={"correlation_id": "b"})
-    # When both go through the ledger
-    r1 = ledger.execute(first, adapter)
-    r2 = ledger.execute(again, adapter)
-    # Then one document, one outcome
-    assert r1.external_id == r2.external_id
-    assert _creates(fhir) == 1 and len(sim.documents(fhir.patient)) == 1
-
-
 def test_lost_response_after_201_never_files_twice(fhir, adapter, ledger):
-    sim = fhir.need_sim("lose_response fault")
+    sim = fhir.need_sim("fault injection")
     # Given a server that stores the note and then loses its answer
     sim.faults.add(call=_write_call(fhir), kind="lose_response", times=1)
     command = make_command(fhir)
@@ -118,7 +151,7 @@ def test_lost_response_after_201_never_files_twice(fhir, adapter, ledger):
 
 
 def test_crash_after_201_before_ledger_commit(fhir, adapter, ledger, clock):
-    sim = fhir.need_sim("counts creates")
+    sim = fhir.need_sim("fault injection (a worker dies between send and commit)")
     # Given the adapter delivered the note but the worker died before the ledger commit
     command = make_command(fhir)
     ledger.prepare(command)
@@ -145,7 +178,7 @@ def test_crash_after_201_before_ledger_commit(fhir, adapter, ledger, clock):
 
 
 def test_5xx_not_stored_us_core_resends_epic_needs_a_person(fhir, adapter, ledger):
-    sim = fhir.need_sim("5xx fault")
+    sim = fhir.need_sim("fault injection")
     # Given a 503 on the first write (nothing stored, but we cannot know that)
     sim.faults.add(call=_write_call(fhir), status=503, times=1)
     command = make_command(fhir)
@@ -168,7 +201,7 @@ def test_5xx_not_stored_us_core_resends_epic_needs_a_person(fhir, adapter, ledge
 
 
 def test_reconcile_by_content_when_the_identifier_is_dropped(fhir, adapter):
-    sim = fhir.need_sim("edits the stored document")
+    sim = fhir.need_sim("fault injection (the server drops our identifier)")
     if not fhir.profile_of.reconcile_by_content:
         pytest.skip(f"{fhir.profile}: the identifier search proves absence; no content match")
     # Given a filed note whose identifier the server did not keep
@@ -196,56 +229,65 @@ def test_reconcile_by_content_when_the_identifier_is_dropped(fhir, adapter):
 
 # --------------------------------------------------------------------------- versions
 def test_preliminary_then_final(fhir, adapter, ledger):
-    sim = fhir.need_sim("inspects history")
     # Given a preliminary note (not yet approved)
-    prelim = make_command(fhir, version=1, approved=False, encounter_key="CSN-pf")
+    prelim = make_command(fhir, version=1, approved=False, encounter_key=_key("CSN-pf"))
     r1 = ledger.execute(prelim, adapter)
     if not fhir.profile_of.preliminary:
         # (a server that files final documents only, oracle-health) Then the preliminary is
         # refused before anything is sent, naming why
         assert r1.status == WriteStatus.FAILED and r1.outcome["vendor_code"] == "unsupported_kind"
-        assert sim.documents(fhir.patient) == [] and sim.calls("create") == []
+        if fhir.sim:
+            assert fhir.sim.documents(fhir.patient) == [] and fhir.sim.calls("create") == []
         return
-    doc = sim.documents(fhir.patient)[0]
+    assert r1.status == WriteStatus.SUCCEEDED, r1.last_error
+    doc = _doc(fhir, r1.external_id)
     assert doc["docStatus"] == "preliminary" and "authenticator" not in doc
     # When the approved final version follows
     if fhir.profile_of.update:
         final = make_command(fhir, version=2, kind=WriteKind.EDIT, parent=r1.external_id,
-                             encounter_key="CSN-pf", extra={"parent_version": r1.external_version})
+                             encounter_key=prelim.encounter_key,
+                             extra={"parent_version": r1.external_version})
         r2 = ledger.execute(final, adapter)
         # Then the same document is updated in place (If-Match), now final
-        assert r2.status == WriteStatus.SUCCEEDED and r2.external_id == r1.external_id
-        assert r2.external_version == "2"
-        rid = r1.external_id.split("/")[1]
-        assert [v["docStatus"] for v in sim.history("DocumentReference", rid)] == ["preliminary", "final"]
-        assert sim.calls("update")[0]["if_match"] == 'W/"1"'
+        assert r2.status == WriteStatus.SUCCEEDED, r2.last_error
+        assert r2.external_id == r1.external_id
+        doc = _doc(fhir, r1.external_id)
+        assert doc["docStatus"] == "final"
+        assert r2.external_version == str(doc["meta"]["versionId"]) != r1.external_version
+        if fhir.sim:
+            rid = r1.external_id.split("/")[1]
+            assert [v["docStatus"] for v in fhir.sim.history("DocumentReference", rid)] == \
+                ["preliminary", "final"]
+            assert fhir.sim.calls("update")[0]["if_match"] == 'W/"1"'
     else:
         # Then (Epic has no update) the edit is refused, and the final is a new document
         edit = make_command(fhir, version=2, kind=WriteKind.EDIT, parent=r1.external_id,
-                            encounter_key="CSN-pf")
+                            encounter_key=prelim.encounter_key)
         r2 = ledger.execute(edit, adapter)
         assert r2.status == WriteStatus.FAILED and r2.outcome["vendor_code"] == "unsupported_kind"
-        final = make_command(fhir, version=2, encounter_key="CSN-pf")
+        final = make_command(fhir, version=2, encounter_key=prelim.encounter_key)
         r3 = ledger.execute(final, adapter)
         assert r3.status == WriteStatus.SUCCEEDED
-        assert sorted(d["docStatus"] for d in sim.documents(fhir.patient)) == ["final", "preliminary"]
+        assert _doc(fhir, r3.external_id)["docStatus"] == "final"
+        assert _doc(fhir, r1.external_id)["docStatus"] == "preliminary"
 
 
 @pytest.mark.parametrize("kind,code", [(WriteKind.REPLACE, "replaces"), (WriteKind.APPEND, "appends")])
 def test_amendment_relates_to_parent(fhir, adapter, ledger, kind, code):
-    sim = fhir.need_sim("inspects documents")
     # Given a filed final note
-    r1 = ledger.execute(make_command(fhir, version=1, encounter_key="CSN-am"), adapter)
+    key = _key("CSN-am")
+    r1 = ledger.execute(make_command(fhir, version=1, encounter_key=key), adapter)
+    assert r1.status == WriteStatus.SUCCEEDED, r1.last_error
     # When a corrected version is approved
     r2 = ledger.execute(make_command(fhir, version=2, kind=kind, parent=r1.external_id,
-                                     encounter_key="CSN-am", text="Corrected: cough 4 days."),
+                                     encounter_key=key, text="Corrected: cough 4 days."),
                         adapter)
-    assert r2.status == WriteStatus.SUCCEEDED and r2.external_id != r1.external_id
-    new = sim.get("DocumentReference", r2.external_id.split("/")[1])
-    old = sim.get("DocumentReference", r1.external_id.split("/")[1])
+    assert r2.status == WriteStatus.SUCCEEDED and r2.external_id != r1.external_id, r2.last_error
+    new, old = _doc(fhir, r2.external_id), _doc(fhir, r1.external_id)
     if fhir.profile_of.relates_to:
         # Then the new document points at the old one; a replaced one is superseded
-        assert new["relatesTo"] == [{"code": code, "target": {"reference": r1.external_id}}]
+        assert [(r["code"], r["target"]["reference"].rsplit("/", 2)[-2:]) for r in new["relatesTo"]] \
+            == [(code, r1.external_id.split("/"))]
         assert old["status"] == ("superseded" if kind == WriteKind.REPLACE else "current")
     else:
         # Then (no relatesTo: epic, oracle-health) a plain new note; the old one stays
@@ -253,28 +295,35 @@ def test_amendment_relates_to_parent(fhir, adapter, ledger, kind, code):
 
 
 def test_stale_if_match_is_a_permanent_stale_conflict(fhir, adapter, ledger):
-    sim = fhir.need_sim("versioned update")
     if not fhir.profile_of.update:
         pytest.skip(f"{fhir.profile}: the adapter files no update for this profile")
-    # Given our preliminary document that someone else updated since (now version 2)
-    r1 = ledger.execute(make_command(fhir, version=1, approved=False, encounter_key="CSN-st"), adapter)
-    ledger.execute(make_command(fhir, version=2, approved=False, kind=WriteKind.EDIT,
-                                parent=r1.external_id, encounter_key="CSN-st",
-                                extra={"parent_version": "1"}), adapter)
-    # When the engine edits it from version 1
+    # Given our preliminary document that someone at the site updated since
+    key = _key("CSN-st")
+    r1 = ledger.execute(make_command(fhir, version=1, approved=False, encounter_key=key), adapter)
+    assert r1.status == WriteStatus.SUCCEEDED, r1.last_error
+    if fhir.live:       # the EHR side: a plain PUT by the site's own client
+        edited = fhir.target.update_elsewhere(r1.external_id, {"description": "edited at the site"})
+        assert str(edited["meta"]["versionId"]) != r1.external_version
+    else:
+        ledger.execute(make_command(fhir, version=2, approved=False, kind=WriteKind.EDIT,
+                                    parent=r1.external_id, encounter_key=key,
+                                    extra={"parent_version": r1.external_version}), adapter)
+    # When the engine edits it from the version it filed
     stale = make_command(fhir, version=3, kind=WriteKind.EDIT, parent=r1.external_id,
-                         encounter_key="CSN-st", extra={"parent_version": "1"})
+                         encounter_key=key, extra={"parent_version": r1.external_version})
     record = ledger.execute(stale, adapter)
-    # Then 412 -> failed with code "stale", and the server's version 2 survives
-    assert record.status == WriteStatus.STALE
+    # Then 412 -> stale (permanent), and the site's version survives
+    assert record.status == WriteStatus.STALE, record.last_error
     assert record.outcome["status"] == 412 and record.outcome["vendor_code"] == "stale"
-    rid = r1.external_id.split("/")[1]
-    assert len(sim.history("DocumentReference", rid)) == 2
+    if fhir.live:
+        assert _doc(fhir, r1.external_id).get("description") == "edited at the site"
+    else:
+        assert len(fhir.sim.history("DocumentReference", r1.external_id.split("/")[1])) == 2
 
 
 # --------------------------------------------------------------------------- errors
 def test_forbidden_scope_is_permanent_and_not_retried(fhir, adapter, ledger):
-    sim = fhir.need_sim("403 fault")
+    sim = fhir.need_sim("fault injection")
     call = _write_call(fhir)
     sim.faults.add(call=call, kind="forbidden_scope", times=None)
     # When the write meets a 403
@@ -286,7 +335,7 @@ def test_forbidden_scope_is_permanent_and_not_retried(fhir, adapter, ledger):
 
 
 def test_empty_403_names_the_unregistered_api(fhir, adapter, ledger):
-    sim = fhir.need_sim("403 fault")
+    sim = fhir.need_sim("fault injection")
     call = _write_call(fhir)
     sim.faults.add(call=call, kind="not_registered", times=1)
     record = ledger.execute(make_command(fhir), adapter)
@@ -296,7 +345,7 @@ def test_empty_403_names_the_unregistered_api(fhir, adapter, ledger):
 
 
 def test_token_expiry_refreshes_once(fhir, adapter, ledger, clock):
-    sim = fhir.need_sim("expires tokens")
+    sim = fhir.need_sim("fault injection (expires the server's tokens)")
     # Given a cached token that the server has since expired
     ledger.execute(make_command(fhir), adapter)
     sim.expire_tokens()
@@ -312,7 +361,7 @@ def test_token_expiry_refreshes_once(fhir, adapter, ledger, clock):
 
 
 def test_429_is_transient_not_delivered_and_resent_without_reconcile(fhir, adapter, ledger):
-    sim = fhir.need_sim("429 fault")
+    sim = fhir.need_sim("fault injection")
     call = _write_call(fhir)
     sim.faults.add(call=call, status=429, retry_after=3, times=1)
     command = make_command(fhir)
@@ -338,12 +387,35 @@ def test_wrong_chart_encounter_rejected_with_operation_outcome(fhir, adapter, le
 
 
 def test_unknown_patient_is_a_clear_permanent_error(fhir, adapter, ledger):
-    fhir.need_sim("seeded patients")
-    record = ledger.execute(make_command(fhir, patient="nobody", encounter="nowhere"), adapter)
-    assert record.status == WriteStatus.FAILED
-    assert record.outcome["status"] == fhir.sim.rules.unknown_reference_status
-    assert any(i["code"] == "not-found" for i in record.outcome["issues"])
-    assert "nobody" not in record.last_error
+    # Given a note for a patient and encounter the server does not have
+    record = ledger.execute(make_command(fhir, patient="cb-contract-nobody",
+                                         encounter="cb-contract-nowhere"), adapter)
+    if fhir.live and record.status == WriteStatus.SUCCEEDED:
+        pytest.skip("the server accepted references to an unknown Patient/Encounter (it does "
+                    f"not enforce referential integrity); created {record.external_id}")
+    # Then the server's validation error is a permanent failure, its issues kept, no PHI
+    assert record.status == WriteStatus.FAILED, record.last_error
+    assert 400 <= record.outcome["status"] < 500
+    if fhir.sim:
+        assert record.outcome["status"] == fhir.sim.rules.unknown_reference_status
+        assert any(i["code"] == "not-found" for i in record.outcome["issues"])
+    assert "cb-contract-nobody" not in (record.last_error or "")
+
+
+def test_a_server_validation_error_is_permanent_and_names_the_element(fhir, adapter):
+    """The adapter validates what it renders (fhir.resources), so a structural error cannot
+    be provoked through a note; the server's refusal is checked through the adapter's own
+    FHIR client: a DocumentReference without `content` (1..1 in R4) answers 400/422 with an
+    OperationOutcome, which becomes a permanent error naming the element, with its text."""
+    from chartbridge.core.errors import PermanentError
+    bad = {"resourceType": "DocumentReference", "status": "current",
+           "subject": {"reference": f"Patient/{fhir.patient}"}}
+    with pytest.raises(PermanentError) as exc:
+        adapter.client.create(bad)
+    assert exc.value.status in (400, 422)
+    issues = exc.value.detail.get("issues") if hasattr(exc.value, "detail") else None
+    text = str(exc.value)
+    assert "content" in text or any("content" in i.get("expression", "") for i in issues or []), text
 
 
 # --------------------------------------------------------------------------- payloads
@@ -400,18 +472,23 @@ def _jwt_part(token: str, i: int) -> dict:
 
 
 def test_client_assertion_claims(fhir, adapter, clock):
-    sim = fhir.need_sim("discovery against the simulator")
     tokens = adapter.client.tokens
     # Given no token_url in config: it is discovered from .well-known/smart-configuration
-    assert tokens.token_url == sim.token_url
+    token_url = fhir.target.discover() if fhir.live else fhir.sim.token_url
+    if "token_url" not in fhir.settings:
+        assert tokens.token_url == token_url
     # When two assertions are signed
     a, b = tokens.assertion(), tokens.assertion()
     header, claims = _jwt_part(a, 0), _jwt_part(a, 1)
-    # Then each: ES384 with our kid, iss = sub = client, aud = token URL, exp <= 5 min, new jti
-    assert header == {"alg": "ES384", "kid": "sim-key-1", "typ": "JWT"}
-    assert claims["iss"] == claims["sub"] == "chartbridge-sim" and claims["aud"] == sim.token_url
-    assert claims["iat"] == int(clock.now().timestamp()) and 0 < claims["exp"] - claims["iat"] <= 300
+    # Then each: our algorithm and kid, iss = sub = client, aud = token URL, exp <= 5 min, new jti
+    assert header == {"alg": fhir.settings["algorithm"], "kid": fhir.settings["key_id"], "typ": "JWT"}
+    assert claims["iss"] == claims["sub"] == fhir.settings["client_id"]
+    assert claims["aud"] == tokens.token_url
+    assert claims["iat"] == int(clock.now().timestamp()) or fhir.live
+    assert 0 < claims["exp"] - claims["iat"] <= 300
     assert claims["jti"] != _jwt_part(b, 1)["jti"]
+    # and the server grants a token for it
+    assert tokens.token()
 
 
 def test_authlib_defaults_would_break_smart():

@@ -6,7 +6,12 @@ the suite at a real interface engine's test port instead, set
     CHARTBRIDGE_HL7_CA_FILE=path/to/ca.pem)
     CHARTBRIDGE_HL7_RECEIVING_APPLICATION, CHARTBRIDGE_HL7_RECEIVING_FACILITY (MSH-5/6)
     CHARTBRIDGE_HL7_SENDING_FACILITY (MSH-4)
-Tests that need fault injection or to read the receiver's store then skip with a reason.
+(or CHARTBRIDGE_CONTRACT_HOST and _PORT). That is a LIVE run: a preflight (connect, and
+the TLS handshake for mllps) runs first; what left the client is read off the wire (`wire`,
+every MLLP frame written to the receiver, wrapped at asyncio's StreamWriter); each test's
+messages get control ids of their own (a real receiver keeps earlier runs'); tests that need
+fault injection or the receiver's store skip as "simulator-only: ..."; the run ends with
+the summary of contract_tests/support/live.py.
 """
 from __future__ import annotations
 
@@ -22,9 +27,105 @@ from chartbridge.adapters.hl7_mdm.config import Hl7MdmConfig
 from chartbridge.core.models import (Approval, ApprovalState, Identifier, NoteDraft,
                                      NoteSection, Provenance, WriteCommand, WriteKind)
 
+from contract_tests.support.live import FAULTS, INSPECTION, LiveRun, PreflightFailed
+
 from .simulator import HL7MDMSimulator
 
 REMOTE = os.environ.get("CHARTBRIDGE_CONTRACT_BASE_URL", "").strip()
+if not REMOTE and os.environ.get("CHARTBRIDGE_CONTRACT_HOST"):
+    REMOTE = (f"mllp://{os.environ['CHARTBRIDGE_CONTRACT_HOST']}:"
+              f"{os.environ.get('CHARTBRIDGE_CONTRACT_PORT', '2575')}")
+_run_tag = {"n": 0}
+
+
+def _preflight() -> None:
+    import socket
+    import ssl
+
+    cfg = make_config(None)
+    try:
+        sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout_s)
+    except OSError as exc:
+        raise PreflightFailed(f"cannot connect to {cfg.host}:{cfg.port} "
+                              f"({exc.strerror or type(exc).__name__})") from None
+    try:
+        if cfg.tls.enabled:
+            try:
+                client_ssl_context(cfg.tls).wrap_socket(sock, server_hostname=cfg.host).close()
+            except (ssl.SSLError, OSError) as exc:
+                raise PreflightFailed(f"TLS handshake with {cfg.host}:{cfg.port} failed "
+                                      f"({type(exc).__name__})") from None
+    finally:
+        sock.close()
+
+
+def pytest_configure(config):
+    if not REMOTE or config.pluginmanager.has_plugin("chartbridge-live-run"):
+        return
+    if urlsplit(REMOTE).scheme not in ("mllp", "mllps") or not urlsplit(REMOTE).port:
+        raise pytest.UsageError(f"the MDM suite needs mllp://HOST:PORT (or mllps://), got {REMOTE!r}")
+    config.pluginmanager.register(LiveRun("hl7_mdm", REMOTE, preflight=_preflight),
+                                  "chartbridge-live-run")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Live: the simulator's own tests and the offline checks (golden samples: no adapter)
+    are not scenarios of this receiver."""
+    if not REMOTE:
+        return
+    keep = [i for i in items if "test_simulator" not in i.nodeid
+            and "test_non_deduping_receiver" not in i.nodeid
+            and {"adapter", "make_adapter", "driver"} & set(getattr(i, "fixturenames", ()))]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
+@pytest.fixture(autouse=True)
+def _own_control_ids():
+    """Live: every test's messages get an encounter key (so a control id) of their own."""
+    if REMOTE:
+        import uuid
+        _run_tag["n"] = uuid.uuid4().hex[:10]
+    yield
+    _run_tag["n"] = 0
+
+
+class Wire:
+    """Every MLLP frame this process writes to the receiver during one test, decoded."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port, self.frames = host, port, []
+
+    def control_ids(self) -> list[str]:
+        out = []
+        for frame in self.frames:
+            msh = frame.split("\r", 1)[0]
+            fields = msh.split(msh[3]) if len(msh) > 3 else []
+            out.append(fields[9] if len(fields) > 9 else "")
+        return out
+
+    def sent(self, control_id: str) -> list[str]:
+        return [f for f, c in zip(self.frames, self.control_ids()) if c == control_id]
+
+
+@pytest.fixture
+def wire(sim, monkeypatch):
+    import asyncio
+
+    cfg = make_config(sim)
+    w = Wire(cfg.host, cfg.port)
+    original = asyncio.StreamWriter.write
+
+    def write(writer, data):
+        peer = writer.get_extra_info("peername") or ("", 0)
+        if peer[1] == w.port:
+            for frame in bytes(data).split(b"\x0b")[1:]:
+                w.frames.append(frame.split(b"\x1c")[0].decode("utf-8", "replace"))
+        return original(writer, data)
+
+    monkeypatch.setattr(asyncio.StreamWriter, "write", write)
+    return w
 
 TITLES = {"10164-2": "History of present illness", "51847-2": "Assessment and plan",
           "29545-1": "Physical findings"}
@@ -39,11 +140,14 @@ ENCOUNTER = [Identifier(value="CSN-77", type="CSN")]
 T0 = datetime(2026, 11, 21, 15, 0, tzinfo=timezone.utc)
 
 
-def needs_simulator(sim):
+def needs_simulator(sim, why: str = INSPECTION):
     if sim is None:
-        pytest.skip("needs the simulator (fault injection / receiver inspection); "
-                    "CHARTBRIDGE_CONTRACT_BASE_URL points at a real receiver")
+        pytest.skip(why)
     return sim
+
+
+def needs_faults(sim):
+    return needs_simulator(sim, FAULTS)
 
 
 @pytest.fixture
@@ -149,6 +253,8 @@ def command(*, kind: WriteKind = WriteKind.CREATE, version: int = 1, approved: b
             parent: str | None = None, parent_available: bool | None = None,
             text: str | None = None, patient_ids=None, sections=None,
             encounter_key: str = "CSN-77") -> WriteCommand:
+    if _run_tag["n"]:
+        encounter_key = f"{encounter_key}-{_run_tag['n']}"
     d = draft(text, version=version, sections=sections) if text or sections else \
         draft(version=version)
     extra = {} if parent_available is None else {"parent_available": parent_available}
@@ -159,3 +265,28 @@ def command(*, kind: WriteKind = WriteKind.CREATE, version: int = 1, approved: b
         kind=kind, correlation_id="corr-1", patient_ids=patient_ids or PATIENT,
         encounter_ids=ENCOUNTER, user=Identifier(value="U77", type="EPIC"), draft=d,
         approval=approval(d) if approved else None, parent_external_id=parent, extra=extra)
+
+
+class MdmDriver:
+    """The shared scenarios' view of this suite (contract_tests/capabilities/scenarios.py):
+    a command's artifacts are the messages that left the client with its control id."""
+
+    name = "hl7_mdm"
+    losing_the_answer = None
+    why_no_lost_answer = ("hl7_mdm: a lost ACK is resent with the same MSH-10 "
+                          "(test_crash_after_receiver_ack..., test_late_ack_resend...)")
+
+    def __init__(self, adapter, wire: Wire) -> None:
+        self.adapter, self.wire = adapter, wire
+
+    def command(self, **kw):
+        return command(**kw)
+
+    def count(self, cmd) -> int:
+        from chartbridge.adapters.hl7_mdm.builder import control_id_for
+        return len(self.wire.sent(control_id_for(cmd.idempotency_key())))
+
+
+@pytest.fixture
+def driver(adapter, wire):
+    return MdmDriver(adapter, wire)

@@ -664,7 +664,7 @@ class FhirSimulator:
         current = versions[-1]
         if if_match is None:
             if self.require_if_match:
-                raise fail(428, "required", "If-Match is required for updates (versioned-update)",
+                raise fail(400, "required", "If-Match is required for updates (versioned-update)",
                            "If-Match")
         else:
             m = re.fullmatch(r'\s*(W/)?"([^"]+)"\s*', if_match)

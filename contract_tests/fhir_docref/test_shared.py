@@ -1,0 +1,3 @@
+"""The shared capability scenarios (contract_tests/capabilities/scenarios.py), driven by this
+suite's `driver` (conftest.FhirDriver), in every profile and in live runs."""
+from contract_tests.capabilities.scenarios import *  # noqa: F401,F403 - the shared bodies
