@@ -9,7 +9,7 @@ inbound JWT (RS384, `aud` = the URL, a fresh `jti`); the tokens are made before 
 starts. The load runs in its own process (loopback, keep-alive connections):
 1. trivial: GET /healthz on the same server, --clients threads back to back (req/s);
 2. callbacks: POST RecordingChunkAvailable (each a new chunk: JWT verified against the
-   cached JWKS, jti stored, chunk row + inbox row in one transaction, job enqueued),
+   cached JWKS; jti, chunk row and inbox row in one transaction; job enqueued after it),
    --clients threads back to back (req/s);
 3. open loop: --rate callbacks a second for --seconds on a fixed schedule; latency from each
    request's scheduled time to its answer (a late start counts), p50/p95/p99.

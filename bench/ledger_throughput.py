@@ -8,8 +8,9 @@ For each backend, two fresh migrated databases (one for the ledger, one for the 
 1. reference: for each command, its write_ledger row (key, request hash, command JSON: the
    same values the ledger's claim inserts) in its own transaction,
    INSERT ... ON CONFLICT (key) DO NOTHING — what any durable, idempotent insert costs;
-2. ledger: WriteLedger.execute(command, NoopAdapter) for the same commands — claim (insert
-   + audit row), mark sending, adapter call, finish (update + audit row);
+2. ledger: WriteLedger.execute(command, NoopAdapter) for the same commands — two commits:
+   the claim (insert, already leased and marked maybe sent, + audit rows), adapter call,
+   finish (update + audit row);
 3. replay: execute() of every command again (a duplicate approval, a redelivered job): the
    claim finds the finished row and returns it; duplicates handled per second.
 One thread, one write at a time. Writes docs/bench/ledger_throughput.png; prints the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -80,6 +81,8 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._factory = sessionmaker(engine, expire_on_commit=False)
+        # the unit of work open in this thread (or task), if any: see `unit_of_work`
+        self._unit: ContextVar[Session | None] = ContextVar(f"unit-{id(self)}", default=None)
 
     @classmethod
     def from_url(cls, url: str | None = None, **kwargs) -> "Database":
@@ -87,9 +90,32 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One unit of work: commits on success, rolls back on any error."""
+        """One unit of work: commits on success, rolls back on any error. Inside
+        `unit_of_work()` it is that unit's transaction (committed when the unit ends)."""
+        joined = self._unit.get()
+        if joined is not None:
+            yield joined
+            return
         with self._factory() as session, session.begin():
             yield session
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[Session]:
+        """One transaction for everything done inside it in this thread: every
+        `transaction()` opened meanwhile joins it, so it is one commit (one WAL flush)
+        instead of one each. Anything raised inside rolls all of it back, so nothing in
+        it may catch a failed step and carry on. The connection is taken at the first
+        statement, not here. Work that must wait for the commit (enqueueing a job) is
+        done after the block."""
+        if self._unit.get() is not None:
+            yield self._unit.get()
+            return
+        with self._factory() as session, session.begin():
+            token = self._unit.set(session)
+            try:
+                yield session
+            finally:
+                self._unit.reset(token)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -121,9 +121,15 @@ class WriteLedger:
         """Record `command` (once: `prepare`) and perform it through `adapter` at most once.
         Returns the finished record (succeeded, stale, or failed with its permanent reason).
         Raises TransientError (retry later), WriteInProgress (incl. WaitingForParent),
-        IdempotencyConflict or OutcomeUnknown."""
-        key = self.prepare(command)
-        return self.execute_key(command.org_id, key, adapter)
+        IdempotencyConflict or OutcomeUnknown.
+
+        A write recorded here for the first time (and correcting nothing) is inserted
+        already claimed: one transaction records it and takes its lease, one settles it."""
+        owner = uuid.uuid4().hex
+        key, claimed = self._prepare(command, claim_for=owner)
+        if claimed is None:
+            return self.execute_key(command.org_id, key, adapter)
+        return self._perform(claimed, owner, adapter, reconcile_first=False)
 
     def execute_key(self, org_id: str, key: str, adapter: EhrAdapter) -> WriteRecord:
         """Perform the write recorded under `key` — exactly as it was recorded (kind, parent,
@@ -133,8 +139,13 @@ class WriteLedger:
         claim = self._claim(command, owner)
         if isinstance(claim, WriteRecord):
             return claim
-        reconcile_first = claim
+        return self._perform(command, owner, adapter, reconcile_first=claim)
 
+    def _perform(self, command: WriteCommand, owner: str, adapter: EhrAdapter, *,
+                 reconcile_first: bool) -> WriteRecord:
+        """The claimant's part, outside any transaction. The claim already recorded the write
+        as maybe sent, so a crash from here on is reconciled, never blindly resent."""
+        org_id = command.org_id
         outcome: WriteOutcome | None = None
         if reconcile_first:
             try:
@@ -151,7 +162,6 @@ class WriteLedger:
             if outcome is not None:
                 return self._succeeded(command, owner, outcome, reconciled=True)
 
-        self._mark_sending(command, owner)
         try:
             with metrics.timed_write(org_id, command.target, command.kind, "send"):
                 outcome = adapter.send(command)
@@ -179,6 +189,15 @@ class WriteLedger:
         of the newest write of the same session at the same target, and that kind and parent
         are stored with it. Recording it again — a double-click, 50 threads, a retried job —
         finds the stored row and changes nothing."""
+        return self._prepare(command)[0]
+
+    def _prepare(self, command: WriteCommand, *,
+                 claim_for: str | None = None) -> tuple[str, WriteCommand | None]:
+        """`prepare`; with `claim_for`, a write recorded now for the first time that corrects
+        nothing (no parent to wait for) is inserted already claimed by that owner and marked
+        maybe sent — the claimant calls the adapter next, so a crash before the call costs
+        one reconcile, never a blind resend. Returns the key and the command as stored if
+        claimed, else None (the caller goes through `execute_key`)."""
         key, rhash, now = command.idempotency_key(), command.request_hash(), self.clock.now()
         with self.db.transaction() as tx:
             row = tx.get(WriteRow, key)
@@ -194,27 +213,38 @@ class WriteLedger:
                     raise IdempotencyConflict(
                         "this idempotency key was used with a different request; a changed "
                         "note is a new version with a new key", key=key)
-                return key
+                return key, None
+            stored = command.model_dump(mode="json")
+            claim = claim_for is not None and not command.parent_key
+            state = (dict(status=WriteStatus.IN_FLIGHT, attempts=1, maybe_sent=True, sent_at=now,
+                          lease_owner=claim_for, lease_expires_at=now + self.lease)
+                     if claim else dict(status=WriteStatus.PENDING, attempts=0, maybe_sent=False))
             insert = pg_insert if tx.bind.dialect.name == "postgresql" else sqlite_insert
             got = tx.execute(insert(WriteRow.__table__).values(
                 key=key, org_id=command.org_id, target=command.target,
                 session_id=command.session_id, resource_kind=command.resource_kind,
-                kind=str(command.kind), request_hash=rhash, status=WriteStatus.PENDING,
-                attempts=0, maybe_sent=False, command=command.model_dump(mode="json"),
+                kind=str(command.kind), request_hash=rhash, command=stored,
                 next_attempt_at=now, correlation_id=command.correlation_id, created_at=now,
-                updated_at=now).on_conflict_do_nothing(index_elements=["key"])
+                updated_at=now, **state).on_conflict_do_nothing(index_elements=["key"])
                 .returning(WriteRow.__table__.c.key)).first()
             if got is None:
                 row = tx.get(WriteRow, key, populate_existing=True)
                 if row.request_hash != rhash:
                     raise IdempotencyConflict(
                         "this idempotency key was used with a different request", key=key)
-            else:
-                audit.record(tx, at=now, org_id=command.org_id, session_id=command.session_id,
-                             correlation_id=command.correlation_id, action="write.prepared",
-                             key=key, target=command.target, kind=str(command.kind),
-                             parent=command.parent_key)
-        return key
+                return key, None
+            audit.record(tx, at=now, org_id=command.org_id, session_id=command.session_id,
+                         correlation_id=command.correlation_id, action="write.prepared",
+                         key=key, target=command.target, kind=str(command.kind),
+                         parent=command.parent_key)
+            if not claim:
+                return key, None
+            audit.record(tx, at=now, org_id=command.org_id, session_id=command.session_id,
+                         correlation_id=command.correlation_id, action="write.claimed",
+                         key=key, target=command.target, kind=str(command.kind), attempt=1,
+                         reconcile=False)
+        # exactly the command as recorded, as `_resolved` would read it back
+        return key, WriteCommand.model_validate(stored)
 
     def _place_in_lineage(self, tx, command: WriteCommand) -> WriteCommand:
         """Kind and parent of a new lineage write: a correction of the newest write of this
@@ -450,8 +480,11 @@ class WriteLedger:
                 raise WriteInProgress("this write is in progress", key=key)
             # First claim, a dead claimant's lease, or a retry after a transient error.
             reconcile = bool(row.maybe_sent) or status == WriteStatus.IN_FLIGHT
+            # Marked maybe sent in the claim itself: the adapter is called right after it,
+            # so a crash in between costs one reconcile (the safe direction), not a commit.
             row.status, row.lease_owner = WriteStatus.IN_FLIGHT, owner
             row.lease_expires_at, row.updated_at = now + self.lease, now
+            row.maybe_sent, row.sent_at = True, now
             row.attempts += 1
             audit.record(tx, at=now, org_id=row.org_id, session_id=row.session_id,
                          correlation_id=row.correlation_id,
@@ -466,12 +499,6 @@ class WriteLedger:
         if row.lease_owner != owner or row.status != WriteStatus.IN_FLIGHT:
             raise LeaseLost("the lease on this write was taken over", key=row.key)
         return row
-
-    def _mark_sending(self, command: WriteCommand, owner: str) -> None:
-        now = self.clock.now()
-        with self.db.transaction() as tx:
-            row = self._guarded(tx, command, owner)
-            row.maybe_sent, row.sent_at, row.updated_at = True, now, now
 
     def _finish(self, command: WriteCommand, owner: str, action: str, result: str = "success",
                 **changes) -> WriteRecord:

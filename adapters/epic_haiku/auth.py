@@ -216,7 +216,14 @@ class InboundVerifier:
             raise Unauthorized("token has no jti", check="jti")
         if len(jti) > MAX_JTI_CHARS or "\x00" in jti:       # seen_tokens.jti is String(200)
             raise Unauthorized("token jti is not a usable id", check="jti")
-        # remembered until it could no longer pass the exp check anyway
-        keep_until = datetime.fromtimestamp(exp + self.skew, tz=timezone.utc)
-        if not self.replay_guard.first_use(self.org_id, jti, keep_until):
+        if not self.spend(claims):
             raise Unauthorized("token was already used (replay)", check="replay")
+
+    def spend(self, claims: dict[str, Any]) -> bool:
+        """Record verified `claims`' jti as used; False if it was used already. Also called
+        again, in its own transaction, when the request it came with failed afterwards and
+        its transaction (the jti's insert included) was rolled back: a verified token is
+        spent whatever became of its request."""
+        # remembered until it could no longer pass the exp check anyway
+        keep_until = datetime.fromtimestamp(claims["exp"] + self.skew, tz=timezone.utc)
+        return self.replay_guard.first_use(self.org_id, claims["jti"], keep_until)

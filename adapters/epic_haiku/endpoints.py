@@ -2,8 +2,10 @@
 
 Each call: the org must exist with an Epic target (404), the bearer JWT must verify (401),
 the body must validate (400 naming the field), the session must have been begun (404) and
-the event must not contradict stored state (409). The event is stored durably (state and
-inbox row in one transaction) before the answer; work is enqueued only after that.
+the event must not contradict stored state (409). The whole acknowledgement is one database
+transaction (`Database.unit_of_work`: the token's jti, the session read, the state and
+inbox row), committed before the answer; work is enqueued only after that commit. A
+request that fails after its token verified still spends the jti (in its own transaction).
 Duplicates get the same answer and change nothing. Error bodies never echo PHI.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import NotFound, TooLarge
@@ -28,8 +30,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
     bp = Blueprint("epic_haiku_ambient", __name__)
 
     def enqueue(job: str, *args) -> None:
-        if jobs is not None:
-            jobs.enqueue(job, *args)
+        g.epic_after_commit.append((job, *args))      # sent once the transaction committed
 
     def session_of(org: str, external_id: str):
         session = engine.store.find_session(org, schemas.SOURCE, external_id)
@@ -98,13 +99,24 @@ def make_blueprint(engine, jobs) -> Blueprint:
             raise NotFound("unknown Ambient event")
         adapter = engine.adapter(org, "epic_haiku")           # unknown org -> 404
         limits = adapter.config.limits
-        adapter.verify_inbound(request.headers.get("Authorization"), public_url(request.path))
-        if (request.content_length or 0) > limits.max_body_bytes:
-            raise TooLarge(f"the body is larger than {limits.max_body_bytes} bytes",
-                           field="body", limit=limits.max_body_bytes)
-        raw_bytes = request.stream.read(limits.max_body_bytes + 1)
-        body = schemas.parse_event(event, raw_bytes, limits)
-        handler(org, adapter, body, json.loads(raw_bytes))
+        g.epic_after_commit, claims = [], None
+        try:
+            with engine.db.unit_of_work():                     # one commit per callback
+                claims = adapter.verify_inbound(request.headers.get("Authorization"),
+                                                public_url(request.path))
+                if (request.content_length or 0) > limits.max_body_bytes:
+                    raise TooLarge(f"the body is larger than {limits.max_body_bytes} bytes",
+                                   field="body", limit=limits.max_body_bytes)
+                raw_bytes = request.stream.read(limits.max_body_bytes + 1)
+                body = schemas.parse_event(event, raw_bytes, limits)
+                handler(org, adapter, body, json.loads(raw_bytes))
+        except BaseException:
+            if claims is not None:       # verified, then refused: the token stays spent
+                adapter.verifier.spend(claims)
+            raise
+        if jobs is not None:
+            for job, *args in g.epic_after_commit:
+                jobs.enqueue(job, *args)
         return jsonify(schemas.ACCEPTED), 200
 
     def epic_error(answer):

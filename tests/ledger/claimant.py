@@ -1,7 +1,8 @@
 """Run as a separate process: execute one write against the shared database and file EHR.
 
 usage: claimant.py DB_URL EHR_FILE MODE LEASE_SECONDS N_THREADS
-MODE: normal | hang (file the document, then hang until killed)
+MODE: normal | hang (file the document, then hang until killed) | die (killed right
+      after the claim, before anything reaches the EHR)
 Prints one line per thread: "ok <status> <external_id>" or "busy" or "error <class>".
 """
 import sys
@@ -22,7 +23,7 @@ def main() -> None:
     url, ehr_file, mode, lease, n = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
     db = Database.from_url(url)
     ledger = WriteLedger(db, SystemClock(), lease_seconds=lease)
-    ehr = FileEhr(ehr_file, hang_after_filing=(mode == "hang"))
+    ehr = FileEhr(ehr_file, hang_after_filing=(mode == "hang"), die_before_filing=(mode == "die"))
     barrier = threading.Barrier(n)
     out, lock = [], threading.Lock()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -18,12 +19,13 @@ class FileEhr:
 
     def __init__(self, path: Path, *, fail_with: Exception | None = None,
                  hold: threading.Event | None = None, can_look_up: bool = True,
-                 hang_after_filing: bool = False) -> None:
+                 hang_after_filing: bool = False, die_before_filing: bool = False) -> None:
         self.path = Path(path)
         self.fail_with = fail_with
         self.hold = hold
         self.can_look_up = can_look_up
         self.hang_after_filing = hang_after_filing
+        self.die_before_filing = die_before_filing
         self.sends = 0
         self.reconciles = 0
 
@@ -38,6 +40,9 @@ class FileEhr:
             self.hold.wait(timeout=30)
         if self.fail_with is not None:
             raise self.fail_with
+        if self.die_before_filing:     # the worker dies between its claim and the call
+            Path(str(self.path) + ".dying").write_text("dying")
+            os.kill(os.getpid(), signal.SIGKILL)
         doc_id = f"doc-{len(self.documents()) + 1}-{os.getpid()}"
         with open(self.path, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)

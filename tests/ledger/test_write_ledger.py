@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event, select
 from command_factory import make_command
 from fake_ehr import FileEhr
 
@@ -19,6 +20,7 @@ from chartbridge.core.errors import (IdempotencyConflict, OutcomeUnknown, Perman
                                      TransientError, WriteInProgress)
 from chartbridge.core.models import WriteStatus
 from chartbridge.ledger import audit
+from chartbridge.ledger.tables import WriteRow
 from chartbridge.ledger.writes import WriteLedger
 
 HERE = Path(__file__).parent
@@ -246,3 +248,86 @@ def test_prepared_write_is_due_and_executes_once(db, clock, tmp_path):
     rec = ledger.execute(ledger.command_of("org-a", key), ehr)
     assert rec.status == WriteStatus.SUCCEEDED and rec.attempts == 1 and ehr.reconciles == 0
     assert ledger.due() == []
+
+
+class WriteCommits:
+    """Counts committed transactions that wrote something (each waits for the WAL flush:
+    what a write through the ledger costs, next to a bare insert's one)."""
+
+    def __init__(self, engine) -> None:
+        self.commits, self._wrote = 0, False
+        event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "commit", self._commit)
+        event.listen(engine, "rollback", self._rollback)
+
+    def _statement(self, conn, cursor, statement, *args) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            self._wrote = True
+
+    def _commit(self, conn) -> None:
+        self.commits += self._wrote
+        self._wrote = False
+
+    def _rollback(self, conn) -> None:
+        self._wrote = False
+
+
+def test_a_write_costs_two_commits(db, clock, tmp_path):
+    # Given a ledger whose database counts the transactions that wrote
+    ledger, ehr = WriteLedger(db, clock), FileEhr(tmp_path / "ehr.jsonl")
+    commits = WriteCommits(db.engine)
+    # When a new write is executed: recorded and claimed in one commit, settled in another
+    rec = ledger.execute(make_command(), ehr)
+    assert rec.status == WriteStatus.SUCCEEDED and ehr.sends == 1
+    assert commits.commits == 2
+    # And a write recorded earlier (prepare, then a job with its key): claim + settle
+    key = ledger.prepare(make_command(org="org-b"))
+    before = commits.commits
+    assert ledger.execute_key("org-b", key, ehr).status == WriteStatus.SUCCEEDED
+    assert commits.commits - before == 2
+    # And the replay of a finished write writes nothing
+    before = commits.commits
+    assert ledger.execute(make_command(), ehr).external_id == rec.external_id
+    assert commits.commits == before and ehr.sends == 2
+
+
+def test_the_ledger_says_maybe_sent_before_the_adapter_is_called(db, clock, tmp_path):
+    # The claim itself records that the EHR may hold the write: there is no later commit
+    # before the call that a crash could miss.
+    ledger, ehr = WriteLedger(db, clock), FileEhr(tmp_path / "ehr.jsonl")
+    seen = []
+    real_send = ehr.send
+
+    def send(command):
+        with db.transaction() as tx:
+            row = tx.get(WriteRow, command.idempotency_key())
+            seen.append((row.status, row.maybe_sent, row.sent_at is not None, row.attempts))
+        return real_send(command)
+
+    ehr.send = send
+    ledger.execute(make_command(), ehr)                     # inserted already claimed
+    key = ledger.prepare(make_command(org="org-b"))
+    ledger.execute_key("org-b", key, ehr)                   # claimed by update
+    assert seen == [(WriteStatus.IN_FLIGHT, True, True, 1)] * 2
+
+
+def test_worker_killed_between_claim_and_send_is_reconciled_not_resent(database_url, db,
+                                                                      tmp_path):
+    # Given a worker process that claimed a new write and was killed (SIGKILL) right
+    # before calling the EHR
+    clock = FrozenClock(datetime.now(timezone.utc))     # the child process uses wall time
+    ehr_file = tmp_path / "ehr.jsonl"
+    (proc,) = _claimants(database_url, ehr_file, procs=1, threads=1, mode="die", lease=5)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and Path(str(ehr_file) + ".dying").exists()
+    with db.transaction() as tx:
+        (row,) = tx.scalars(select(WriteRow)).all()
+        assert (row.status, row.maybe_sent, row.attempts) == (WriteStatus.IN_FLIGHT, True, 1)
+    # When the next claimant comes after the lease expired
+    clock.advance(3600)
+    ehr = FileEhr(ehr_file)
+    rec = WriteLedger(db, clock).execute(make_command(), ehr)
+    # Then it asked the EHR before sending, and the note exists exactly once
+    assert ehr.reconciles == 1 and ehr.sends == 1
+    assert rec.status == WriteStatus.SUCCEEDED and rec.attempts == 2
+    assert len(ehr.documents()) == 1
