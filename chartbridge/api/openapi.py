@@ -63,7 +63,12 @@ def _path_params(rule: str) -> tuple[str, list[dict]]:
     return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule), params
 
 
-def document(org: str) -> dict:
+AUDIO_TYPES = ("audio/wav", "audio/webm", "audio/ogg", "audio/mp4", "application/octet-stream")
+
+
+def document(org: str, public_base: str) -> dict:
+    """The document for `org`; `public_base` is the engine's public base URL (absolute),
+    since OpenAPI 3.1 requires the OAuth 2.0 tokenUrl to be an absolute URI."""
     from .routes import ROUTES
 
     base = f"/orgs/{{org}}/api/v1"
@@ -93,7 +98,7 @@ def document(org: str) -> dict:
         elif r.body_type != "application/json":
             op["requestBody"] = {"required": True, "content": {
                 t: {"schema": {"type": "string", "format": "binary"}}
-                for t in ("audio/wav", "audio/webm", "audio/ogg", "application/octet-stream")}}
+                for t in AUDIO_TYPES}}
             statuses |= {413, 422}
         op["responses"] = {**{str(st): {"description": "OK" if st == r.status else
                                          "the same request already answered (stored state)",
@@ -132,6 +137,6 @@ def document(org: str) -> dict:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "clientCredentials": {"type": "oauth2", "flows": {"clientCredentials": {
-                    "tokenUrl": f"/orgs/{org}/api/v1/token",
+                    "tokenUrl": f"{public_base.rstrip('/')}/orgs/{org}/api/v1/token",
                     "scopes": {s: s for s in SCOPES}}}}}},
     }

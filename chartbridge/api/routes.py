@@ -15,8 +15,9 @@ from pydantic import BaseModel, ValidationError
 
 from chartbridge.core import usecases as uc
 from chartbridge.core.bounds import load_json
-from chartbridge.core.errors import ChartbridgeError, InputError, NotFound, StateConflict
-from chartbridge.core.models import (CareContext, Consent, ConsentScope, Decision,
+from chartbridge.core.errors import (ChartbridgeError, InputError, NotFound, RuleViolation,
+                                     StateConflict)
+from chartbridge.core.models import (Approval, CareContext, Consent, ConsentScope, Decision,
                                      Identifier as CoreIdentifier, NoteType, RecordingStatus,
                                      SessionSource, WriteStatus)
 
@@ -187,14 +188,35 @@ def create_session(org: str):
         allowed_sections=body.sections or config.allowed_sections,
         care_context=CareContext(**body.care_context.model_dump()) if body.care_context else None,
         note_type=note_type, event="api.session", event_body=body.model_dump(mode="json"))
-    if created:
-        for scope in ConsentScope:
-            granted = getattr(body.consent, scope.value)
-            if granted is not None:
-                engine.store.set_consent(org, Consent(session_id=session.id, scope=scope,
-                                                      granted=granted, recorded_by="api",
-                                                      at=engine.clock.now()))
+    for scope in ConsentScope:
+        granted = getattr(body.consent, scope.value)
+        if granted is not None:
+            _consent(org, session.id, scope, granted)
     return dump(_session_out(org, session)), 201 if created else 200
+
+
+def _consent(org: str, session_id: str, scope: ConsentScope, granted: bool) -> None:
+    """Record a consent the session has none of yet, by whichever request opens it (the
+    first, or a later one carrying a consent the first did not); a consent that differs
+    from the one recorded is refused, 409 naming the field: opening a session again does
+    not change what the patient agreed to."""
+    from sqlalchemy.exc import IntegrityError
+
+    engine = _engine()
+    current = engine.store.consents(org, session_id).get(scope)
+    if current is None:
+        try:
+            engine.store.set_consent(org, Consent(session_id=session_id, scope=scope,
+                                                  granted=granted, recorded_by="api",
+                                                  at=engine.clock.now()))
+        except IntegrityError:                    # a concurrent open recorded it first
+            pass
+        current = engine.store.consents(org, session_id).get(scope)
+    if current != granted:
+        raise StateConflict(f"consent.{scope.value}: this session already records "
+                            f"{'granted' if current else 'refused'}; a consent is not "
+                            "changed by opening the session again",
+                            field=f"consent.{scope.value}")
 
 
 @route("GET", "/sessions/<session_id>", scope="read", summary="A session's state",
@@ -205,7 +227,7 @@ def get_session(org: str, session_id: str):
 
 # -- audio ---------------------------------------------------------------------------------
 @route("PUT", "/sessions/<session_id>/recordings/<int:version>/chunks/<int:seq>",
-       scope="capture", summary="Upload one audio chunk (WAV, WebM/Opus, Ogg/Opus)",
+       scope="capture", summary="Upload one audio chunk (WAV, WebM/Opus, Ogg/Opus, MP4/AAC)",
        body=None, body_type="audio/*", answer=m.ChunkAccepted, errors=(409, 413, 422))
 def put_chunk(org: str, session_id: str, version: int, seq: int):
     _index(version, "recording version"), _index(seq, "chunk")
@@ -280,16 +302,45 @@ def edit(org: str, session_id: str, version: int):
     return dump(_draft_out(org, new, "draft")), 201
 
 
+def _approver(engine, org: str):
+    """The clinician deciding, checked before the Idempotency-Key is claimed: a refused or
+    missing clinician token, or the identity provider down (503), is never stored."""
+    flask.g.api_clinician = clinician(engine, org, flask.g.api_principal, flask.request)
+    return flask.g.api_clinician[0]
+
+
+def _check_writable(engine, org: str, session, draft, approval: Approval) -> None:
+    """What submit() will check once the approval is recorded (write-back consent,
+    protected sections, the approval itself), checked first, so an approval that could
+    not be written is refused before it is recorded and changes nothing."""
+    config = engine.org(org)
+    targets = engine.approval_targets(org)
+    try:
+        uc.approved_write_commands(
+            session, draft, approval, targets=targets,
+            stage_preliminary=str(config.policy.approval) == "stage_preliminary",
+            protected=list(engine.store.protected(org, session.id)),
+            write_back_consent=engine.store.consents(org, session.id).get(
+                ConsentScope.WRITE_BACK),
+            consent_required=str(config.policy.consent.write_back) == "required",
+            correction={t: str(config.correction_for(t)) for t, _ in targets})
+    except RuleViolation as exc:
+        field = ("consent.write_back" if exc.fields.get("rule") == "consent_missing"
+                 else "decision")
+        raise RuleViolation(f"not approved: {exc.message}; nothing was recorded",
+                            **{**exc.fields, "field": field}) from None
+
+
 @route("POST", "/sessions/<session_id>/drafts/<int:version>/approval", scope="approve",
        summary="Approve or reject the exact content (its hash), as the clinician",
        body=m.ApprovalBody, answer=m.ApprovalOut, errors=(409,), headers=(CLINICIAN_HEADER,))
-@idempotent
+@idempotent(who=_approver)
 def approval(org: str, session_id: str, version: int):
     body: m.ApprovalBody = parse(m.ApprovalBody)
     engine = _engine()
-    _session(org, session_id)
+    session = _session(org, session_id)
     draft, state = _draft(org, session_id, _index(version, "draft version"))
-    person, name, role = clinician(engine, org, flask.g.api_principal, flask.request)
+    person, name, role = flask.g.api_clinician
     if body.content_hash != draft.content_hash():
         raise StateConflict("content_hash is not this draft version's content; fetch the "
                             "draft again and review what it says now", field="content_hash")
@@ -297,6 +348,11 @@ def approval(org: str, session_id: str, version: int):
         raise Invalid("reason: a rejection needs a reason", field="reason")
     decision = Decision(body.decision)
     existing = engine.store.approval(org, draft.id)
+    if state == "draft" and decision == Decision.APPROVED:
+        _check_writable(engine, org, session, draft, Approval(
+            draft_id=draft.id, draft_version=draft.version, content_hash=body.content_hash,
+            approver=person, approver_name=name, role=role, decision=decision,
+            at=engine.clock.now()))
     if state == "draft":
         try:
             uc.decide(engine.store, engine.clock, org_id=org, draft_id=draft.id,
@@ -383,6 +439,7 @@ def make_blueprint(engine, jobs) -> flask.Blueprint:
     @bp.get(PREFIX + "/openapi.json")
     def openapi_json(org: str):
         engine.org(org)
-        return flask.jsonify(openapi.document(org))
+        from chartbridge import httperrors
+        return flask.jsonify(openapi.document(org, httperrors.public_base()))
 
     return bp

@@ -165,5 +165,12 @@ def bearer_authenticator(request: flask.Request, org: str) -> Principal | None:
         raise ApiUnauthorized("the bearer token is unknown, expired or for another "
                               "organization", field="Authorization")
     data = json.loads(found)
-    return Principal(org=org, scopes=frozenset(data["scope"].split()),
-                     client_id=data["client_id"], person=None, person_name=None, via="client")
+    # the client may have been removed from the org file (or lost scopes) since the token
+    # was issued: the token is worth only what the org file grants now
+    spec = engine.org(org).api.client(data["client_id"])
+    if spec is None:
+        raise ApiUnauthorized("the bearer token's client is no longer registered with this "
+                              "organization", field="Authorization")
+    scopes = frozenset(data["scope"].split()) & frozenset(spec.scopes)
+    return Principal(org=org, scopes=scopes, client_id=data["client_id"], person=None,
+                     person_name=None, via="client")

@@ -25,6 +25,7 @@ from tests.fakes import OneSection
 
 ORG, OTHER = "api-clinic", "api-other"
 CLIENT, READER = "capture-app", "read-only-app"
+SECOND = "second-capture-app"              # another client of the same org, same scopes
 
 
 def wav(seconds: float = 1.0, tone: int = 440) -> bytes:
@@ -46,6 +47,11 @@ class ApiSite:
         self.workdir = tmp_path
         self.sims: dict = {}
         self.targets = _start_simulators(self.stack, tmp_path, self.sims)
+        from chartbridge.api import auth
+        from chartbridge.review import oidc
+        # a new provider may get an earlier site's loopback port: forget what was cached
+        auth._JWKS.clear()
+        oidc._DISCOVERED.clear()
         self.idp = DemoIdP().start()
         self.stack.callback(self.idp.stop)
         folder = tmp_path / "orgs"
@@ -53,7 +59,8 @@ class ApiSite:
         self.keys = {}
         for org in orgs:
             clients = []
-            for cid, scopes in ((client_id, ["capture", "read", "approve"]), (READER, ["read"])):
+            for cid, scopes in ((client_id, ["capture", "read", "approve"]), (READER, ["read"]),
+                                (SECOND, ["capture", "read", "approve"])):
                 key, jwks = new_client_key()
                 (folder / f"{org}-{cid}.jwks.json").write_text(json.dumps(jwks))
                 self.keys[(org, cid)] = key
@@ -80,8 +87,12 @@ class ApiSite:
             "read" if client_id == READER else "capture read approve")
         return c
 
-    def clinician_token(self, sub: str = "clin-42", name: str = "Dr Okafor", **kw) -> str:
-        return self.idp.id_token(sub, name, "physician", **kw)
+    def clinician_token(self, sub: str = "clin-42", name: str = "Dr Okafor", *,
+                        org: str = ORG, role: str | None = None, **kw) -> str:
+        """A clinician's ID token from the orgs' shared provider: both orgs sign in with the
+        same issuer and client id, so the role claim names the org (`<role>:<org>`)."""
+        return self.idp.id_token(sub, name, role if role is not None else f"physician:{org}",
+                                 **kw)
 
     def close(self) -> None:
         self.server.close()

@@ -129,10 +129,24 @@ def test_idempotency_key_semantics(site):
     missing = c.http.post(c.api + "/sessions", json=session_body("IDEM-3"), headers=c.headers())
     assert missing.status_code == 400 and missing.json()["field"] == "Idempotency-Key"
     # a request still being answered under the key: 409
-    from chartbridge.api.idempotency import _store
-    _store(site.engine).begin(ORG, "held-key", "0" * 64)
-    held = c.post("/sessions", session_body("IDEM-4"), key="held-key")
-    assert held.status_code == 409 and held.json()["error"] == "idempotency_key_in_flight"
+    import json
+
+    from chartbridge.api.auth import Principal
+    from chartbridge.api.idempotency import _store, caller, fingerprint
+    raw = json.dumps(session_body("IDEM-4")).encode()
+    me = Principal(org=ORG, scopes=frozenset(), client_id=CLIENT, person=None,
+                   person_name=None, via="client")
+    _store(site.engine).begin(ORG, "held-key", fingerprint(
+        "POST", f"/orgs/{ORG}/api/v1/sessions", caller(me), raw))
+
+    def held(body: bytes):
+        return c.http.post(c.api + "/sessions", content=body, headers=c.headers(**{
+            "Idempotency-Key": "held-key", "Content-Type": "application/json"}))
+    same = held(raw)
+    assert same.status_code == 409 and same.json()["error"] == "idempotency_key_in_flight"
+    # another body under a key still in flight is a reused key (422), not "in flight"
+    other_body = held(json.dumps(session_body("IDEM-4b")).encode())
+    assert other_body.status_code == 422 and other_body.json()["field"] == "Idempotency-Key"
     # keys are per org: the other org's same key is a different request
     o = site.client(OTHER)
     assert o.post("/sessions", session_body("IDEM-1"), key=key).status_code == 201

@@ -38,3 +38,20 @@ def test_document_describes_every_route_the_token_endpoint_and_the_error_body(si
     approval = paths[base + "/sessions/{session_id}/drafts/{version}/approval"]["post"]
     assert any(p["name"] == "X-Clinician-Token" for p in approval["parameters"])
     assert httpx.get(f"{site.url}/orgs/no-such-org/api/v1/openapi.json").status_code == 404
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_served_document_is_valid_openapi_3_1(site):
+    """Against the OpenAPI 3.1 meta-schema (the one schemathesis ships, with jsonschema-rs):
+    an absolute tokenUrl, and every audio type the chunk PUT accepts declared."""
+    from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
+
+    doc = httpx.get(f"{site.url}/orgs/{ORG}/api/v1/openapi.json").json()
+    errors = [f"{list(e.instance_path)}: {e.message}"
+              for e in OPENAPI_31_VALIDATOR.iter_errors(doc)]
+    assert errors == []
+    flow = doc["components"]["securitySchemes"]["clientCredentials"]["flows"]["clientCredentials"]
+    assert flow["tokenUrl"] == f"{site.url}/orgs/{ORG}/api/v1/token"
+    chunk = doc["paths"]["/orgs/{org}/api/v1/sessions/{session_id}/recordings/{version}/chunks/{seq}"]
+    assert {"audio/wav", "audio/webm", "audio/ogg", "audio/mp4"} <= set(
+        chunk["put"]["requestBody"]["content"])

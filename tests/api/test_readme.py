@@ -37,7 +37,8 @@ def test_readme_curl_walkthrough_writes_every_target(tmp_path, database_url):
         key.write_text(json.dumps(site.keys[("demo-multi", "demo-capture-app")].as_dict(private=True)))
         (tmp_path / "chunk1.wav").write_bytes(wav(1.0))
         env = {**os.environ, "ENGINE": site.url, "KEY": str(key),
-               "ID_TOKEN": site.clinician_token("clin-77", "Dr Readme"),
+               "ID_TOKEN": site.clinician_token("clin-77", "Dr Readme",
+                                                   org="demo-multi"),
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         out = subprocess.run(["bash", "-euo", "pipefail", "-c", walkthrough()], cwd=tmp_path,
                              env=env, capture_output=True, text=True, timeout=180)
