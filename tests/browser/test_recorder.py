@@ -544,3 +544,89 @@ def test_stop_resends_what_the_browser_kept_and_refuses_while_a_part_is_missing(
     assert seqs == list(range(1, len(seqs) + 1))
     (rec,) = site.engine.store.recordings(ORG, session.id)
     assert rec.status == "Stopped" and rec.chunk_count == len(seqs)
+
+
+def test_in_flight_is_retried_and_unticked_consent_is_null_under_assumed(tmp_path, open_page):
+    import json
+    # Given an org that assumes consent
+    site = Site(tmp_path, f"sqlite:///{tmp_path / 'engine.db'}",
+                policy={"consent": {"capture": "assumed", "write_back": "assumed"}})
+    try:
+        page = open_page(PHONE)
+        page.goto(site.launch_url())
+        page.wait_for_selector("#record:not([disabled])")
+        sent = []
+
+        def once_in_flight(route):
+            # the API's answer while the same key's first request is still running
+            sent.append(json.loads(route.request.post_data))
+            if len(sent) == 1:
+                route.fulfill(status=409, content_type="application/json",
+                              body='{"error": "idempotency_key_in_flight", "detail": "busy"}')
+            else:
+                route.continue_()
+        page.route(re.compile(r"/api/v1/sessions$"), once_in_flight)
+        # When the clinician records without ticking a box
+        page.click("#record")
+        # Then the page retried the in-flight answer and opened the visit
+        # (waiting in Playwright, which runs the route handler meanwhile)
+        page.wait_for_selector("#record.recording", timeout=30_000)
+        (session,) = site.sessions()
+        assert len(sent) == 2 and page.locator("#problem").is_hidden()
+        # and an unticked box was "not recorded" (null), not a refusal (false)
+        assert sent[0]["consent"] == {"capture": None, "write_back": None}
+        assert site.engine.store.consents(ORG, session.id) == {}
+    finally:
+        site.stop()
+
+
+def _fake_session(sid, *, recordings, chunks, drafts=(), writes=()):
+    return {"id": sid, "external_id": "x", "status": "open",
+            "user": {"value": "u", "type": "fhirUser"}, "patient_ids": [], "encounter_ids": [],
+            "sections": [], "created_at": "2026-01-01T00:00:00Z", "recordings": recordings,
+            "chunks": chunks, "drafts": list(drafts), "writes": list(writes)}
+
+
+def test_a_draft_or_a_write_that_never_comes_is_shown_with_its_reason(site, open_page):
+    import json
+
+    import httpx
+    site.app.config["RECORDER_WAITS_MS"] = {"draft_wait_ms": 3000, "no_writes_ms": 1500}
+    page = open_page(PHONE)
+    page.goto(site.launch_url())
+    page.wait_for_selector("#record:not([disabled])")
+    boot = page.evaluate("JSON.parse(document.getElementById('recorder-boot').textContent)")
+    cookie = {c["name"]: c["value"] for c in page.context.cookies()}
+    with httpx.Client(cookies=cookie, headers={"X-CSRF-Token": boot["csrf"]}) as http:
+        opened = _open(http, site, boot, "k-stuck")
+        sid = opened.json()["id"]
+        assert http.post(f"{site.url}/orgs/{ORG}/recorder/session",
+                         json={"session_id": sid}).status_code == 204
+    # Given the engine says: stopped with 3 parts, but part 2 never arrived
+    state = {"s": _fake_session(sid, recordings=[
+        {"version": 1, "chunk_count": 3, "status": "Stopped", "state": "receiving"}],
+        chunks=[{"recording_version": 1, "sequence": q, "state": "stored"} for q in (1, 3)])}
+    page.route(re.compile(rf"/api/v1/sessions/{sid}$"), lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(state["s"])))
+    page.reload()
+    # Then the page does not say "being drafted" for ever: it names what is missing
+    page.wait_for_selector("#problem:not([hidden])", timeout=20_000)
+    assert "has not been drafted" in page.locator("#problem").inner_text()
+    assert "part(s) 2" in page.locator("#problem").inner_text()
+    # Given an approved draft with no write scheduled (a reload after approval)
+    state["s"] = _fake_session(sid, recordings=[
+        {"version": 1, "chunk_count": 1, "status": "Stopped", "state": "drafted"}],
+        chunks=[{"recording_version": 1, "sequence": 1, "state": "stored"}],
+        drafts=[{"version": 1, "state": "approved", "content_hash": "0" * 64}])
+    page.route(re.compile(rf"/api/v1/sessions/{sid}/drafts/1$"), lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps({
+            "version": 1, "state": "approved", "content_hash": "0" * 64,
+            "sections": [{"code": "10164-2", "title": "History", "text": "t"}]})))
+    page.route(re.compile(rf"/api/v1/sessions/{sid}/writes$"), lambda route: route.fulfill(
+        status=200, content_type="application/json",
+        body=json.dumps({"session_id": sid, "writes": []})))
+    page.reload()
+    # Then it says why nothing is being written instead of polling an empty list for ever
+    wait_until(lambda: "no write to the record was scheduled"
+               in page.locator("#problem").inner_text(), timeout=20, what="the no-writes reason")
+    assert "nothing is being sent" in status(page)
