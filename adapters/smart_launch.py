@@ -12,6 +12,11 @@ the code, and, when the token answer carries an `id_token`, checks it (signature
 discovered `jwks_uri`, `iss` = the discovered issuer, `aud` = our client id, `exp`, the
 nonce) and returns its claims (`fhirUser`, `sub`, `name`).
 
+A caller that knows its authorization server (an org file's `authorization_server`) passes
+it to `begin` and `complete`: the discovered `issuer` must be that server and the
+authorization and token endpoints must be on its origin, or the launch is refused before the
+browser is sent anywhere (a FHIR server whose discovery points elsewhere is not trusted).
+
 Nothing here names a vendor: the caller passes the words its pages use (`ehr`, `reopen`).
 """
 from __future__ import annotations
@@ -60,12 +65,15 @@ class SmartLaunch:
 
     # -- launch -------------------------------------------------------------------------------
     def begin(self, *, org: str, iss: str, launch: str, client_id: str, redirect_uri: str,
-              remember: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-        """(the authorization URL, the pending state to `save` on the redirect)."""
+              remember: dict[str, Any] | None = None,
+              authorization_server: str | None = None) -> tuple[str, dict[str, Any]]:
+        """(the authorization URL, the pending state to `save` on the redirect).
+        `authorization_server`: when given, discovery must name it (see the module doc)."""
         from authlib.common.security import generate_token
         from authlib.integrations.httpx_client import OAuth2Client
 
         smart = self.discover(iss)
+        self._check_server(smart, authorization_server)
         verifier = generate_token(64)
         extra: dict[str, str] = {"launch": launch, "aud": iss}
         nonce = None
@@ -107,12 +115,14 @@ class SmartLaunch:
         return pending
 
     def complete(self, pending: dict[str, Any], *, client_id: str, redirect_uri: str,
-                 issuer: str | None = None) -> Completed:
+                 issuer: str | None = None,
+                 authorization_server: str | None = None) -> Completed:
         """Exchange the callback's code; check the id_token when there is one (and require
         one when the launch was built with `require_identity`). `issuer`: the id_token's expected `iss` (default:
         the discovered `issuer`)."""
         from flask import request
 
+        self._check_server(self.discover(pending["iss"]), authorization_server)
         code = request.args.get("code", "")
         if not code:
             raise InputError("the sign-in answer has no authorization code", field="code")
@@ -124,6 +134,23 @@ class SmartLaunch:
         return Completed(pending, token, claims)
 
     # -- discovery ------------------------------------------------------------------------------
+    def _check_server(self, smart: dict, expected: str | None) -> None:
+        """Refuse a discovery document that names another authorization server than the
+        configured one (issuer, and the origin of both endpoints)."""
+        if expected is None:
+            return
+        want = str(expected).rstrip("/")
+        issuer = smart.get("issuer")
+        if not isinstance(issuer, str) or issuer.rstrip("/") != want:
+            log.info("launch refused", extra={"reason": "authorization_server_mismatch"})
+            raise LaunchRefused(f"{self.ehr}'s FHIR server names another authorization server "
+                                "than this organization's; " + self.reopen, field="issuer")
+        for name in ("authorization_endpoint", "token_endpoint"):
+            if _origin(smart[name]) != _origin(want):
+                log.info("launch refused", extra={"reason": "authorization_server_mismatch"})
+                raise LaunchRefused(f"{self.ehr}'s {name} is not on this organization's "
+                                    "authorization server; " + self.reopen, field=name)
+
     def discover(self, iss: str) -> dict:
         now = self.engine.clock.now().timestamp()
         hit = self._discovered.get(iss)
@@ -223,6 +250,11 @@ def _fetch_json(engine, url: str, what: str, ehr: str) -> dict:
     if not isinstance(doc, dict):
         raise LaunchRefused(f"{ehr}'s {what} is not a JSON object")
     return doc
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parsed = httpx.URL(url)
+    return parsed.scheme, parsed.host, parsed.port
 
 
 def same_base(got: str, expected: str) -> bool:

@@ -22,6 +22,8 @@ def _store(database_url: str | None) -> WebhookStore:
 org_option = click.option("--org", "org_id", required=True,
                           help="Organization id (deliveries are per org).")
 url_option = click.option("--database-url", default=None)
+limit_option = click.option("--limit", type=click.IntRange(1, 100_000), default=500,
+                            show_default=True, help="At most this many rows, newest first.")
 
 
 @click.group("webhooks")
@@ -34,10 +36,12 @@ def webhooks() -> None:
 @click.option("--status", type=click.Choice(STATUSES), default=None,
               help="Only deliveries in this status.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@limit_option
 @url_option
-def list_(org_id: str, status: str | None, as_json: bool, database_url: str | None) -> None:
-    """Print the org's webhook deliveries."""
-    rows = _store(database_url).list(org_id, status=status)
+def list_(org_id: str, status: str | None, as_json: bool, limit: int,
+          database_url: str | None) -> None:
+    """Print the org's webhook deliveries, newest first."""
+    rows = _store(database_url).list(org_id, status=status, limit=limit)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
@@ -55,10 +59,12 @@ def list_(org_id: str, status: str | None, as_json: bool, database_url: str | No
 
 @webhooks.command("events")
 @org_option
+@limit_option
 @url_option
-def events(org_id: str, database_url: str | None) -> None:
-    """Print the org's recorded events (the bodies subscribers receive), as JSON."""
-    click.echo(json.dumps(_store(database_url).events(org_id), indent=2))
+def events(org_id: str, limit: int, database_url: str | None) -> None:
+    """Print the org's recorded events (the bodies subscribers receive), newest first, as
+    JSON."""
+    click.echo(json.dumps(_store(database_url).events(org_id, limit=limit), indent=2))
 
 
 @webhooks.command("replay")

@@ -14,9 +14,14 @@ The page's API calls are authenticated by that page session plus its CSRF token 
 `X-CSRF-Token` (`page_principal`, registered with the API's authenticators): scopes
 capture, read and approve, as the launched clinician, and only for the launched visit — a
 session it opens must name the launch's FHIR patient and encounter, and any other session
-is refused. The API session is found again by its external id, derived from the org, the
-encounter and the clinician, so a reload, a killed tab or a second launch of the same visit
-resumes it; its id is also kept in the page session (`POST .../recorder/session`).
+is refused. The API session is found again by its external id, a plain hash of immutable
+facts (the org, the configured FHIR base without a trailing slash, the encounter and the
+clinician: no key that changes with the process or a rotation, nor the launch's spelling of
+`iss`), so a reload, a killed tab, a restart or a second launch of the same visit resumes it;
+its id is also kept in the page session (`POST .../recorder/session`). The identifiers'
+`system` is that normalized FHIR base; the clinician is `fhirUser` with the id_token's issuer
+as `system`, and a session is the launch's only if system and value of patient, encounter and
+clinician all match.
 
 The browser (static/recorder.js) cuts a chunk every `recorder.chunk_seconds` by starting a
 new MediaRecorder and stopping the old one (each chunk a whole WebM/Opus file, decodable on
@@ -27,7 +32,6 @@ sends what IndexedDB still holds and continues at the next sequence number.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import re
 import secrets
@@ -95,6 +99,7 @@ def make_blueprint(engine, jobs) -> Blueprint:
                                "not trust. Open it again from the patient's chart.", 400)
             url, pending = smart.begin(org=org, iss=args["iss"], launch=args["launch"],
                                        client_id=cfg.client_id,
+                                       authorization_server=cfg.authorization_server,
                                        redirect_uri=external_url_for(".callback", org=org))
         except ChartbridgeError as exc:
             return error_page(exc)
@@ -113,7 +118,8 @@ def make_blueprint(engine, jobs) -> Blueprint:
                                "the patient's chart.")
             done = smart.complete(pending, client_id=cfg.client_id,
                                   redirect_uri=external_url_for(".callback", org=org),
-                                  issuer=cfg.authorization_server)
+                                  issuer=cfg.authorization_server,
+                                  authorization_server=cfg.authorization_server)
             token, claims = done.token, done.id_claims or {}
             patient, encounter = token.get("patient"), token.get("encounter")
             if not _fhir_id(patient) or not _fhir_id(encounter):
@@ -121,18 +127,21 @@ def make_blueprint(engine, jobs) -> Blueprint:
                                           outcome="failure", reason="no_visit_context")
                 return refused("The recorder documents a visit: open it from the visit "
                                "(an encounter) in the patient's chart.")
-            user = claims.get("fhirUser")
-            if not isinstance(user, str) or not user or len(user) > 128:
+            user, issuer = claims.get("fhirUser"), claims.get("iss")
+            if (not isinstance(user, str) or not user or len(user) > 128
+                    or not isinstance(issuer, str) or not issuer or len(issuer) > 256):
                 engine.store.record_audit(org, "recorder.refused", actor="smart-launch",
                                           outcome="failure", reason="no_fhir_user")
                 return refused("The EHR did not say which clinician opened the recorder.")
         except ChartbridgeError as exc:
             return error_page(exc)
         name = claims.get("name")
-        person = {"value": user, "type": "fhirUser", "system": None}
+        # the issuer of the (checked) id_token is the fhirUser's assigning authority
+        person = {"value": user, "type": "fhirUser", "system": issuer}
         engine.store.record_audit(org, "recorder.launched", actor="smart-launch")
         resp = redirect(url_for(".page", org=org), code=303)
-        pages.save(org, {"phase": "ready", "iss": pending["iss"], "patient": patient,
+        pages.save(org, {"phase": "ready", "iss": pending["iss"],
+                         "fhir_base": fhir_base(cfg.fhir_base), "patient": patient,
                          "encounter": encounter, "person": person,
                          "person_name": str(name)[:100] if isinstance(name, str) else None,
                          "session_id": None,
@@ -167,14 +176,18 @@ def make_blueprint(engine, jobs) -> Blueprint:
             "csrf": data["csrf"],
             "session_id": session_id,
             "chunk_ms": cfg.chunk_seconds * 1000,
+            # how long the page waits for a draft / for writes before it says it is stuck
+            # (tests shorten them through the app's config)
+            **{k: int(v) for k, v in current_app.config.get("RECORDER_WAITS_MS", {}).items()
+               if k in ("draft_wait_ms", "writes_wait_ms", "no_writes_ms")},
             "section_names": dict(SECTION_CODES),
             "open": {
                 "external_id": external_id(org, data),
                 "user": data["person"],
                 "patient_ids": [{"value": data["patient"], "type": "FHIR",
-                                 "system": data["iss"]}],
+                                 "system": _base_of(data)}],
                 "encounter_ids": [{"value": data["encounter"], "type": "FHIR",
-                                   "system": data["iss"]}],
+                                   "system": _base_of(data)}],
                 **({"sections": cfg.sections} if cfg.sections else {}),
                 **({"note_type": {"code": cfg.note_type}} if cfg.note_type else {}),
             },
@@ -231,21 +244,40 @@ def _fhir_id(value) -> bool:
     return isinstance(value, str) and bool(_FHIR_ID.fullmatch(value))
 
 
+def fhir_base(url) -> str:
+    """The FHIR base as one spelling (no trailing slash): the identifiers' `system`."""
+    return str(url).rstrip("/")
+
+
+def _base_of(data: dict) -> str:
+    return data.get("fhir_base") or fhir_base(data["iss"])
+
+
 def external_id(org: str, data: dict) -> str:
     """The API session's external id for this visit and clinician: the same on every launch
-    of the same visit by the same person (so it resumes), and no identifier in it."""
-    secret = current_app.secret_key
-    secret = secret.encode() if isinstance(secret, str) else secret
-    msg = "\x00".join([org, data["iss"], data["encounter"], data["person"]["value"]])
-    return "smart-" + hmac.new(secret, msg.encode(), hashlib.sha256).hexdigest()[:40]
+    of the same visit by the same person, in any process and across secret rotations (so it
+    resumes), and no identifier in it. A plain hash of immutable facts: there is nothing
+    secret to protect, only identifiers to keep out of the id."""
+    msg = "\x00".join([org, _base_of(data), data["encounter"], data["person"]["value"]])
+    return "smart-" + hashlib.sha256(msg.encode()).hexdigest()[:40]
+
+
+def _same(ident, value: str, system: str | None) -> bool:
+    return (ident is not None and ident.value == value
+            and (ident.system or "").rstrip("/") == (system or "").rstrip("/"))
 
 
 def _of_launch(session, data: dict) -> bool:
+    """The session is the launched visit's: FHIR patient and encounter of the launch's FHIR
+    server (system and value), opened as the launched clinician."""
+    base, person = _base_of(data), data["person"]
     patient = find_identifier(session.patient_ids, "FHIR")
     encounter = find_identifier(session.encounter_ids, "FHIR")
-    return (session.source == SessionSource.API and patient is not None
-            and encounter is not None and patient.value == data["patient"]
-            and encounter.value == data["encounter"])
+    return (session.source == SessionSource.API
+            and _same(patient, data["patient"], base)
+            and _same(encounter, data["encounter"], base)
+            and session.user is not None and _same(session.user, person["value"],
+                                                     person.get("system")))
 
 
 def _csrf_ok(data: dict) -> bool:
@@ -287,7 +319,9 @@ def page_principal(req, org: str) -> Principal | None:
             raise ApiForbidden("the recorder was launched for another visit")
     elif _OPEN_PATH.match(req.path) and req.method == "POST":
         body = load_json(req.get_data(cache=True) or b"null")
-        if not isinstance(body, dict) or not _body_of_launch(body, data):
+        if not isinstance(body, dict):
+            raise InputError("the body must be a JSON object", field="body")
+        if not _body_of_launch(body, data):
             raise ApiForbidden("the recorder opens sessions only for the visit it was "
                                "launched for, as the launched clinician")
     person = data["person"]
@@ -297,11 +331,37 @@ def page_principal(req, org: str) -> Principal | None:
                      person_name=data.get("person_name"), via="page")
 
 
+def _ids(body: dict, name: str) -> set[tuple[str, str]]:
+    """The body's FHIR identifiers under `name` as (system, value), type-checked here
+    (this runs before the API's own validation): anything else is a 422 naming the field."""
+    ids = body.get(name)
+    if ids is None:
+        return set()
+    if not isinstance(ids, list):
+        raise InputError(f"{name} must be a list of identifiers", field=name)
+    out = set()
+    for n, i in enumerate(ids):
+        if not isinstance(i, dict):
+            raise InputError(f"{name}[{n}] must be an object", field=f"{name}[{n}]")
+        for key in ("value", "type", "system"):
+            if i.get(key) is not None and not isinstance(i[key], str):
+                raise InputError(f"{name}[{n}].{key} must be a string",
+                                 field=f"{name}[{n}].{key}")
+        if (i.get("type") or "").upper() == "FHIR":
+            out.add(((i.get("system") or "").rstrip("/"), i.get("value")))
+    return out
+
+
 def _body_of_launch(body: dict, data: dict) -> bool:
-    def fhir(ids) -> set:
-        return {i.get("value") for i in ids or [] if isinstance(i, dict)
-                and str(i.get("type", "")).upper() == "FHIR"}
-    user = body.get("user") if isinstance(body.get("user"), dict) else {}
-    return (fhir(body.get("patient_ids")) == {data["patient"]}
-            and fhir(body.get("encounter_ids")) == {data["encounter"]}
-            and user.get("value") == data["person"]["value"])
+    base, person = _base_of(data), data["person"]
+    user = body.get("user")
+    if user is not None and not isinstance(user, dict):
+        raise InputError("user must be an identifier object", field="user")
+    user = user or {}
+    for key in ("value", "type", "system"):
+        if user.get(key) is not None and not isinstance(user[key], str):
+            raise InputError(f"user.{key} must be a string", field=f"user.{key}")
+    return (_ids(body, "patient_ids") == {(base, data["patient"])}
+            and _ids(body, "encounter_ids") == {(base, data["encounter"])}
+            and user.get("value") == person["value"]
+            and (user.get("system") or "").rstrip("/") == (person.get("system") or "").rstrip("/"))

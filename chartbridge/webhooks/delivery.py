@@ -2,7 +2,8 @@
 
 POST the stored body, signed, with the subscriber's timeout and redirects not followed (a
 3xx is a failed attempt: the URL in the org file is the one we sign for). A 2xx is
-delivered; anything else, or a connection error, is retried with backoff until the
+delivered; anything else, or any exception of the attempt (a connection error,
+`InvalidURL`, ...), is retried with backoff until the
 subscriber's `max_attempts`, then `failed` with the last reason (`http_503`,
 `ConnectError`, ...). Nothing of a body is logged: the reason is a status or an error
 class.
@@ -47,10 +48,11 @@ class Deliverer:
 
     def deliver(self, org_id: str, did: str) -> str | None:
         """One attempt if the delivery is due and unclaimed; returns its new status."""
-        claim = self.store.claim(org_id, did, owner=uuid.uuid4().hex)
+        sub = self._subscriber(org_id, self._subscriber_id(org_id, did))
+        claim = self.store.claim(org_id, did, owner=uuid.uuid4().hex,
+                                 max_attempts=sub.max_attempts if sub is not None else None)
         if claim is None:
             return None
-        sub = self._subscriber(org_id, claim.delivery.subscriber)
         if sub is None:      # removed from the org file since: nobody to send it to
             return self._record(claim, ok=False, code=None, error="subscriber_removed",
                                 max_attempts=1)
@@ -65,7 +67,7 @@ class Deliverer:
         try:
             with self.http(timeout=httpx.Timeout(sub.timeout_s), follow_redirects=False) as client:
                 response = client.post(sub.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt (InvalidURL...)
             return self._record(claim, ok=False, code=None, error=type(exc).__name__,
                                 max_attempts=sub.max_attempts)
         ok = 200 <= response.status_code < 300
@@ -84,7 +86,13 @@ class Deliverer:
                 outcomes[status] = outcomes.get(status, 0) + 1
         return {"fanned_out": made, **outcomes}
 
-    def _subscriber(self, org_id: str, sub_id: str):
+    def _subscriber_id(self, org_id: str, did: str) -> str | None:
+        try:
+            return self.store.get(org_id, did).subscriber
+        except ChartbridgeError:
+            return None
+
+    def _subscriber(self, org_id: str, sub_id: str | None):
         try:
             subs = self.subscribers_of(org_id)
         except ChartbridgeError:

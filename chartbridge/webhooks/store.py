@@ -6,14 +6,16 @@
 - `claim` takes a due delivery under a row lock (SELECT ... FOR UPDATE; SQLite: BEGIN
   IMMEDIATE) and a lease: a second worker holding the same message finds it claimed, or
   not due, and does nothing. A lease that expired (a dead worker) makes it due again: at
-  least once.
+  least once. A delivery whose last allowed attempt was lost that way (finish never ran)
+  is failed there (`attempt_lost`), so none stays "delivering" for ever.
 - `finish` records the attempt's outcome, guarded by the lease: delivered, or pending
   again after a backoff, or failed (terminal, with the last reason) after `max_attempts`.
 - `replay` puts a failed (or delivered) delivery back to pending, due now, with a fresh
   attempt budget. The event and its id are unchanged, so a receiver that dedupes on
   webhook-id sees the same message.
 
-Every query names the org.
+`list` and `events` are newest first (a limit shows the latest, never hides them); `get`
+reads one delivery by id. Every query names the org.
 """
 from __future__ import annotations
 
@@ -138,9 +140,12 @@ class WebhookStore:
             return [(o, i) for o, i in tx.execute(q)]
 
     # -- one attempt ---------------------------------------------------------------------
-    def claim(self, org_id: str, did: str, owner: str) -> Claim | None:
+    def claim(self, org_id: str, did: str, owner: str, *,
+              max_attempts: int | None = None) -> Claim | None:
         """The delivery under a lease for one attempt, or None (not due, delivered, failed,
-        or another worker holds it)."""
+        or another worker holds it). A delivery whose lease expired after its last allowed
+        attempt (the attempt died with its worker, so `finish` never ran) is marked failed
+        here, reason `attempt_lost`, instead of being tried past its budget forever."""
         now = self.clock.now()
         with self.db.transaction() as tx:
             row = tx.scalars(select(WebhookDeliveryRow).where(
@@ -153,6 +158,11 @@ class WebhookStore:
                    or (row.status == DELIVERING and row.lease_expires_at is not None
                        and row.lease_expires_at < now))
             if not due:
+                return None
+            if (max_attempts is not None and row.status == DELIVERING
+                    and row.attempts >= max_attempts):
+                row.status, row.next_attempt_at, row.last_error = FAILED, None, "attempt_lost"
+                row.lease_owner, row.lease_expires_at, row.updated_at = None, None, now
                 return None
             event = tx.scalars(select(WebhookEventRow).where(
                 WebhookEventRow.org_id == org_id, WebhookEventRow.id == row.event_id)).one()
@@ -188,26 +198,35 @@ class WebhookStore:
     # -- reads and repairs ---------------------------------------------------------------
     def list(self, org_id: str, *, status: str | None = None,
              limit: int = 500) -> list[Delivery]:
+        """The org's deliveries, newest first (the first `limit`)."""
         with self.db.transaction() as tx:
             q = (select(WebhookDeliveryRow, WebhookEventRow.type)
                  .join(WebhookEventRow, WebhookEventRow.id == WebhookDeliveryRow.event_id)
                  .where(WebhookDeliveryRow.org_id == org_id, WebhookEventRow.org_id == org_id))
             if status:
                 q = q.where(WebhookDeliveryRow.status == status)
-            q = q.order_by(WebhookDeliveryRow.created_at, WebhookDeliveryRow.id).limit(limit)
+            q = q.order_by(WebhookDeliveryRow.created_at.desc(),
+                           WebhookDeliveryRow.id.desc()).limit(limit)
             return [_delivery(r, t) for r, t in tx.execute(q)]
 
     def events(self, org_id: str, *, limit: int = 500) -> list[dict]:
+        """The org's recorded events, newest first (the first `limit`)."""
         with self.db.transaction() as tx:
             q = (select(WebhookEventRow).where(WebhookEventRow.org_id == org_id)
-                 .order_by(WebhookEventRow.created_at, WebhookEventRow.id).limit(limit))
+                 .order_by(WebhookEventRow.created_at.desc(), WebhookEventRow.id.desc())
+                 .limit(limit))
             return [dict(r.body) for r in tx.scalars(q)]
 
     def get(self, org_id: str, did: str) -> Delivery:
-        for d in self.list(org_id):
-            if d.id == did:
-                return d
-        raise NotFound("no such webhook delivery in this organization", key=did)
+        with self.db.transaction() as tx:
+            got = tx.execute(
+                select(WebhookDeliveryRow, WebhookEventRow.type)
+                .join(WebhookEventRow, WebhookEventRow.id == WebhookDeliveryRow.event_id)
+                .where(WebhookDeliveryRow.org_id == org_id, WebhookEventRow.org_id == org_id,
+                       WebhookDeliveryRow.id == did)).first()
+            if got is None:
+                raise NotFound("no such webhook delivery in this organization", key=did)
+            return _delivery(*got)
 
     def replay(self, org_id: str, did: str, *, actor: str = "system",
                reason: str | None = None) -> Delivery:
@@ -238,5 +257,8 @@ class WebhookStore:
 
     def replay_failed(self, org_id: str, *, actor: str = "system",
                       reason: str | None = None) -> list[Delivery]:
-        return [self.replay(org_id, d.id, actor=actor, reason=reason)
-                for d in self.list(org_id, status=FAILED)]
+        with self.db.transaction() as tx:
+            ids = list(tx.scalars(select(WebhookDeliveryRow.id).where(
+                WebhookDeliveryRow.org_id == org_id, WebhookDeliveryRow.status == FAILED)
+                .order_by(WebhookDeliveryRow.created_at, WebhookDeliveryRow.id)))
+        return [self.replay(org_id, did, actor=actor, reason=reason) for did in ids]

@@ -43,7 +43,7 @@ class Site:
     """The FHIR server (with its SMART launch) and an MDM interface engine, the engine on
     waitress with its in-process worker, and an org whose recorder trusts that server."""
 
-    def __init__(self, tmp_path: Path, database_url: str) -> None:
+    def __init__(self, tmp_path: Path, database_url: str, *, recorder=None, policy=None) -> None:
         self.fhir = FhirSimulator("us-core")
         self.fhir.start()
         self.mllp = HL7MDMSimulator()
@@ -62,7 +62,9 @@ class Site:
                             "hl7_mdm": mllp_settings(self.mllp)},
                    drafting={"generator": "rules", "template": "default"},
                    recorder={"fhir_base": self.fhir.base_url, "client_id": CLIENT,
-                             "chunk_seconds": CHUNK_S})
+                             "chunk_seconds": CHUNK_S, **(recorder(self.fhir) if recorder else {})})
+        if policy:
+            doc.setdefault("policy", {}).update(policy)
         (orgs / f"{ORG}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         self.engine = bootstrap(database_url=database_url, config_dir=orgs,
                                 transcriber_factory=lambda org: ChunkTranscriber(),
@@ -367,3 +369,264 @@ def test_chunks_the_server_never_got_are_sent_after_a_reload(site, open_page):
     assert seqs == list(range(1, len(seqs) + 1))
     assert page.locator("#record").inner_text() == "Continue recording"
     wait_until(lambda: page.evaluate(kept) == 0, what="nothing left in the browser")
+
+
+# -- the page session's identity, hostile bodies, the authorization server ---------------------
+def _boot(html: str) -> dict:
+    import json
+    return json.loads(re.search(r'id="recorder-boot">(.*?)</script>', html, re.S).group(1))
+
+
+def _launch_over_http(site, http, *, iss: str | None = None):
+    """A launch followed through the simulator's redirects (no browser): the page's boot."""
+    from urllib.parse import quote
+    url = site.launch_url()
+    if iss is not None:
+        url = url.replace("iss=" + quote(site.fhir.base_url, safe=""), "iss=" + quote(iss, safe=""))
+    page = http.get(url)
+    assert page.status_code == 200, page.text[:500]
+    return _boot(page.text)
+
+
+def _open(http, site, boot, key):
+    body = dict(boot["open"], consent={"capture": True, "write_back": True})
+    return http.post(f"{site.url}/orgs/{ORG}/api/v1/sessions", json=body,
+                     headers={"X-CSRF-Token": boot["csrf"], "Idempotency-Key": key})
+
+
+def test_a_relaunch_after_a_key_rotation_with_another_iss_spelling_resumes_the_session(tmp_path):
+    import httpx
+    # Given an org file naming its authorization server (the one discovery names)
+    site = Site(tmp_path, f"sqlite:///{tmp_path / 'engine.db'}",
+                recorder=lambda fhir: {"authorization_server": fhir.launch.issuer})
+    try:
+        with httpx.Client(follow_redirects=True) as http:
+            boot = _launch_over_http(site, http)
+            first = _open(http, site, boot, "k1")
+        assert first.status_code == 201, first.text
+        # Then the identifiers name the normalized FHIR base, the clinician its issuer
+        assert {i["system"] for i in boot["open"]["patient_ids"] + boot["open"]["encounter_ids"]} \
+            == {site.fhir.base_url.rstrip("/")}
+        assert boot["open"]["user"] == {"value": site.fhir.base_url + "/" + DOCTOR,
+                                        "type": "fhirUser", "system": site.fhir.launch.issuer}
+        # When the process's secret key changes (a restart without one, or a rotation) and
+        # the EHR relaunches the same visit spelling iss with a trailing slash
+        site.app.secret_key = "another-process-" + "x" * 32
+        with httpx.Client(follow_redirects=True) as http:
+            again = _launch_over_http(site, http, iss=site.fhir.base_url + "/")
+            second = _open(http, site, again, "k2")
+        # Then it is the same session: one visit, one note
+        assert again["open"]["external_id"] == boot["open"]["external_id"]
+        assert second.status_code == 200 and second.json()["id"] == first.json()["id"]
+        assert len(site.sessions()) == 1
+    finally:
+        site.stop()
+
+
+def test_a_discovery_naming_another_authorization_server_is_refused(tmp_path):
+    import httpx
+    site = Site(tmp_path, f"sqlite:///{tmp_path / 'engine.db'}",
+                recorder=lambda fhir: {"authorization_server": "https://auth.example.org/oauth2"})
+    try:
+        with httpx.Client(follow_redirects=True) as http:
+            answer = http.get(site.launch_url())
+        # Then the browser is never sent to the discovered authorization server
+        assert answer.status_code == 403 and "another authorization server" in answer.text
+        assert site.fhir.launch.authorize_requests == []
+        assert "cb_recorder" not in http.cookies and site.sessions() == []
+    finally:
+        site.stop()
+
+
+def test_of_launch_compares_system_value_and_clinician():
+    from types import SimpleNamespace
+
+    from chartbridge.core.models import Identifier, SessionSource
+    from chartbridge.recorder.views import _of_launch
+
+    base = "https://fhir.example.org/r4"
+    data = {"iss": base + "/", "fhir_base": base, "patient": "p1", "encounter": "e1",
+            "person": {"value": base + "/Practitioner/a", "type": "fhirUser",
+                       "system": "https://fhir.example.org/oauth2"}}
+
+    def session(system=base, user=None):
+        return SimpleNamespace(
+            source=SessionSource.API,
+            patient_ids=[Identifier(value="p1", type="FHIR", system=system)],
+            encounter_ids=[Identifier(value="e1", type="FHIR", system=system)],
+            user=user or Identifier(**data["person"]))
+    assert _of_launch(session(), data)
+    assert _of_launch(session(system=base + "/"), data)                # a spelling only
+    assert not _of_launch(session(system="https://other.example.org/r4"), data)
+    assert not _of_launch(session(user=Identifier(value=data["person"]["value"],
+                                                  type="fhirUser", system="https://evil")), data)
+    assert not _of_launch(session(user=Identifier(value="someone-else", type="fhirUser",
+                                                  system=data["person"]["system"])), data)
+
+
+def test_hostile_session_bodies_with_a_valid_page_session_are_4xx_never_5xx(site):
+    import httpx
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
+
+    with httpx.Client(follow_redirects=True) as http:
+        boot = _launch_over_http(site, http)
+        cookie = http.cookies.get("cb_recorder")
+    web = site.app.test_client()
+    web.set_cookie("cb_recorder", cookie, path=f"/orgs/{ORG}")
+    url = f"/orgs/{ORG}/api/v1/sessions"
+    n = iter(range(10**6))
+
+    def post(body):
+        return web.post(url, json=body, headers={"X-CSRF-Token": boot["csrf"],
+                                                 "Idempotency-Key": f"fuzz-{next(n)}"})
+    # The reviewer's two: a number where a list is, a list where a string is
+    for bad, field in (({"patient_ids": 5}, "patient_ids"),
+                       ({"patient_ids": [{"type": "FHIR", "value": [1]}]},
+                        "patient_ids[0].value")):
+        answer = post(dict(boot["open"], **bad))
+        assert 400 <= answer.status_code < 500 and answer.json["field"] == field, answer.json
+
+    scalar = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=3)
+                         | st.dictionaries(st.sampled_from(["value", "type", "system", "x"]),
+                                           inner, max_size=3), max_leaves=8)
+    ident = st.fixed_dictionaries({}, optional={"value": value, "type": st.just("FHIR") | value,
+                                                "system": value})
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=st.fixed_dictionaries({}, optional={
+        "patient_ids": value | st.lists(ident, max_size=3),
+        "encounter_ids": value | st.lists(ident, max_size=3),
+        "user": value | ident, "external_id": value, "consent": value}) | value)
+    @example(body={"patient_ids": 5})
+    @example(body={"patient_ids": [{"type": "FHIR", "value": [1]}]})
+    @example(body={"user": [1]})
+    def fuzz(body):
+        answer = post(body if not isinstance(body, dict) else dict(boot["open"], **body))
+        assert answer.status_code < 500, (body, answer.status_code, answer.get_data()[:300])
+        if answer.status_code >= 400:
+            assert answer.is_json and answer.json.get("error")
+    fuzz()
+
+
+def test_stop_resends_what_the_browser_kept_and_refuses_while_a_part_is_missing(site, open_page):
+    page = open_page(PHONE)
+    page.goto(site.launch_url())
+    page.wait_for_selector("#record:not([disabled])")
+    # Given the server refuses part 2 (a 422: the browser gives up on it and keeps it)
+    second = re.compile(r"/recordings/1/chunks/2$")
+    page.route(second, lambda route: route.fulfill(
+        status=422, content_type="application/json",
+        body='{"error": "invalid_field", "detail": "refused by the test"}'))
+    page.check("#consent-capture")
+    page.check("#consent-write")
+    page.click("#record")
+    (session,) = wait_until(site.sessions, what="the API session opened")
+    wait_until(lambda: len(stored_chunks(site, session.id)) >= 2, timeout=30,
+               what="parts after the refused one")
+    assert 2 not in stored_chunks(site, session.id)
+    # When the clinician stops while part 2 is still refused
+    page.click("#stop")
+    # Then the page refuses to stop, visibly, naming the missing part; nothing is announced
+    page.wait_for_selector("#problem:not([hidden])")
+    wait_until(lambda: "cannot be stopped yet" in page.locator("#problem").inner_text(),
+               what="the refusal to stop")
+    assert "part(s) 2 " in page.locator("#problem").inner_text()
+    assert all(r.status != "Stopped" for r in site.engine.store.recordings(ORG, session.id))
+    page.wait_for_selector("#stop:not([disabled])")
+    # When the server takes it again and the clinician presses Stop again
+    page.unroute(second)
+    page.click("#stop")
+    # Then what IndexedDB held is sent first, and the recording is stopped with no gap
+    page.wait_for_selector("#draft:not([hidden])", timeout=60_000)
+    seqs = stored_chunks(site, session.id)
+    assert seqs == list(range(1, len(seqs) + 1))
+    (rec,) = site.engine.store.recordings(ORG, session.id)
+    assert rec.status == "Stopped" and rec.chunk_count == len(seqs)
+
+
+def test_in_flight_is_retried_and_unticked_consent_is_null_under_assumed(tmp_path, open_page):
+    import json
+    # Given an org that assumes consent
+    site = Site(tmp_path, f"sqlite:///{tmp_path / 'engine.db'}",
+                policy={"consent": {"capture": "assumed", "write_back": "assumed"}})
+    try:
+        page = open_page(PHONE)
+        page.goto(site.launch_url())
+        page.wait_for_selector("#record:not([disabled])")
+        sent = []
+
+        def once_in_flight(route):
+            # the API's answer while the same key's first request is still running
+            sent.append(json.loads(route.request.post_data))
+            if len(sent) == 1:
+                route.fulfill(status=409, content_type="application/json",
+                              body='{"error": "idempotency_key_in_flight", "detail": "busy"}')
+            else:
+                route.continue_()
+        page.route(re.compile(r"/api/v1/sessions$"), once_in_flight)
+        # When the clinician records without ticking a box
+        page.click("#record")
+        # Then the page retried the in-flight answer and opened the visit
+        # (waiting in Playwright, which runs the route handler meanwhile)
+        page.wait_for_selector("#record.recording", timeout=30_000)
+        (session,) = site.sessions()
+        assert len(sent) == 2 and page.locator("#problem").is_hidden()
+        # and an unticked box was "not recorded" (null), not a refusal (false)
+        assert sent[0]["consent"] == {"capture": None, "write_back": None}
+        assert site.engine.store.consents(ORG, session.id) == {}
+    finally:
+        site.stop()
+
+
+def _fake_session(sid, *, recordings, chunks, drafts=(), writes=()):
+    return {"id": sid, "external_id": "x", "status": "open",
+            "user": {"value": "u", "type": "fhirUser"}, "patient_ids": [], "encounter_ids": [],
+            "sections": [], "created_at": "2026-01-01T00:00:00Z", "recordings": recordings,
+            "chunks": chunks, "drafts": list(drafts), "writes": list(writes)}
+
+
+def test_a_draft_or_a_write_that_never_comes_is_shown_with_its_reason(site, open_page):
+    import json
+
+    import httpx
+    site.app.config["RECORDER_WAITS_MS"] = {"draft_wait_ms": 3000, "no_writes_ms": 1500}
+    page = open_page(PHONE)
+    page.goto(site.launch_url())
+    page.wait_for_selector("#record:not([disabled])")
+    boot = page.evaluate("JSON.parse(document.getElementById('recorder-boot').textContent)")
+    cookie = {c["name"]: c["value"] for c in page.context.cookies()}
+    with httpx.Client(cookies=cookie, headers={"X-CSRF-Token": boot["csrf"]}) as http:
+        opened = _open(http, site, boot, "k-stuck")
+        sid = opened.json()["id"]
+        assert http.post(f"{site.url}/orgs/{ORG}/recorder/session",
+                         json={"session_id": sid}).status_code == 204
+    # Given the engine says: stopped with 3 parts, but part 2 never arrived
+    state = {"s": _fake_session(sid, recordings=[
+        {"version": 1, "chunk_count": 3, "status": "Stopped", "state": "receiving"}],
+        chunks=[{"recording_version": 1, "sequence": q, "state": "stored"} for q in (1, 3)])}
+    page.route(re.compile(rf"/api/v1/sessions/{sid}$"), lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(state["s"])))
+    page.reload()
+    # Then the page does not say "being drafted" for ever: it names what is missing
+    page.wait_for_selector("#problem:not([hidden])", timeout=20_000)
+    assert "has not been drafted" in page.locator("#problem").inner_text()
+    assert "part(s) 2" in page.locator("#problem").inner_text()
+    # Given an approved draft with no write scheduled (a reload after approval)
+    state["s"] = _fake_session(sid, recordings=[
+        {"version": 1, "chunk_count": 1, "status": "Stopped", "state": "drafted"}],
+        chunks=[{"recording_version": 1, "sequence": 1, "state": "stored"}],
+        drafts=[{"version": 1, "state": "approved", "content_hash": "0" * 64}])
+    page.route(re.compile(rf"/api/v1/sessions/{sid}/drafts/1$"), lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps({
+            "version": 1, "state": "approved", "content_hash": "0" * 64,
+            "sections": [{"code": "10164-2", "title": "History", "text": "t"}]})))
+    page.route(re.compile(rf"/api/v1/sessions/{sid}/writes$"), lambda route: route.fulfill(
+        status=200, content_type="application/json",
+        body=json.dumps({"session_id": sid, "writes": []})))
+    page.reload()
+    # Then it says why nothing is being written instead of polling an empty list for ever
+    wait_until(lambda: "no write to the record was scheduled"
+               in page.locator("#problem").inner_text(), timeout=20, what="the no-writes reason")
+    assert "nothing is being sent" in status(page)

@@ -116,3 +116,94 @@ def test_a_secret_that_is_not_whsec_fails_the_delivery_without_showing_it(db, re
     (d,) = hooks.store.list("org-a")
     assert (d.status, d.last_error) == ("failed", "secret: config_invalid")
     assert receiver.requests == 0
+
+
+def test_an_attempt_lost_with_its_worker_at_the_last_attempt_fails_the_delivery(db, receiver,
+                                                                              tmp_path):
+    clock = FrozenClock(datetime.now(timezone.utc))
+    hooks = _deliverer(db, clock, receiver.url, tmp_path, max_attempts=1)
+    _one_event(db, clock)
+    hooks.store.fan_out(hooks.subscribers_of)
+    (did,) = [d for _, d in hooks.store.due()]
+    # Given the only allowed attempt died with its worker (finish never ran)
+    assert hooks.store.claim("org-a", did, owner="dead") is not None
+    clock.advance(31)                                   # its lease expired
+    # When a worker finds it due again
+    assert hooks.deliver("org-a", did) is None
+    # Then it is failed (attempt_lost), not retried past its budget, not "delivering" forever
+    d = hooks.store.get("org-a", did)
+    assert (d.status, d.attempts, d.last_error) == ("failed", 1, "attempt_lost")
+    assert hooks.store.due() == [] and receiver.requests == 0
+
+
+class _Raising:
+    """An httpx.Client stand-in whose POST raises what it is given."""
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __call__(self, **kw):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def post(self, *a, **kw):
+        raise self.exc
+
+
+def test_an_attempt_raising_anything_is_a_failed_attempt_named_by_its_class(db, tmp_path):
+    import httpx
+
+    done: list[str] = []
+    for exc in (httpx.InvalidURL("no host"), RuntimeError("surprise")):
+        clock = FrozenClock(datetime.now(timezone.utc))
+        hooks = _deliverer(db, clock, "http://example.invalid/h", tmp_path, max_attempts=2)
+        hooks.http = _Raising(exc)
+        with db.transaction() as tx:
+            outbox.draft_ready(tx, org_id="org-a", session_id=f"s-{type(exc).__name__}",
+                               draft_id="d1", version=1,
+                               recording_version=1, at=clock.now())
+        hooks.store.fan_out(hooks.subscribers_of)
+        (did,) = [d for _, d in hooks.store.due() if d not in done]
+        done.append(did)
+        # the first attempt raises: a retry later, not a delivery stuck in "delivering"
+        assert hooks.deliver("org-a", did) == "pending"
+        clock.advance(3600)
+        assert hooks.deliver("org-a", did) == "failed"
+        d = hooks.store.get("org-a", did)
+        assert (d.status, d.attempts, d.last_error) == ("failed", 2, type(exc).__name__)
+
+
+def test_list_is_newest_first_with_a_limit_and_get_finds_any_delivery(db, database_url,
+                                                                      tmp_path):
+    from click.testing import CliRunner
+
+    from chartbridge.cli.webhooks import webhooks
+
+    clock = FrozenClock(datetime.now(timezone.utc))
+    hooks = _deliverer(db, clock, "http://127.0.0.1:9/h", tmp_path)
+    # Given more deliveries than one page of the list
+    for n in range(503):
+        with db.transaction() as tx:
+            outbox.draft_ready(tx, org_id="org-a", session_id=f"s{n}", draft_id=f"d{n}",
+                               version=1, recording_version=1, at=clock.now())
+        clock.advance(1)
+    hooks.store.fan_out(hooks.subscribers_of, limit=1000)
+    newest = max(hooks.store.list("org-a", limit=1000), key=lambda d: d.created_at)
+    oldest = min(hooks.store.list("org-a", limit=1000), key=lambda d: d.created_at)
+    # Then the default list shows the newest, and get() finds the oldest too
+    page = hooks.store.list("org-a")
+    assert len(page) == 500 and page[0].id == newest.id
+    assert [d.created_at for d in page] == sorted((d.created_at for d in page), reverse=True)
+    assert hooks.store.get("org-a", oldest.id).id == oldest.id
+    assert hooks.store.events("org-a", limit=1)[0]["data"]["draft_id"] == "d502"
+    out = CliRunner().invoke(webhooks, ["list", "--org", "org-a", "--limit", "2", "--json",
+                                        "--database-url", database_url])
+    assert out.exit_code == 0, out.output
+    import json
+    assert [r["id"] for r in json.loads(out.output)][0] == newest.id
+    assert len(json.loads(out.output)) == 2

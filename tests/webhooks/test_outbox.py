@@ -21,7 +21,8 @@ from tests.ledger.fake_ehr import FileEhr
 
 
 def _events(db, clock, org="org-a"):
-    return [(e["type"], e["data"].get("write_key")) for e in WebhookStore(db, clock).events(org)]
+    return [(e["type"], e["data"].get("write_key"))
+            for e in reversed(WebhookStore(db, clock).events(org))]   # oldest first
 
 
 def test_needs_reconciliation_then_resolved_is_two_events(db, clock, tmp_path):
@@ -34,7 +35,7 @@ def test_needs_reconciliation_then_resolved_is_two_events(db, clock, tmp_path):
     key = make_command().idempotency_key()
     assert _events(db, clock) == [("write.needs_reconciliation", key)]
     ledger.resolve("org-a", key, external_id="doc-9", actor="user:ops", note="in the chart")
-    events = WebhookStore(db, clock).events("org-a")
+    events = WebhookStore(db, clock).events("org-a")[::-1]            # oldest first
     assert [e["type"] for e in events] == ["write.needs_reconciliation", "write.succeeded"]
     assert events[1]["data"]["ehr_id"] == "doc-9"
     assert events[0]["data"]["reason_code"] == "OutcomeUnknown"
@@ -124,6 +125,6 @@ def test_a_requeued_write_that_fails_again_is_announced_again(db, clock, tmp_pat
     key = make_command().idempotency_key()
     ledger.requeue("org-a", key, actor="user:ops", reason="the site fixed its profile")
     ledger.execute(make_command(), ehr)
-    events = WebhookStore(db, clock).events("org-a")
+    events = WebhookStore(db, clock).events("org-a")[::-1]            # oldest first
     assert [e["type"] for e in events] == ["write.failed", "write.failed"]
     assert events[0]["id"] != events[1]["id"]

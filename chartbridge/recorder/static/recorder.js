@@ -26,6 +26,11 @@
   const fail = (text) => { problemEl.textContent = text; problemEl.hidden = false; };
   const clearProblem = () => { problemEl.hidden = true; problemEl.textContent = ""; };
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  // How long a draft or a write may take before the page says it is stuck (and why),
+  // instead of "being drafted…" forever.
+  const DRAFT_WAIT_MS = boot.draft_wait_ms || 180000;
+  const WRITES_WAIT_MS = boot.writes_wait_ms || 300000;
+  const NO_WRITES_MS = boot.no_writes_ms || 20000;
 
   // -- the capture API -----------------------------------------------------------------------
   async function api(method, path, { json, body, type, key } = {}) {
@@ -40,13 +45,14 @@
     return { status: resp.status, ok: resp.ok, data };
   }
 
-  // Retries what may succeed later (network, 5xx, 429, 409 in flight); returns the answer.
+  // Retries what may succeed later (network, 5xx, 429, 409 in flight: the API's
+  // idempotency_key_in_flight, chartbridge/api/idempotency.py); returns the answer.
   async function persist(method, path, opts, what) {
     for (let attempt = 0; ; attempt++) {
       let answer;
       try { answer = await api(method, path, opts); } catch (e) { answer = { status: 0 }; }
       const retry = answer.status === 0 || answer.status >= 500 || answer.status === 429 ||
-        (answer.status === 409 && answer.data && answer.data.error === "in_flight");
+        (answer.status === 409 && answer.data && answer.data.error === "idempotency_key_in_flight");
       if (!retry || attempt >= 8) return answer;
       say(`Could not reach the server (${what}); trying again.`);
       await sleep(Math.min(500 * 2 ** attempt, 8000));
@@ -82,6 +88,8 @@
     const all = await idb("readonly", (s) => s.getAll()) || [];
     return all.filter((c) => c.session === sessionId);
   }
+  // The sequence numbers 1..count of this version the engine has not stored.
+  const gaps = (count) => Array.from({ length: count }, (_, i) => i + 1).filter((q) => !storedSeqs.has(q));
 
   async function upload(chunk) {
     const key = `${chunk.session}/${chunk.version}/${chunk.seq}`;
@@ -171,8 +179,22 @@
     recordBtn.classList.remove("recording");
     if (stream) { stream.getTracks().forEach((t) => t.stop()); stream = null; }
     while (uploading.size) await sleep(100);
+    // parts whose upload gave up are still in IndexedDB: send them again before announcing
+    for (const chunk of await leftovers()) {
+      if (chunk.version === version && !storedSeqs.has(chunk.seq)) await upload(chunk);
+    }
     const count = nextSeq - 1;
     if (count < 1) { say("Nothing was recorded yet."); recordBtn.disabled = false; return; }
+    const missing = gaps(count);
+    if (missing.length) {
+      // announcing `count` parts now would leave the engine waiting for ever for these
+      fail(`The recording cannot be stopped yet: part(s) ${missing.join(", ")} of ${count} ` +
+           "are not stored. Check the connection, then press Stop again.");
+      say("Not stopped: some parts of the recording are not stored yet.");
+      stopBtn.disabled = false;
+      stopBtn.focus();
+      return;
+    }
     const answer = await persist("POST", `/sessions/${sessionId}/recordings/${version}`,
       { json: { status: "Stopped", chunk_count: count }, key: `stop-${sessionId}-${version}-${count}` },
       "stopping");
@@ -186,7 +208,10 @@
   // -- the session -----------------------------------------------------------------------------
   async function openSession() {
     const body = JSON.parse(JSON.stringify(boot.open));
-    body.consent = { capture: $("consent-capture").checked, write_back: $("consent-write").checked };
+    // an unticked box is "not recorded" (null), not a refusal, where the org assumes consent
+    const consent = (box, required) => ($(box).checked ? true : (required ? false : null));
+    body.consent = { capture: consent("consent-capture", boot.consent_required.capture),
+                     write_back: consent("consent-write", boot.consent_required.write_back) };
     if ((boot.consent_required.capture && !body.consent.capture) ||
         (boot.consent_required.write_back && !body.consent.write_back)) {
       fail("Record the patient's agreement first (both boxes).");
@@ -248,15 +273,38 @@
   }
 
   async function pollDraft() {
-    for (;;) {
+    const until = Date.now() + DRAFT_WAIT_MS;
+    let why = "the server did not answer";
+    while (Date.now() < until) {
       const answer = await persist("GET", `/sessions/${sessionId}`, {}, "checking the draft");
       if (answer.ok) {
-        const failed = answer.data.recordings.find((r) => r.state === "failed");
-        if (failed) { fail("The recording could not be turned into a note."); return; }
-        if (answer.data.drafts.length) { await showDraft(answer.data); return; }
+        const s = answer.data;
+        const failed = s.recordings.find((r) => r.state === "failed");
+        if (failed) {
+          fail(`The recording could not be turned into a note${failed.error ? `: ${failed.error}` : ""}.`);
+          say("No note: the recording failed.");
+          return;
+        }
+        if (s.drafts.length) { await showDraft(s); return; }
+        const rec = s.recordings.find((r) => r.status === "Stopped") || s.recordings[0];
+        const have = new Set(s.chunks.filter((c) => !rec || c.recording_version === rec.version)
+          .map((c) => c.sequence));
+        const lost = rec ? Array.from({ length: rec.chunk_count }, (_, i) => i + 1).filter((q) => !have.has(q)) : [];
+        const bad = s.chunks.filter((c) => c.error);
+        if (lost.length) {
+          why = `the server is still waiting for part(s) ${lost.join(", ")} of the recording`;
+        } else if (bad.length) {
+          why = `part(s) ${bad.map((c) => c.sequence).join(", ")} could not be read (${bad[0].error})`;
+        } else {
+          why = `the recording is ${rec ? rec.state : "not stopped"}`;
+        }
+      } else {
+        why = detail(answer);
       }
       await sleep(1000);
     }
+    fail(`The note has not been drafted: ${why}. Reload the page to check again.`);
+    say("The note is not drafted yet.");
   }
 
   // -- the draft -----------------------------------------------------------------------------
@@ -340,22 +388,36 @@
   // -- writes per target ---------------------------------------------------------------------
   async function pollWrites() {
     $("writes").hidden = false;
-    let said = "";
-    for (;;) {
+    const started = Date.now();
+    let summary = "", reason = "the server did not answer";
+    while (Date.now() - started < WRITES_WAIT_MS) {
       const answer = await persist("GET", `/sessions/${sessionId}/writes`, {}, "checking the record");
       if (answer.ok) {
         const writes = answer.data.writes;
         renderWrites(writes);
-        const summary = writes.map((w) => `${w.target}: ${WORDS[w.status] || w.status}`).join("; ");
+        summary = writes.map((w) => `${w.target}: ${WORDS[w.status] || w.status}` +
+                                    (w.reason && w.status !== "written" ? ` (${w.reason})` : "")).join("; ");
         if (writes.length && writes.every((w) => TERMINAL.has(w.status))) {
           const all = writes.every((w) => w.status === "written");
           say(all ? `The note is written to every target (${writes.length}).` : `Finished sending: ${summary}.`);
           return;
         }
-        if (summary !== said) { said = summary; }
+        if (!writes.length && Date.now() - started >= NO_WRITES_MS) {
+          // approved, yet nothing is to be written: say so rather than wait for nothing
+          fail("The note is approved, but no write to the record was scheduled for it (the " +
+               "organization may have no target for this note, or write-back consent was not " +
+               "recorded). Ask your administrator; the approved note is kept.");
+          say("Approved; nothing is being sent to the record.");
+          return;
+        }
+        reason = writes.length ? `still sending: ${summary}` : "no write has been scheduled yet";
+      } else {
+        reason = detail(answer);
       }
       await sleep(1000);
     }
+    fail(`The note is not written yet: ${reason}. Reload the page to check again.`);
+    say("Sending to the record is taking longer than it should.");
   }
 
   function renderWrites(writes) {
