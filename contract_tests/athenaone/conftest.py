@@ -194,8 +194,40 @@ class AthenaDriver:
     why_no_lost_answer = ("athenaone: the lost answer is injected server-side "
                           "(test_lost_response_is_reconciled_not_resent, simulator-only)")
 
+    updates_in_place = False
+    shows_parent_link = False
+    lacks = {
+        "preliminary": "athenaone: the adapter files approved notes only (an unapproved "
+                       "write is refused: test_unapproved_or_non_create_writes_are_refused)",
+        "replace": "athenaone: clinical documents are new documents only (no replace)",
+        "append": "athenaone: clinical documents are new documents only (no addendum)",
+        "stale_check": "athenaone: no update of a filed document, so nothing to go stale",
+    }
+
     def __init__(self, athena: Athena, adapter: Any) -> None:
         self.athena, self.adapter = athena, adapter
+
+    def filed(self, ref: str):
+        """The clinical document in the simulator's store (live: its list shows no status)."""
+        from contract_tests.capabilities.scenarios import Filed
+        if self.athena.sim is None:
+            return None
+        [doc] = [d for d in self.athena.sim.documents(patientid=self.athena.patient_id)
+                 if str(d["clinicaldocumentid"]) == ref]
+        return Filed(in_the_right_chart=str(doc.get("patientid", self.athena.patient_id))
+                     == str(self.athena.patient_id))
+
+    def refusal(self, ledger):
+        """A department athena does not know: athena answers 400 "Invalid departmentid."."""
+        from chartbridge.core.models import WriteStatus
+
+        from contract_tests.capabilities.scenarios import Refusal
+        record = ledger.execute(make_command(patient=self.athena.patient_id, department="999"),
+                                self.adapter)
+        assert record.status == WriteStatus.FAILED, record.status
+        assert record.outcome["status"] == 400, record.outcome
+        return Refusal(permanent=record.last_error_class == "PermanentError",
+                       text=record.last_error or "", names="departmentid")
 
     def command(self, **kw: Any) -> WriteCommand:
         return make_command(patient=self.athena.patient_id, **kw)

@@ -206,8 +206,97 @@ class FhirDriver:
             f"{fhir.profile}: the server keeps no identifier, so a lost answer is left to a "
             "person (needs_reconciliation; test_lost_response_after_201_never_files_twice)")
 
+        self.updates_in_place = prof.update
+        self.shows_parent_link = prof.relates_to
+        self.lacks: dict[str, str] = {}
+        if not prof.preliminary:
+            self.lacks["preliminary"] = (f"{fhir.profile}: files final documents only (a "
+                                         "preliminary is refused before sending: "
+                                         "test_a_profile_without_preliminary_refuses_it_before_sending)")
+        if not prof.update:
+            self.lacks["stale_check"] = (f"{fhir.profile}: the adapter files no update, so "
+                                         "there is no If-Match to go stale")
+
     def command(self, **kw: Any) -> WriteCommand:
+        import uuid
+        # an encounter key of its own per command (a live server keeps earlier runs' notes)
+        kw.setdefault("encounter_key", f"CSN-{uuid.uuid4().hex[:10]}")
         return make_command(self.fhir, **kw)
+
+    def _doc(self, ref: str) -> dict:
+        if self.fhir.live:
+            return self.fhir.target.read(ref)
+        return self.fhir.sim.get("DocumentReference", ref.split("/")[1])
+
+    def filed(self, ref: str):
+        from contract_tests.capabilities.scenarios import Filed
+        doc = self._doc(ref)
+        chart = doc["subject"]["reference"].endswith(f"Patient/{self.fhir.patient}") and \
+            [e["reference"].rsplit("/", 2)[-2:] for e in doc["context"]["encounter"]] == \
+            [["Encounter", self.fhir.encounter]]
+        return Filed(final=doc["docStatus"] == "final" if doc.get("docStatus") else None,
+                     replaced=doc["status"] == "superseded", in_the_right_chart=chart)
+
+    def final_after(self, prelim, command: WriteCommand) -> WriteCommand:
+        if self.updates_in_place:      # the same document, updated with If-Match
+            return make_command(self.fhir, version=2, kind=WriteKind.EDIT,
+                                parent=prelim.external_id, encounter_key=command.encounter_key,
+                                extra={"parent_version": prelim.external_version})
+        return make_command(self.fhir, version=2, encounter_key=command.encounter_key)
+
+    def correction(self, parent, command: WriteCommand, kind: WriteKind) -> WriteCommand:
+        return make_command(self.fhir, version=2, kind=kind, parent=parent.external_id,
+                            encounter_key=command.encounter_key, text="Corrected: cough 4 days.")
+
+    def parent_of(self, record) -> str | None:
+        rel = self._doc(record.external_id).get("relatesTo") or []
+        assert len(rel) <= 1, rel
+        if not rel:
+            return None
+        code = {WriteKind.REPLACE: "replaces", WriteKind.APPEND: "appends"}
+        assert rel[0]["code"] in code.values(), rel
+        return "/".join(rel[0]["target"]["reference"].rsplit("/", 2)[-2:])
+
+    def edit_elsewhere(self, record, command: WriteCommand, ledger):
+        if self.fhir.live:       # the EHR side: a plain PUT by the site's own client
+            edited = self.fhir.target.update_elsewhere(record.external_id,
+                                                       {"description": "edited at the site"})
+            assert str(edited["meta"]["versionId"]) != record.external_version
+            return None
+        # (simulator) another version is filed over ours
+        ledger.execute(make_command(self.fhir, version=2, approved=False, kind=WriteKind.EDIT,
+                                    parent=record.external_id, encounter_key=command.encounter_key,
+                                    extra={"parent_version": record.external_version}),
+                       self.adapter)
+        return None
+
+    def stale_edit(self, record, command: WriteCommand) -> WriteCommand:
+        return make_command(self.fhir, version=3, kind=WriteKind.EDIT, parent=record.external_id,
+                            encounter_key=command.encounter_key,
+                            extra={"parent_version": record.external_version})
+
+    def site_edit_survived(self, record, token) -> bool:
+        if self.fhir.live:
+            return self._doc(record.external_id).get("description") == "edited at the site"
+        return len(self.fhir.sim.history("DocumentReference", record.external_id.split("/")[1])) == 2
+
+    def refusal(self, ledger):
+        """The adapter validates what it renders (fhir.resources), so a structural error
+        cannot be provoked through a note: the server's refusal is met through the adapter's
+        own FHIR client, with a DocumentReference lacking `content` (1..1 in R4)."""
+        from chartbridge.core.errors import PermanentError
+
+        from contract_tests.capabilities.scenarios import Refusal
+        bad = {"resourceType": "DocumentReference", "status": "current",
+               "subject": {"reference": f"Patient/{self.fhir.patient}"}}
+        try:
+            self.adapter.client.create(bad)
+        except PermanentError as exc:
+            assert exc.status in (400, 422), exc.status
+            issues = (getattr(exc, "detail", None) or {}).get("issues") or []
+            text = " ".join([str(exc)] + [i.get("expression", "") for i in issues])
+            return Refusal(permanent=True, text=text, names="content")
+        raise AssertionError("the server accepted a DocumentReference without content")
 
     def count(self, command: WriteCommand) -> int:
         """Documents carrying the write's identifier: the server's own search (live) or the

@@ -26,23 +26,6 @@ def _creates(fhir) -> int:
     return fhir.sim.creates("DocumentReference")
 
 
-def _count(fhir, command) -> int:
-    """Documents filed for this command, counted where the server keeps them: the simulator's
-    store, or (live) the server's own search by our identifier."""
-    if fhir.live:
-        return fhir.target.count_by_identifier(fhir.identifier_system, command.idempotency_key())
-    return len([d for d in fhir.sim.documents(fhir.patient)
-                if any(i.get("value") == command.idempotency_key() for i in d.get("identifier", []))]) \
-        if fhir.profile_of.search_by_identifier else len(fhir.sim.documents(fhir.patient))
-
-
-def _doc(fhir, ref: str) -> dict:
-    """The stored document `ref` (DocumentReference/<id>), read from the server."""
-    if fhir.live:
-        return fhir.target.read(ref)
-    return fhir.sim.get("DocumentReference", ref.split("/")[1])
-
-
 def _write_call(fhir) -> str:
     """The simulator call a create/replace goes out as."""
     return "transaction" if fhir.profile_of.transaction else "create"
@@ -59,29 +42,6 @@ CONTENT_TYPE = {None: "text/plain; charset=utf-8", "text/plain": "text/plain; ch
 
 
 # --------------------------------------------------------------------------- create
-def test_create_files_one_r4_document_live(fhir, adapter, ledger):
-    # Given an approved two-section note
-    command = make_command(fhir)
-    # When it is written through the ledger
-    record = ledger.execute(command, adapter)
-    # Then the server holds one DocumentReference, read back through its own API, shaped as
-    # R4 wants, in the right chart
-    assert record.status == WriteStatus.SUCCEEDED, record.last_error
-    assert record.external_id.startswith("DocumentReference/")
-    doc = _doc(fhir, record.external_id)
-    assert doc["status"] == "current" and doc["docStatus"] == "final"
-    assert doc["subject"]["reference"].endswith(f"Patient/{fhir.patient}")
-    assert [e["reference"].rsplit("/", 2)[-2:] for e in doc["context"]["encounter"]] == \
-        [["Encounter", fhir.encounter]]
-    assert doc["type"]["coding"][0]["code"] == "11506-3"
-    if "data" in doc["content"][0]["attachment"]:     # (oracle-health: text behind a url)
-        assert "Cough for three days" in _text(doc)
-    if fhir.profile_of.search_by_identifier:
-        assert _count(fhir, command) == 1
-    if record.external_version is not None:      # from the server's ETag / versioned Location
-        assert record.external_version == str(doc["meta"]["versionId"])
-
-
 def test_create_files_one_r4_document(fhir, adapter, ledger):
     sim = fhir.need_sim("reads the simulator's store, calls and token log")
     # Given an approved two-section note
@@ -228,97 +188,31 @@ def test_reconcile_by_content_when_the_identifier_is_dropped(fhir, adapter):
 
 
 # --------------------------------------------------------------------------- versions
-def test_preliminary_then_final(fhir, adapter, ledger):
-    # Given a preliminary note (not yet approved)
-    prelim = make_command(fhir, version=1, approved=False, encounter_key=_key("CSN-pf"))
-    r1 = ledger.execute(prelim, adapter)
-    if not fhir.profile_of.preliminary:
-        # (a server that files final documents only, oracle-health) Then the preliminary is
-        # refused before anything is sent, naming why
-        assert r1.status == WriteStatus.FAILED and r1.outcome["vendor_code"] == "unsupported_kind"
-        if fhir.sim:
-            assert fhir.sim.documents(fhir.patient) == [] and fhir.sim.calls("create") == []
-        return
+# preliminary -> final, corrections (relatesTo replaces/appends) and the stale If-Match are
+# the shared scenarios (contract_tests/capabilities/scenarios.py, run by test_shared.py).
+def test_a_profile_without_preliminary_refuses_it_before_sending(fhir, adapter, ledger):
+    if fhir.profile_of.preliminary:
+        pytest.skip(f"{fhir.profile}: files preliminary documents (test_shared.py)")
+    # Given a server that files final documents only (oracle-health), When a preliminary
+    # note is written, Then it is refused before anything is sent, naming why
+    record = ledger.execute(make_command(fhir, approved=False, encounter_key=_key("CSN-pf")),
+                            adapter)
+    assert record.status == WriteStatus.FAILED and record.outcome["vendor_code"] == "unsupported_kind"
+    if fhir.sim:
+        assert fhir.sim.documents(fhir.patient) == [] and fhir.sim.calls("create") == []
+
+
+def test_an_edit_is_refused_where_the_profile_has_no_update(fhir, adapter, ledger):
+    if fhir.profile_of.update or not fhir.profile_of.preliminary:
+        pytest.skip(f"{fhir.profile}: not a profile with preliminaries but no update")
+    # Given a preliminary document (Epic: no update), When an edit of it is written,
+    # Then it is refused before sending (the final is a new document: test_shared.py)
+    key = _key("CSN-ed")
+    r1 = ledger.execute(make_command(fhir, approved=False, encounter_key=key), adapter)
     assert r1.status == WriteStatus.SUCCEEDED, r1.last_error
-    doc = _doc(fhir, r1.external_id)
-    assert doc["docStatus"] == "preliminary" and "authenticator" not in doc
-    # When the approved final version follows
-    if fhir.profile_of.update:
-        final = make_command(fhir, version=2, kind=WriteKind.EDIT, parent=r1.external_id,
-                             encounter_key=prelim.encounter_key,
-                             extra={"parent_version": r1.external_version})
-        r2 = ledger.execute(final, adapter)
-        # Then the same document is updated in place (If-Match), now final
-        assert r2.status == WriteStatus.SUCCEEDED, r2.last_error
-        assert r2.external_id == r1.external_id
-        doc = _doc(fhir, r1.external_id)
-        assert doc["docStatus"] == "final"
-        assert r2.external_version == str(doc["meta"]["versionId"]) != r1.external_version
-        if fhir.sim:
-            rid = r1.external_id.split("/")[1]
-            assert [v["docStatus"] for v in fhir.sim.history("DocumentReference", rid)] == \
-                ["preliminary", "final"]
-            assert fhir.sim.calls("update")[0]["if_match"] == 'W/"1"'
-    else:
-        # Then (Epic has no update) the edit is refused, and the final is a new document
-        edit = make_command(fhir, version=2, kind=WriteKind.EDIT, parent=r1.external_id,
-                            encounter_key=prelim.encounter_key)
-        r2 = ledger.execute(edit, adapter)
-        assert r2.status == WriteStatus.FAILED and r2.outcome["vendor_code"] == "unsupported_kind"
-        final = make_command(fhir, version=2, encounter_key=prelim.encounter_key)
-        r3 = ledger.execute(final, adapter)
-        assert r3.status == WriteStatus.SUCCEEDED
-        assert _doc(fhir, r3.external_id)["docStatus"] == "final"
-        assert _doc(fhir, r1.external_id)["docStatus"] == "preliminary"
-
-
-@pytest.mark.parametrize("kind,code", [(WriteKind.REPLACE, "replaces"), (WriteKind.APPEND, "appends")])
-def test_amendment_relates_to_parent(fhir, adapter, ledger, kind, code):
-    # Given a filed final note
-    key = _key("CSN-am")
-    r1 = ledger.execute(make_command(fhir, version=1, encounter_key=key), adapter)
-    assert r1.status == WriteStatus.SUCCEEDED, r1.last_error
-    # When a corrected version is approved
-    r2 = ledger.execute(make_command(fhir, version=2, kind=kind, parent=r1.external_id,
-                                     encounter_key=key, text="Corrected: cough 4 days."),
-                        adapter)
-    assert r2.status == WriteStatus.SUCCEEDED and r2.external_id != r1.external_id, r2.last_error
-    new, old = _doc(fhir, r2.external_id), _doc(fhir, r1.external_id)
-    if fhir.profile_of.relates_to:
-        # Then the new document points at the old one; a replaced one is superseded
-        assert [(r["code"], r["target"]["reference"].rsplit("/", 2)[-2:]) for r in new["relatesTo"]] \
-            == [(code, r1.external_id.split("/"))]
-        assert old["status"] == ("superseded" if kind == WriteKind.REPLACE else "current")
-    else:
-        # Then (no relatesTo: epic, oracle-health) a plain new note; the old one stays
-        assert "relatesTo" not in new and old["status"] == "current"
-
-
-def test_stale_if_match_is_a_permanent_stale_conflict(fhir, adapter, ledger):
-    if not fhir.profile_of.update:
-        pytest.skip(f"{fhir.profile}: the adapter files no update for this profile")
-    # Given our preliminary document that someone at the site updated since
-    key = _key("CSN-st")
-    r1 = ledger.execute(make_command(fhir, version=1, approved=False, encounter_key=key), adapter)
-    assert r1.status == WriteStatus.SUCCEEDED, r1.last_error
-    if fhir.live:       # the EHR side: a plain PUT by the site's own client
-        edited = fhir.target.update_elsewhere(r1.external_id, {"description": "edited at the site"})
-        assert str(edited["meta"]["versionId"]) != r1.external_version
-    else:
-        ledger.execute(make_command(fhir, version=2, approved=False, kind=WriteKind.EDIT,
-                                    parent=r1.external_id, encounter_key=key,
-                                    extra={"parent_version": r1.external_version}), adapter)
-    # When the engine edits it from the version it filed
-    stale = make_command(fhir, version=3, kind=WriteKind.EDIT, parent=r1.external_id,
-                         encounter_key=key, extra={"parent_version": r1.external_version})
-    record = ledger.execute(stale, adapter)
-    # Then 412 -> stale (permanent), and the site's version survives
-    assert record.status == WriteStatus.STALE, record.last_error
-    assert record.outcome["status"] == 412 and record.outcome["vendor_code"] == "stale"
-    if fhir.live:
-        assert _doc(fhir, r1.external_id).get("description") == "edited at the site"
-    else:
-        assert len(fhir.sim.history("DocumentReference", r1.external_id.split("/")[1])) == 2
+    r2 = ledger.execute(make_command(fhir, version=2, kind=WriteKind.EDIT, parent=r1.external_id,
+                                     encounter_key=key), adapter)
+    assert r2.status == WriteStatus.FAILED and r2.outcome["vendor_code"] == "unsupported_kind"
 
 
 # --------------------------------------------------------------------------- errors
@@ -400,22 +294,6 @@ def test_unknown_patient_is_a_clear_permanent_error(fhir, adapter, ledger):
         assert record.outcome["status"] == fhir.sim.rules.unknown_reference_status
         assert any(i["code"] == "not-found" for i in record.outcome["issues"])
     assert "cb-contract-nobody" not in (record.last_error or "")
-
-
-def test_a_server_validation_error_is_permanent_and_names_the_element(fhir, adapter):
-    """The adapter validates what it renders (fhir.resources), so a structural error cannot
-    be provoked through a note; the server's refusal is checked through the adapter's own
-    FHIR client: a DocumentReference without `content` (1..1 in R4) answers 400/422 with an
-    OperationOutcome, which becomes a permanent error naming the element, with its text."""
-    from chartbridge.core.errors import PermanentError
-    bad = {"resourceType": "DocumentReference", "status": "current",
-           "subject": {"reference": f"Patient/{fhir.patient}"}}
-    with pytest.raises(PermanentError) as exc:
-        adapter.client.create(bad)
-    assert exc.value.status in (400, 422)
-    issues = exc.value.detail.get("issues") if hasattr(exc.value, "detail") else None
-    text = str(exc.value)
-    assert "content" in text or any("content" in i.get("expression", "") for i in issues or []), text
 
 
 # --------------------------------------------------------------------------- payloads

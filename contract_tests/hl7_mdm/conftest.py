@@ -25,7 +25,8 @@ from chartbridge.adapters.hl7_mdm.adapter import Hl7MdmAdapter, client_ssl_conte
 from chartbridge.adapters.hl7_mdm.builder import Vocabulary
 from chartbridge.adapters.hl7_mdm.config import Hl7MdmConfig
 from chartbridge.core.models import (Approval, ApprovalState, Identifier, NoteDraft,
-                                     NoteSection, Provenance, WriteCommand, WriteKind)
+                                     NoteSection, Provenance, WriteCommand, WriteKind,
+                                     WriteStatus)
 
 from contract_tests.support.live import FAULTS, INSPECTION, LiveRun, PreflightFailed
 
@@ -276,11 +277,65 @@ class MdmDriver:
     why_no_lost_answer = ("hl7_mdm: a lost ACK is resent with the same MSH-10 "
                           "(test_crash_after_receiver_ack..., test_late_ack_resend...)")
 
-    def __init__(self, adapter, wire: Wire) -> None:
-        self.adapter, self.wire = adapter, wire
+    # preliminary -> final is T02 (IP/UN) then T08 (AU/AV) on the same TXA-12; a
+    # correction of an available document is T10 (replace, the original OB) or T06 (addendum)
+    # with TXA-13 naming the original
+    updates_in_place = True
+    shows_parent_link = True
+    lacks = {"stale_check": "hl7_mdm: MDM has no version check on T08 (no If-Match): a "
+                            "receiver cannot refuse a stale edit"}
+
+    def __init__(self, adapter, wire: Wire, sim) -> None:
+        self.adapter, self.wire, self.sim = adapter, wire, sim
+        self._n = 0
 
     def command(self, **kw):
+        # an encounter key (so a control id) of its own per command
+        self._n += 1
+        kw.setdefault("encounter_key", f"CSN-{self._n}")
         return command(**kw)
+
+    def filed(self, ref: str):
+        """The receiver's document (simulator); a real receiver keeps its store to itself."""
+        from contract_tests.capabilities.scenarios import Filed
+        if self.sim is None:
+            return None
+        doc = self.sim.document(ref)
+        return Filed(final=doc["completion_status"] == "AU",
+                     replaced=doc["availability_status"] == "OB"
+                     and doc.get("replaced_by") is not None,
+                     in_the_right_chart=doc["patient_id"].split("^")[0] == PATIENT[0].value)
+
+    def final_after(self, prelim, cmd):
+        return command(kind=WriteKind.EDIT, version=2, parent=prelim.external_id,
+                       parent_available=False, text="Pneumonia, improving.",
+                       encounter_key=cmd.encounter_key.removesuffix(f"-{_run_tag['n']}"))
+
+    def correction(self, parent, cmd, kind):
+        return command(kind=kind, version=2, parent=parent.external_id, parent_available=True,
+                       text="Correction: allergy to penicillin.",
+                       encounter_key=cmd.encounter_key.removesuffix(f"-{_run_tag['n']}"))
+
+    def parent_of(self, record) -> str | None:
+        """TXA-13 as the receiver filed it (simulator), else as its ACK'd message carried it."""
+        assert record.outcome["event"] in ("T10", "T06"), record.outcome
+        if self.sim is not None:
+            assert self.sim.document(record.external_id)["parent"] == \
+                record.outcome["parent_document_number"]
+        return record.outcome.get("parent_document_number")
+
+    def refusal(self, ledger):
+        """An edit naming a document the receiver does not know: the simulator's rule answers
+        AE (ERR-3 204); a real receiver's rules are its own, so this is simulator-only."""
+        from contract_tests.capabilities.scenarios import Refusal
+        needs_simulator(self.sim, "simulator-only: a receiver rule that answers AE "
+                                  "(TXA-12 unknown); a real receiver's rules are its own")
+        record = ledger.execute(command(kind=WriteKind.EDIT, version=2, parent="CBUNKNOWN",
+                                        parent_available=False), self.adapter)
+        assert record.status == WriteStatus.FAILED, record.status
+        assert record.outcome["vendor_code"] == "204" and record.outcome["ack"] == "AE"
+        return Refusal(permanent=record.last_error_class == "PermanentError",
+                       text=record.last_error or "", names="TXA-12")
 
     def count(self, cmd) -> int:
         from chartbridge.adapters.hl7_mdm.builder import control_id_for
@@ -288,5 +343,5 @@ class MdmDriver:
 
 
 @pytest.fixture
-def driver(adapter, wire):
-    return MdmDriver(adapter, wire)
+def driver(adapter, wire, sim):
+    return MdmDriver(adapter, wire, sim)

@@ -46,58 +46,9 @@ def test_t02_happy_path_files_one_authenticated_document(sim, ledger, adapter):
     assert doc["text"] == "Cough for three days.\nCommunity acquired pneumonia.\nStart amoxicillin."
 
 
-def test_staged_draft_is_in_progress_and_unavailable(sim, ledger, adapter):
-    # Given a preliminary (staged) draft; When written
-    record = ledger.execute(command(approved=False), adapter)
-    # Then acknowledged, and IP / UN at the receiver
-    assert record.status == WriteStatus.SUCCEEDED, record.last_error
-    assert record.outcome["ack"] == "AA"
-    if sim is None:
-        return
-    doc = sim.document(record.external_id)
-    assert (doc["completion_status"], doc["availability_status"]) == ("IP", "UN")
-    assert {o["value_type"] for o in doc["obx"]} == {"FT"}
-
-
 # -- corrections (ch. 9) -----------------------------------------------------------------------
-def test_t08_edits_a_staged_document_in_place(sim, ledger, adapter):
-    # Given a staged (UN) document
-    original = _parent_doc(ledger, adapter, approved=False)
-    # When the approved version is sent as an edit of it
-    edit = command(kind=WriteKind.EDIT, version=2, parent=original, parent_available=False,
-                   text="Pneumonia, improving.")
-    record = ledger.execute(edit, adapter)
-    # Then T08 keeps the same TXA-12, and the document is now authenticated and available
-    assert record.status == WriteStatus.SUCCEEDED, record.last_error
-    assert record.external_id == original and record.outcome["event"] == "T08"
-    if sim is not None:
-        doc = sim.document(original)
-        assert doc["version"] == 2 and doc["availability_status"] == "AV"
-        assert doc["text"].endswith("Pneumonia, improving.")
-        assert len(sim.documents()) == 1
-
-
-@pytest.mark.parametrize("kind,event", [(WriteKind.REPLACE, "T10"), (WriteKind.APPEND, "T06")])
-def test_available_document_is_replaced_or_appended_with_a_new_number(sim, ledger, adapter,
-                                                                      kind, event):
-    # Given an available (AV) document
-    original = _parent_doc(ledger, adapter, approved=True)
-    # When a correction is written
-    record = ledger.execute(command(kind=kind, version=2, parent=original, parent_available=True,
-                                    text="Correction: allergy to penicillin."), adapter)
-    # Then it is a new document (new TXA-12) linked by TXA-13 to the original
-    assert record.status == WriteStatus.SUCCEEDED, record.last_error
-    assert record.outcome["event"] == event and record.external_id != original
-    assert record.outcome["parent_document_number"] == original
-    if sim is not None:
-        new, old = sim.document(record.external_id), sim.document(original)
-        assert new["parent"] == original
-        if kind == WriteKind.REPLACE:
-            assert old["availability_status"] == "OB" and old["replaced_by"] == record.external_id
-        else:
-            assert old["availability_status"] == "AV" and old["addenda"] == [record.external_id]
-
-
+# T02 staged (IP/UN) -> T08 final, T10 replace and T06 addendum with TXA-13 are the shared
+# scenarios (contract_tests/capabilities/scenarios.py via test_shared.py; conftest.MdmDriver).
 def test_t11_cancels_a_staged_document(sim, ledger, adapter):
     # Given a staged document
     original = _parent_doc(ledger, adapter, approved=False)
@@ -238,18 +189,7 @@ def test_reconcile_allows_resend_only_for_a_deduping_receiver(sim, make_adapter)
 
 
 # -- negative ACKs --------------------------------------------------------------------------------
-def test_application_error_ack_is_a_permanent_failure_with_the_receivers_reason(
-        sim, ledger, adapter):
-    # Given an edit naming a document the receiver does not know
-    needs_simulator(sim, "simulator-only: a receiver rule that answers AE (TXA-12 unknown)")
-    record = ledger.execute(command(kind=WriteKind.EDIT, version=2, parent="CBUNKNOWN",
-                                    parent_available=False), adapter)
-    # Then AE is surfaced: failed, with ERR-3 and the text
-    assert record.status == WriteStatus.FAILED and record.last_error_class == "PermanentError"
-    assert record.outcome["vendor_code"] == "204" and record.outcome["ack"] == "AE"
-    assert "TXA-12" in record.last_error
-
-
+# AE (an edit of an unknown TXA-12) is the shared validation-refusal scenario (MdmDriver.refusal).
 def test_application_reject_ack_is_permanent(sim, ledger, adapter):
     # Given a message the receiver rejects at the header (processing id it does not take)
     needs_simulator(sim, "simulator-only: a receiver rule that answers AR (MSH-11)")

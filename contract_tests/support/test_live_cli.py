@@ -95,6 +95,14 @@ def test_a_live_run_sends_requests_passes_and_reports_what_it_did(remote_fhir, t
     assert "live contract run: fhir_docref" in r.stdout
     assert "skipped test_lost_response_after_201_never_files_twice[us-core-sqlite]: " \
            "simulator-only: fault injection" in r.stdout
+    # and the shared scenarios (capabilities/scenarios.py) ran live through the FHIR driver
+    passed = {c.get("name") for c in ET.parse(junit).getroot().iter("testcase") if not len(c)}
+    assert {"test_an_approved_note_files_one_final_artifact[us-core-sqlite]",
+            "test_preliminary_then_final[us-core-sqlite]",
+            "test_correction_links_to_its_parent[us-core-sqlite-replace]",
+            "test_correction_links_to_its_parent[us-core-sqlite-append]",
+            "test_stale_update_is_refused_and_the_sites_edit_survives[us-core-sqlite]",
+            "test_a_server_validation_refusal_is_permanent_and_says_why[us-core-sqlite]"} <= passed
     props = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().iter("property")}
     assert int(props["live.requests"]) > 20 and int(props["live.scenarios_run"]) >= 9
     artifacts = json.loads(props["live.artifacts"])
