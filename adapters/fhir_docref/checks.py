@@ -70,6 +70,14 @@ def check(org: OrgConfig, cfg: Any, http: httpx.Client, clock: Any) -> Iterator[
     if can_create is False:
         yield Check(t, "granted scope", False, "the token does not grant DocumentReference create",
                     "ask the site to grant system/DocumentReference.write (or .c) to the client")
-    else:
-        yield Check(t, "granted scope", True, "DocumentReference create granted"
-                    if can_create else "server did not list the granted scope")
+        return
+    # the profile's transaction writes a Provenance beside each note: without create on it
+    # every write is refused 403, though the token is fine for the document itself
+    if for_config(cfg).provenance and tokens.grants("Provenance", "c") is False:
+        yield Check(t, "granted scope", False, "the token does not grant Provenance create, which "
+                    f"profile {cfg.profile} writes beside each note",
+                    "add system/Provenance.write to targets.fhir_docref.scopes and ask the site "
+                    "to grant it to the client")
+        return
+    yield Check(t, "granted scope", True, "DocumentReference create granted"
+                if can_create else "server did not list the granted scope")

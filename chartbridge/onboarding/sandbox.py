@@ -77,13 +77,23 @@ class Secrets:
                 fh.write(value)
         else:
             os.environ[ref.target] = value          # this process (in-process checks, tests)
-            if self.env_file is not None:
-                self.env_file.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                with os.fdopen(fd, "a", encoding="utf-8") as fh:
-                    fh.write(f"export {ref.target}={shlex.quote(value)}\n")
+            self._append(ref.target, value)
         self.sandbox.generated.append(ref.ref)
         return value
+
+    def export(self, name: str, value: str) -> None:
+        """A variable a simulator's setup decided (e.g. the id of the test patient it
+        seeded) that the contract suites read: set here and appended to the env file."""
+        os.environ[name] = value
+        self._append(name, value)
+
+    def _append(self, name: str, value: str) -> None:
+        if self.env_file is None:
+            return
+        self.env_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(f"export {name}={shlex.quote(value)}\n")
 
 
 def start_sandbox(orgs: list[OrgConfig], *, generate: bool = False,

@@ -49,6 +49,9 @@ def _start(sb: Any, host: str, port: int, prefix: str, profile: str) -> Any:
     return sim
 
 
+SANDBOX_PATIENT, SANDBOX_ENCOUNTER = "sandbox-patient", "sandbox-encounter"
+
+
 def register(sb: Any, keys: Any, org: Any, cfg: Any) -> None:
     host, port, prefix = host_port(cfg.base_url)
     need_loopback(org, "fhir_docref", host)
@@ -56,6 +59,12 @@ def register(sb: Any, keys: Any, org: Any, cfg: Any) -> None:
     if sim.profile != cfg.profile:
         sb.warnings.append(f"{org.org}: fhir simulator on {host}:{port} already runs profile "
                            f"{sim.profile}, org wants {cfg.profile}")
+    # a test patient and encounter for the contract suite (`contract-test --org`), as a
+    # site's sandbox has; their ids go where the suite reads them (the env file)
+    sim.add_patient(SANDBOX_PATIENT)
+    sim.add_encounter(SANDBOX_ENCOUNTER, SANDBOX_PATIENT)
+    keys.export("CHARTBRIDGE_FHIR_PATIENT_ID", SANDBOX_PATIENT)
+    keys.export("CHARTBRIDGE_FHIR_ENCOUNTER_ID", SANDBOX_ENCOUNTER)
     pem = keys.get(cfg.private_key, "key", cfg.algorithm)
     if pem is not None:
         sim.register_client(cfg.client_id, public_jwk(pem, cfg.key_id, cfg.algorithm),

@@ -463,3 +463,53 @@ def test_an_oracle_health_site_from_init_to_green_check(tmp_path, monkeypatch):
         edit(tmp_path / "mill.yaml", lambda d: d["targets"]["fhir_docref"].update(profile="millennium"))
         bad = run("validate", "--config-dir", str(tmp_path))
         assert bad.exit_code != 0 and "profile" in bad.output
+
+
+@pytest.mark.parametrize("vendor,target", [("hl7_mdm", r"mllp://127\.0\.0\.1:2575"),
+                                           ("fhir_docref", r"http://127\.0\.0\.1:8082\S*")])
+def test_contract_test_org_runs_the_suites_live_against_the_sandbox(tmp_path, monkeypatch, vendor,
+                                                                   target):
+    # Given the shipped example orgs and `org sandbox` serving their simulators
+    import os
+    import subprocess
+    import sys
+
+    for name in ("demo-epic.yaml", "demo-multi.yaml"):
+        shutil.copy(REPO / "config/orgs" / name, tmp_path / name)
+    for port in (8081, 8082, 8083, 2575):
+        if not _free(port):
+            pytest.skip(f"port {port} is in use (another sandbox running?)")
+    for var in ("DEMO_EPIC_PRIVATE_KEY", "DEMO_MULTI_ATHENA_SECRET", "DEMO_MULTI_LLM_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    orgs = [load_org_file(tmp_path / f"{o}.yaml") for o in ("demo-epic", "demo-multi")]
+    env_file = tmp_path / "sandbox.env"
+    cli = str(Path(sys.executable).with_name("chartbridge"))
+    with start_sandbox(orgs, generate=True, env_file=env_file):
+        child = {k: v for k, v in os.environ.items() if not k.startswith("CHARTBRIDGE_")}
+        for line in env_file.read_text().splitlines():        # what `source sandbox.env` sets
+            if line.startswith("export "):
+                name, _, value = line[len("export "):].partition("=")
+                child[name] = value.strip("'\"")
+        # When an implementation team runs one target's suite as the onboarding guide says
+        r = subprocess.run([cli, "contract-test", "--org", "demo-multi", "--vendor", vendor,
+                            "--config-dir", str(tmp_path)], capture_output=True, text=True,
+                           env=child, timeout=600)
+    # Then it ran live against the sandbox's receiver: requests went out, scenarios passed
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-2000:])
+    m = re.search(rf"{vendor} live run against {target}: (\d+) requests, "
+                  r"(\d+) scenarios run \(0 failed\)", r.stdout)
+    assert m, r.stdout[-3000:]
+    assert int(m.group(1)) > 0 and int(m.group(2)) > 0
+
+
+def test_check_fails_when_the_profile_writes_provenance_the_token_cannot_create(onboarded):
+    # Given a us-core site whose configured scopes leave out Provenance (the transaction
+    # writes one beside every note, so every write would be refused 403)
+    config_dir, _ = onboarded
+    edit(config_dir / "acme.yaml", lambda doc: doc["targets"]["fhir_docref"].update(
+        scopes=["system/DocumentReference.write", "system/DocumentReference.read"]))
+    # When org check runs
+    code, report = _check(config_dir)
+    # Then the granted-scope step fails and says what to add
+    bad = _failures(report)[("fhir_docref", "granted scope")]
+    assert code == 1 and "Provenance" in bad["detail"] and "system/Provenance.write" in bad["fix"]
