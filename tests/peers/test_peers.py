@@ -21,7 +21,8 @@ from hl7.mllp import open_hl7_connection
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
-from contract_tests.support.peers import PEERS_DIR, PeerError, start_fhir_peer, start_mllp_peer
+from contract_tests.support.peers import (PEERS_DIR, PeerError, install, start_fhir_peer,
+                                         start_mllp_peer)
 
 if shutil.which("node") is None and not os.environ.get("CI"):
     # CI has node (the peers are part of its run): there a missing node fails loudly
@@ -86,6 +87,7 @@ def docref(fhir, value: str, doc_status="preliminary") -> dict:
 
 
 def test_fhir_peer_is_medplums_router_at_the_pinned_version():
+    install("fhir")                     # a fresh clone has no node_modules until the first start
     pinned = json.loads((PEERS_DIR / "fhir" / "package.json").read_text())["dependencies"]
     for pkg in ("@medplum/fhir-router", "@medplum/core"):
         installed = json.loads((PEERS_DIR / "fhir" / "node_modules" / pkg / "package.json")
@@ -258,6 +260,11 @@ def mdm_t02(control_id: str) -> str:
     ]) + "\r"
 
 
+# a deadline, not a pause: a node process just started on a loaded CI machine can take
+# seconds over its first message
+ACK_DEADLINE_S = 30
+
+
 async def exchange(peer, control_ids: list[str]) -> list[hl7.Message]:
     """One connection, kept open, stop-and-wait: send, read the ACK, send the next."""
     reader, writer = await open_hl7_connection(peer.host, peer.port)
@@ -266,7 +273,7 @@ async def exchange(peer, control_ids: list[str]) -> list[hl7.Message]:
         for cid in control_ids:
             writer.writemessage(hl7.parse(mdm_t02(cid)))
             await writer.drain()
-            acks.append(await asyncio.wait_for(reader.readmessage(), timeout=5))
+            acks.append(await asyncio.wait_for(reader.readmessage(), timeout=ACK_DEADLINE_S))
     finally:
         writer.close()
         await writer.wait_closed()
@@ -296,7 +303,7 @@ def test_enhanced_mode_commits_then_accepts():
         try:
             writer.writemessage(hl7.parse(mdm_t02("ENH-1")))
             await writer.drain()
-            return [await asyncio.wait_for(reader.readmessage(), timeout=5) for _ in range(2)]
+            return [await asyncio.wait_for(reader.readmessage(), timeout=ACK_DEADLINE_S) for _ in range(2)]
         finally:
             writer.close()
             await writer.wait_closed()
