@@ -7,6 +7,7 @@ adapters, so a test here fails for the peer's behaviour and not for ours."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import shutil
@@ -260,6 +261,13 @@ def mdm_t02(control_id: str) -> str:
     ]) + "\r"
 
 
+def run_async(coro):
+    """asyncio.run in a thread of its own: in the whole suite an earlier test (Playwright's
+    sync API) may leave an event loop running on this thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 # a deadline, not a pause: a node process just started on a loaded CI machine can take
 # seconds over its first message
 ACK_DEADLINE_S = 30
@@ -282,7 +290,7 @@ async def exchange(peer, control_ids: list[str]) -> list[hl7.Message]:
 
 def test_mdm_t02_is_acked_aa_with_our_control_id(mllp):
     ids = [f"CB-{uuid.uuid4().hex[:12]}" for _ in range(3)]
-    acks = asyncio.run(exchange(mllp, ids))
+    acks = run_async(exchange(mllp, ids))
     for cid, ack in zip(ids, acks):
         assert str(ack.segment("MSH")[9]).startswith("ACK")
         assert str(ack.segment("MSA")[1]) == "AA"
@@ -293,7 +301,7 @@ def test_mdm_t02_is_acked_aa_with_our_control_id(mllp):
 
 
 def test_a_rule_answers_ar(mllp):
-    ack, = asyncio.run(exchange(mllp, ["REJECT-1"]))
+    ack, = run_async(exchange(mllp, ["REJECT-1"]))
     assert (str(ack.segment("MSA")[1]), str(ack.segment("MSA")[2])) == ("AR", "REJECT-1")
 
 
@@ -309,7 +317,7 @@ def test_enhanced_mode_commits_then_accepts():
             await writer.wait_closed()
 
     with start_mllp_peer(enhanced=True) as peer:
-        commit, accept = asyncio.run(both(peer))
+        commit, accept = run_async(both(peer))
     assert [str(m.segment("MSA")[1]) for m in (commit, accept)] == ["CA", "AA"]
     assert {str(m.segment("MSA")[2]) for m in (commit, accept)} == {"ENH-1"}
 
