@@ -3,6 +3,8 @@ drafting: a transcriber that says the chunk's bytes, a drafter that puts everyth
 HPI, and a job queue the test drains in the order it chooses."""
 from __future__ import annotations
 
+from sqlalchemy import event
+
 from chartbridge.core.models import NoteSection
 from chartbridge.core.ports import GeneratedNote, SpokenSegment
 from chartbridge.jobs import Jobs
@@ -37,3 +39,25 @@ class QueueJobs(Jobs):
 
     def enqueue(self, job: str, *args, delay_s: float | None = None) -> None:
         self.pending.append((job, args))
+
+
+class WriteCommits:
+    """Counts committed transactions that wrote something (each waits for the WAL flush:
+    what a write through the ledger costs, next to a bare insert's one)."""
+
+    def __init__(self, engine) -> None:
+        self.commits, self._wrote = 0, False
+        event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "commit", self._commit)
+        event.listen(engine, "rollback", self._rollback)
+
+    def _statement(self, conn, cursor, statement, *args) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            self._wrote = True
+
+    def _commit(self, conn) -> None:
+        self.commits += self._wrote
+        self._wrote = False
+
+    def _rollback(self, conn) -> None:
+        self._wrote = False

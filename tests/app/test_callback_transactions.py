@@ -6,34 +6,14 @@ from __future__ import annotations
 import json
 import uuid
 
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from chartbridge.ledger.tables import ChunkRow
 from chartbridge.web import create_app
 from hostile_support import ORG, hostile
+from tests.fakes import WriteCommits
 
 __all__ = ["hostile"]
-
-
-class WriteCommits:
-    """Committed transactions that wrote something (each one a WAL flush)."""
-
-    def __init__(self, engine) -> None:
-        self.commits, self._wrote = 0, False
-        event.listen(engine, "before_cursor_execute", self._statement)
-        event.listen(engine, "commit", self._commit)
-        event.listen(engine, "rollback", self._rollback)
-
-    def _statement(self, conn, cursor, statement, *args) -> None:
-        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
-            self._wrote = True
-
-    def _commit(self, conn) -> None:
-        self.commits += self._wrote
-        self._wrote = False
-
-    def _rollback(self, conn) -> None:
-        self._wrote = False
 
 
 class CheckingJobs:

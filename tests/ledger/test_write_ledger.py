@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from command_factory import make_command
 from fake_ehr import FileEhr
 
@@ -22,6 +22,7 @@ from chartbridge.core.models import WriteStatus
 from chartbridge.ledger import audit
 from chartbridge.ledger.tables import WriteRow
 from chartbridge.ledger.writes import WriteLedger
+from tests.fakes import WriteCommits
 
 HERE = Path(__file__).parent
 
@@ -248,28 +249,6 @@ def test_prepared_write_is_due_and_executes_once(db, clock, tmp_path):
     rec = ledger.execute(ledger.command_of("org-a", key), ehr)
     assert rec.status == WriteStatus.SUCCEEDED and rec.attempts == 1 and ehr.reconciles == 0
     assert ledger.due() == []
-
-
-class WriteCommits:
-    """Counts committed transactions that wrote something (each waits for the WAL flush:
-    what a write through the ledger costs, next to a bare insert's one)."""
-
-    def __init__(self, engine) -> None:
-        self.commits, self._wrote = 0, False
-        event.listen(engine, "before_cursor_execute", self._statement)
-        event.listen(engine, "commit", self._commit)
-        event.listen(engine, "rollback", self._rollback)
-
-    def _statement(self, conn, cursor, statement, *args) -> None:
-        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
-            self._wrote = True
-
-    def _commit(self, conn) -> None:
-        self.commits += self._wrote
-        self._wrote = False
-
-    def _rollback(self, conn) -> None:
-        self._wrote = False
 
 
 def test_a_write_costs_two_commits(db, clock, tmp_path):

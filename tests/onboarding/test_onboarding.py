@@ -3,9 +3,12 @@ layered config (overlays) with provenance, each broken piece failing with its re
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -380,8 +383,10 @@ def _free(port: int) -> bool:
     return True
 
 
-def test_shipped_example_orgs_pass_against_the_sandbox(tmp_path, monkeypatch):
-    # Given the shipped example orgs (copied as-is so generated key files stay in tmp)
+def _shipped_examples(tmp_path: Path, monkeypatch) -> tuple[list, Path]:
+    """The shipped example orgs copied as-is into tmp_path (so generated key files stay
+    there), their secrets unset, and the env file the sandbox appends to; skips when the
+    examples' fixed ports are taken."""
     for name in ("demo-epic.yaml", "demo-multi.yaml"):
         shutil.copy(REPO / "config/orgs" / name, tmp_path / name)
     for port in (8081, 8082, 8083, 2575):
@@ -391,6 +396,12 @@ def test_shipped_example_orgs_pass_against_the_sandbox(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     orgs = [load_org_file(tmp_path / f"{o}.yaml") for o in ("demo-epic", "demo-multi")]
     env_file = tmp_path / "sandbox.env"
+    return orgs, env_file
+
+
+def test_shipped_example_orgs_pass_against_the_sandbox(tmp_path, monkeypatch):
+    # Given the shipped example orgs
+    orgs, env_file = _shipped_examples(tmp_path, monkeypatch)
     # When the sandbox starts on the examples' own ports, generating their secrets
     with start_sandbox(orgs, generate=True, env_file=env_file) as sb:
         # Then it serves the four simulators where the examples point
@@ -470,19 +481,7 @@ def test_an_oracle_health_site_from_init_to_green_check(tmp_path, monkeypatch):
 def test_contract_test_org_runs_the_suites_live_against_the_sandbox(tmp_path, monkeypatch, vendor,
                                                                    target):
     # Given the shipped example orgs and `org sandbox` serving their simulators
-    import os
-    import subprocess
-    import sys
-
-    for name in ("demo-epic.yaml", "demo-multi.yaml"):
-        shutil.copy(REPO / "config/orgs" / name, tmp_path / name)
-    for port in (8081, 8082, 8083, 2575):
-        if not _free(port):
-            pytest.skip(f"port {port} is in use (another sandbox running?)")
-    for var in ("DEMO_EPIC_PRIVATE_KEY", "DEMO_MULTI_ATHENA_SECRET", "DEMO_MULTI_LLM_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    orgs = [load_org_file(tmp_path / f"{o}.yaml") for o in ("demo-epic", "demo-multi")]
-    env_file = tmp_path / "sandbox.env"
+    orgs, env_file = _shipped_examples(tmp_path, monkeypatch)
     cli = str(Path(sys.executable).with_name("chartbridge"))
     with start_sandbox(orgs, generate=True, env_file=env_file):
         child = {k: v for k, v in os.environ.items() if not k.startswith("CHARTBRIDGE_")}
