@@ -20,9 +20,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, select
 
 from chartbridge.core.errors import (ChartbridgeError, IdempotencyConflict, NotFound,
                                      OutcomeUnknown, PermanentError, StateConflict,
@@ -35,7 +33,7 @@ from chartbridge import metrics
 from chartbridge.webhooks import outbox
 
 from . import audit
-from .db import Database
+from .db import Database, insert_ignoring
 from .tables import SessionRow, WriteRow
 
 log = logging.getLogger("chartbridge.ledger")
@@ -85,6 +83,15 @@ class WriteRecord:
         return d
 
 
+_W = WriteRow.__table__
+# Settling a write: the SET columns are the execution's parameters (its status and
+# outcome), guarded by the lease and the in-flight status; built once.
+_SETTLE = (_W.update().where(_W.c.key == bindparam("w_key"),
+                             _W.c.lease_owner == bindparam("w_owner"),
+                             _W.c.status == bindparam("w_status"))
+           .returning(*_W.c))
+
+
 class LeaseLost(ChartbridgeError):
     """Another claimant took this write over while we were calling the EHR."""
 
@@ -126,10 +133,12 @@ class WriteLedger:
         A write recorded here for the first time (and correcting nothing) is inserted
         already claimed: one transaction records it and takes its lease, one settles it."""
         owner = uuid.uuid4().hex
-        key, claimed = self._prepare(command, claim_for=owner)
-        if claimed is None:
+        key, found = self._prepare(command, claim_for=owner)
+        if isinstance(found, WriteRecord):
+            return found                            # finished already: the stored outcome
+        if found is None:
             return self.execute_key(command.org_id, key, adapter)
-        return self._perform(claimed, owner, adapter, reconcile_first=False)
+        return self._perform(found, owner, adapter, reconcile_first=False)
 
     def execute_key(self, org_id: str, key: str, adapter: EhrAdapter) -> WriteRecord:
         """Perform the write recorded under `key` — exactly as it was recorded (kind, parent,
@@ -191,60 +200,62 @@ class WriteLedger:
         finds the stored row and changes nothing."""
         return self._prepare(command)[0]
 
-    def _prepare(self, command: WriteCommand, *,
-                 claim_for: str | None = None) -> tuple[str, WriteCommand | None]:
+    def _prepare(self, command: WriteCommand, *, claim_for: str | None = None
+                 ) -> tuple[str, WriteCommand | WriteRecord | None]:
         """`prepare`; with `claim_for`, a write recorded now for the first time that corrects
         nothing (no parent to wait for) is inserted already claimed by that owner and marked
         maybe sent — the claimant calls the adapter next, so a crash before the call costs
-        one reconcile, never a blind resend. Returns the key and the command as stored if
-        claimed, else None (the caller goes through `execute_key`)."""
+        one reconcile, never a blind resend. Returns the key and: the command as stored if
+        claimed; with `claim_for`, the record of a write found finished already (a replay:
+        nothing more to do); else None (the caller goes through `execute_key`)."""
         key, rhash, now = command.idempotency_key(), command.request_hash(), self.clock.now()
         with self.db.transaction() as tx:
-            row = tx.get(WriteRow, key)
-            if row is None and command.correction_policy:
-                # serialise lineage decisions per session (SQLite: BEGIN IMMEDIATE already)
-                tx.execute(select(SessionRow.id).where(SessionRow.id == command.session_id)
-                           .with_for_update())
-                row = tx.get(WriteRow, key, populate_existing=True)
+            # A write that corrects nothing goes straight to the insert (its conflict is the
+            # look-up); a lineage write is looked up first, its place decided under a lock.
+            row = None
+            if command.correction_policy:
+                row = tx.get(WriteRow, key)
                 if row is None:
-                    command = self._place_in_lineage(tx, command)
-            if row is not None:
-                if row.request_hash != rhash:
-                    raise IdempotencyConflict(
-                        "this idempotency key was used with a different request; a changed "
-                        "note is a new version with a new key", key=key)
-                return key, None
-            stored = command.model_dump(mode="json")
-            claim = claim_for is not None and not command.parent_key
-            state = (dict(status=WriteStatus.IN_FLIGHT, attempts=1, maybe_sent=True, sent_at=now,
-                          lease_owner=claim_for, lease_expires_at=now + self.lease)
-                     if claim else dict(status=WriteStatus.PENDING, attempts=0, maybe_sent=False))
-            insert = pg_insert if tx.bind.dialect.name == "postgresql" else sqlite_insert
-            got = tx.execute(insert(WriteRow.__table__).values(
-                key=key, org_id=command.org_id, target=command.target,
-                session_id=command.session_id, resource_kind=command.resource_kind,
-                kind=str(command.kind), request_hash=rhash, command=stored,
-                next_attempt_at=now, correlation_id=command.correlation_id, created_at=now,
-                updated_at=now, **state).on_conflict_do_nothing(index_elements=["key"])
-                .returning(WriteRow.__table__.c.key)).first()
-            if got is None:
-                row = tx.get(WriteRow, key, populate_existing=True)
-                if row.request_hash != rhash:
-                    raise IdempotencyConflict(
-                        "this idempotency key was used with a different request", key=key)
-                return key, None
-            audit.record(tx, at=now, org_id=command.org_id, session_id=command.session_id,
-                         correlation_id=command.correlation_id, action="write.prepared",
-                         key=key, target=command.target, kind=str(command.kind),
-                         parent=command.parent_key)
-            if not claim:
-                return key, None
-            audit.record(tx, at=now, org_id=command.org_id, session_id=command.session_id,
-                         correlation_id=command.correlation_id, action="write.claimed",
-                         key=key, target=command.target, kind=str(command.kind), attempt=1,
-                         reconcile=False)
-        # exactly the command as recorded, as `_resolved` would read it back
-        return key, WriteCommand.model_validate(stored)
+                    # serialise lineage decisions per session (SQLite: BEGIN IMMEDIATE already)
+                    tx.execute(select(SessionRow.id).where(SessionRow.id == command.session_id)
+                               .with_for_update())
+                    row = tx.get(WriteRow, key, populate_existing=True)
+                    if row is None:
+                        command = self._place_in_lineage(tx, command)
+            if row is None:
+                stored = command.model_dump(mode="json")
+                claim = claim_for is not None and not command.parent_key
+                state = (dict(status=WriteStatus.IN_FLIGHT, attempts=1, maybe_sent=True,
+                              sent_at=now, lease_owner=claim_for,
+                              lease_expires_at=now + self.lease)
+                         if claim else dict(status=WriteStatus.PENDING, attempts=0,
+                                            maybe_sent=False, sent_at=None, lease_owner=None,
+                                            lease_expires_at=None))
+                got = tx.execute(insert_ignoring(tx, WriteRow.__table__, ("key",), "key"), dict(
+                    key=key, org_id=command.org_id, target=command.target,
+                    session_id=command.session_id, resource_kind=command.resource_kind,
+                    kind=str(command.kind), request_hash=rhash, command=stored,
+                    next_attempt_at=now, correlation_id=command.correlation_id, created_at=now,
+                    updated_at=now, **state)).first()
+                if got is not None:
+                    ids = dict(at=now, org_id=command.org_id, session_id=command.session_id,
+                               correlation_id=command.correlation_id, key=key,
+                               target=command.target, kind=str(command.kind))
+                    entries = [audit.entry(action="write.prepared", parent=command.parent_key,
+                                           **ids)]
+                    if claim:
+                        entries.append(audit.entry(action="write.claimed", attempt=1,
+                                                   reconcile=False, **ids))
+                    audit.record_all(tx, entries)
+                    # exactly the command as recorded, as `_resolved` would read it back
+                    return key, WriteCommand.model_validate(stored) if claim else None
+                row = tx.get(WriteRow, key, populate_existing=True)     # recorded meanwhile
+            if row.request_hash != rhash:
+                raise IdempotencyConflict(
+                    "this idempotency key was used with a different request; a changed "
+                    "note is a new version with a new key", key=key)
+            finished = claim_for is not None and WriteStatus(row.status) in FINISHED
+            return key, WriteRecord.of(row) if finished else None
 
     def _place_in_lineage(self, tx, command: WriteCommand) -> WriteCommand:
         """Kind and parent of a new lineage write: a correction of the newest write of this
@@ -502,12 +513,18 @@ class WriteLedger:
 
     def _finish(self, command: WriteCommand, owner: str, action: str, result: str = "success",
                 **changes) -> WriteRecord:
+        """Settle the write: one guarded UPDATE … RETURNING (the lease is still ours and it
+        is in flight, or nothing changes and LeaseLost is raised), its webhook event and
+        audit row, one commit."""
         now = self.clock.now()
         with self.db.transaction() as tx:
-            row = self._guarded(tx, command, owner)
-            for k, v in changes.items():
-                setattr(row, k, v)
-            row.lease_owner, row.lease_expires_at, row.updated_at = None, None, now
+            row = tx.execute(_SETTLE, dict(
+                changes, lease_owner=None, lease_expires_at=None, updated_at=now,
+                w_key=command.idempotency_key(), w_owner=owner,
+                w_status=WriteStatus.IN_FLIGHT)).first()
+            if row is None:
+                raise LeaseLost("the lease on this write was taken over",
+                                key=command.idempotency_key())
             outbox.write_settled(tx, row, now)
             audit.record(tx, at=now, org_id=row.org_id, session_id=row.session_id,
                          correlation_id=row.correlation_id, action=action, outcome=result,

@@ -43,16 +43,19 @@ class QueueJobs(Jobs):
 
 class WriteCommits:
     """Counts committed transactions that wrote something (each waits for the WAL flush:
-    what a write through the ledger costs, next to a bare insert's one)."""
+    what a write through the ledger costs, next to a bare insert's one). An
+    `INSERT … ON CONFLICT DO NOTHING` that met its conflict changed no row and writes
+    nothing to flush, so it does not count."""
 
     def __init__(self, engine) -> None:
         self.commits, self._wrote = 0, False
-        event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "after_cursor_execute", self._statement)
         event.listen(engine, "commit", self._commit)
         event.listen(engine, "rollback", self._rollback)
 
     def _statement(self, conn, cursor, statement, *args) -> None:
-        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+        if (statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")
+                and cursor.rowcount != 0):
             self._wrote = True
 
     def _commit(self, conn) -> None:

@@ -13,9 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
+from chartbridge.ledger.db import insert_ignoring
 from chartbridge.ledger.tables import WebhookEventRow
 
 from .events import WRITE_EVENTS, Data, EventType, WebhookEvent, event_id
@@ -24,14 +22,19 @@ from .events import WRITE_EVENTS, Data, EventType, WebhookEvent, event_id
 def emit(tx, *, at: datetime, type_: EventType, data: Data, facts: tuple,
          subject: str | None = None) -> str:
     """Record one event in `tx` (idempotent by id); returns the id."""
+    return _insert(tx, at=at, type_=type_, data=data, facts=facts, subject=subject)[0]
+
+
+def _insert(tx, *, at: datetime, type_: EventType, data: Data, facts: tuple,
+            subject: str | None) -> tuple[str, bool]:
+    """The event's id, and whether this call added it (False: it was there already)."""
     eid = event_id(data.org, type_, *facts)
     event = WebhookEvent(id=eid, type=type_, timestamp=at, data=data)
-    insert = pg_insert if tx.bind.dialect.name == "postgresql" else sqlite_insert
-    tx.execute(insert(WebhookEventRow.__table__).values(
+    added = tx.execute(insert_ignoring(tx, WebhookEventRow.__table__, ("id",), "id"), dict(
         id=eid, org_id=data.org, type=str(type_), session_id=data.session_id, subject=subject,
         body=event.model_dump(mode="json", exclude_none=True), fanned_out=False,
-        created_at=at).on_conflict_do_nothing(index_elements=["id"]))
-    return eid
+        created_at=at)).first()
+    return eid, added is not None
 
 
 def write_settled(tx, row, at: datetime) -> str | None:
@@ -53,12 +56,17 @@ def write_settled(tx, row, at: datetime) -> str | None:
     # The ledger makes each transition once (row lock, status and lease guards), so a
     # write reaching a status it had reached before is a new transition (a person requeued
     # a failed write, or resolved one to be sent again): its occurrence number, counted
-    # under the row lock, is part of its facts. The first keeps the plain facts.
+    # under the row lock, is part of its facts. The first keeps the plain facts, so it is
+    # tried first: the count is only paid for a repeat.
+    facts = (row.session_id, row.key, str(row.status))
+    eid, added = _insert(tx, at=at, type_=type_, data=data, facts=facts, subject=row.key)
+    if added:
+        return eid
     before = tx.scalar(select(func.count()).select_from(WebhookEventRow).where(
         WebhookEventRow.org_id == row.org_id, WebhookEventRow.subject == row.key,
         WebhookEventRow.type == str(type_)))
-    facts = (row.session_id, row.key, row.status) + ((before + 1,) if before else ())
-    return emit(tx, at=at, type_=type_, data=data, facts=facts, subject=row.key)
+    return emit(tx, at=at, type_=type_, data=data, facts=facts + (before + 1,),
+                subject=row.key)
 
 
 def draft_ready(tx, *, org_id: str, session_id: str, draft_id: str, version: int,
