@@ -4,10 +4,12 @@ Stop (the last chunk's RecordingChunkAvailable + RecordingAvailable(Stopped)) to
 DocumentationReady accepted, p50/p95 per N.
 
     .venv/bin/python bench/clinic_load.py [--levels 1,4,8,12] [--workers 2] [--threads 2]
+                                          [--model base|tiny.en]
 
 The engine is the production shape: the web app on waitress (this process, jobs left in
 Redis) and `--workers` processes running what `chartbridge worker` runs (runtime.start with
-the in-process dramatiq worker; real faster-whisper tiny.en, the rule-based drafter), with a
+the in-process dramatiq worker; real faster-whisper — the org's `transcription.model`,
+the packaged default unless --model names another — and the rule-based drafter), with a
 queue name of this run's own. Each visit is one of the three fixture encounters (44-48 s of
 speech, 5 chunks), started at a random offset within 10 s; chunk k is announced at
 start + 10 k s and the last at the visit's end, immediately followed by
@@ -67,12 +69,12 @@ def _silence(seconds: float) -> bytes:
     return out.getvalue()
 
 
-def reference_ms() -> float:
-    """A direct faster-whisper call on one 10 s chunk, the engine's settings."""
+def reference_ms(model: str | None) -> float:
+    """A direct faster-whisper call on one 10 s chunk, the engine's settings and model."""
     import numpy as np
 
     from chartbridge.adapters.transcription import FasterWhisperTranscriber
-    t = FasterWhisperTranscriber()
+    t = FasterWhisperTranscriber(model=model)
     with wave.open(str(FIXTURES / "encounter-1.wav")) as w:
         pcm = np.frombuffer(w.readframes(w.getframerate() * CHUNK_S), np.int16)
     pcm = pcm.astype(np.float32) / 32768
@@ -82,6 +84,19 @@ def reference_ms() -> float:
     segments, _ = model.transcribe(pcm, **t.decode_options())
     list(segments)
     return (time.perf_counter() - start) * 1000
+
+
+def _default_model() -> str:
+    from adapters.transcription.models import DEFAULT_MODEL
+    return DEFAULT_MODEL
+
+
+def set_model(org_file: Path, model: str) -> None:
+    """The org file the worker processes load names `model` (transcription.model)."""
+    import yaml
+    doc = yaml.safe_load(org_file.read_text())
+    doc.setdefault("transcription", {})["model"] = model
+    org_file.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def visit(stack, org: str, session_id: str, wav: bytes, seconds: float, delay: float,
@@ -151,11 +166,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="job threads per worker process")
     ap.add_argument("--seed", type=int, default=19)
+    ap.add_argument("--model", default=None,
+                    help="packaged whisper model for the org (default: the engine's default)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     from contract_tests.epic_haiku.stack import ORG, EpicStack
 
-    ref = reference_ms()
+    ref = reference_ms(args.model)
+    model = args.model or _default_model()
     queue = f"bench-clinic-{uuid.uuid4().hex[:8]}"
     ctx = multiprocessing.get_context("spawn")
     rows: list[tuple[int, float, float]] = []
@@ -163,6 +181,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, PgDatabases(n=1) as (url,), \
             EpicStack(Path(tmp), url, broker_url=REDIS, queue=queue, in_process_worker=False,
                       sweep_interval_s=3600) as stack:
+        if args.model:
+            set_model(Path(tmp) / "orgs" / f"{ORG}.yaml", args.model)
         try:
             for _ in range(args.workers):
                 ready = ctx.Event()
@@ -184,14 +204,14 @@ def main() -> None:
                 p.join(timeout=10)
             purge_queue(queue)
     ok = [n for n, _, p95 in rows if p95 < TARGET_MS]
-    plot = line_plot("clinic_load", f"stop -> DocumentationReady, {args.workers} workers x "
-                     f"{args.threads} threads, PostgreSQL + Redis",
+    plot = line_plot("clinic_load" if args.model is None else f"clinic_load-{args.model}", f"stop -> DocumentationReady, whisper {model}, "
+                     f"{args.workers} workers x {args.threads} threads, PostgreSQL + Redis",
                      [n for n, _, _ in rows], {"p50": [r[1] for r in rows],
                                                "p95": [r[2] for r in rows]},
                      "concurrent visits (10 s chunks, real time)", "ms", hline=TARGET_MS,
                      note=f"reference: one direct faster-whisper call on a 10 s chunk = "
                           f"{ref:.0f} ms")
-    print(f"reference: one faster-whisper call on a 10 s chunk  {ref:.0f} ms")
+    print(f"reference: one faster-whisper {model} call on a 10 s chunk  {ref:.0f} ms")
     print(f"plot  {plot}")
     print(f"largest N with p95 < 3 s: {max(ok) if ok else 'none'} (target: >= 8)")
     print(f"ratio p95(N={rows[-1][0]}) / 3 s  {rows[-1][2] / TARGET_MS:.3f}")
