@@ -249,7 +249,7 @@ class WriteLedger:
                     audit.record_all(tx, entries)
                     # exactly the command as recorded, as `_resolved` would read it back
                     return key, WriteCommand.model_validate(stored) if claim else None
-                row = tx.get(WriteRow, key, populate_existing=True)     # recorded meanwhile
+                row = tx.get(WriteRow, key, populate_existing=True)   # recorded before: a repeat
             if row.request_hash != rhash:
                 raise IdempotencyConflict(
                     "this idempotency key was used with a different request; a changed "
