@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_URL = "sqlite:///./var/chartbridge.db"
@@ -69,6 +70,20 @@ def _sqlite_engine(url: str, **kwargs) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+@lru_cache(maxsize=None)
+def insert_new(table: Table, dialect: str, keys: tuple[str, ...]):
+    """`INSERT INTO table ... ON CONFLICT (keys) DO NOTHING RETURNING keys[-1]`, built once
+    per table and dialect: execute it with the row as parameters (`tx.execute(stmt, row)`);
+    a row comes back only if it was new. Used on the inbound hot path, where building a
+    statement and its cache key for every call cost more than running it."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return (insert(table).on_conflict_do_nothing(index_elements=list(keys))
+            .returning(table.c[keys[-1]]))
 
 
 def is_sqlite(engine: Engine) -> bool:

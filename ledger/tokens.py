@@ -33,7 +33,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from chartbridge.core.ports import Clock
 
-from .db import Database
+from .db import Database, insert_new
 from .tables import ReplayRow, TokenRow
 
 
@@ -134,11 +134,9 @@ class DbReplayGuard:
             if prune:
                 tx.execute(delete(ReplayRow).where(ReplayRow.expires_at < now))
                 self._pruned_at = now
-            stmt = _insert(tx)(ReplayRow.__table__).values(org_id=org_id, jti=jti,
-                                                          expires_at=expires_at)
-            got = tx.execute(stmt.on_conflict_do_nothing(index_elements=["org_id", "jti"])
-                             .returning(ReplayRow.__table__.c.jti)).first()
-            return got is not None
+            stmt = insert_new(ReplayRow.__table__, tx.bind.dialect.name, ("org_id", "jti"))
+            return tx.execute(stmt, {"org_id": org_id, "jti": jti,
+                                     "expires_at": expires_at}).first() is not None
 
     def seen(self, org_id: str, jti: str) -> bool:
         with self.db.transaction() as tx:
