@@ -41,8 +41,8 @@ class StoreBase:
 
     def _session_facts(self, tx, org_id: str, session_id: str):
         """The org's session's id, source, status and correlation id, read with one Core
-        SELECT of those columns (built once; no ORM row): what an acknowledgement that only adds rows
-        under the session needs. NotFound if the org has no such session."""
+        SELECT of those columns (built once; no ORM row): what an acknowledgement that only
+        adds rows under the session needs. NotFound if the org has no such session."""
         row = tx.execute(_SESSION_FACTS, {"org_id": org_id, "session_id": session_id}).first()
         if row is None:
             raise NotFound("no such session in this organization")
