@@ -3,6 +3,7 @@
 broker for `chartbridge worker`, which is not started: this measures the acknowledgement).
 
     .venv/bin/python bench/callback_load.py [--rate 200] [--seconds 5] [--clients 8]
+                                            [--serve N]
 
 Epic's side is the Epic simulator: sessions are begun through it and it signs every
 inbound JWT (RS384, `aud` = the URL, a fresh `jti`); the tokens are made before the clock
@@ -13,6 +14,10 @@ starts. The load runs in its own process (loopback, keep-alive connections):
    --clients threads back to back (req/s);
 3. open loop: --rate callbacks a second for --seconds on a fixed schedule; latency from each
    request's scheduled time to its answer (a late start counts), p50/p95/p99.
+--serve N: instead of the in-process waitress, N `chartbridge serve` processes (each its own
+GIL: the deployment docs/deploy.md describes, several web processes behind the proxy), each
+with `--public-url` the one URL Epic's tokens name; every phase spreads its connections
+over them round-robin, as the proxy would (the proxy itself is not in the loop).
 Targets: p99 < 100 ms at 200/s; callbacks >= 0.3 x trivial req/s. Every request is bounded
 (--seconds, a fixed number of tokens). Writes docs/bench/callback_load.png; prints the
 ratio last.
@@ -59,14 +64,15 @@ def _get(conn, path: str) -> int:
     return response.status
 
 
-def closed_loop(base: str, clients: int, seconds: float, requests=None) -> tuple[float, int]:
-    """clients threads back to back for `seconds` (or until `requests` run out): (req/s,
-    non-2xx answers)."""
+def closed_loop(bases: list[str], clients: int, seconds: float,
+                requests=None) -> tuple[float, int]:
+    """clients threads back to back for `seconds` (or until `requests` run out), thread i on
+    bases[i % len(bases)]: (req/s, non-2xx answers)."""
     lock, done, bad = threading.Lock(), [0], [0]
     items = iter(requests) if requests is not None else None
     stop = time.perf_counter() + seconds
 
-    def loop():
+    def loop(base):
         conn = _conn(base)
         while time.perf_counter() < stop:
             if items is None:
@@ -83,7 +89,8 @@ def closed_loop(base: str, clients: int, seconds: float, requests=None) -> tuple
         conn.close()
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=loop) for _ in range(clients)]
+    threads = [threading.Thread(target=loop, args=(bases[i % len(bases)],))
+               for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -91,14 +98,15 @@ def closed_loop(base: str, clients: int, seconds: float, requests=None) -> tuple
     return done[0] / (time.perf_counter() - start), bad[0]
 
 
-def open_loop(base: str, rate: float, requests: list, threads: int = 32) -> tuple[list[float], int]:
-    """Send requests[i] at start + i/rate from a pool of threads; latency from the scheduled
-    time (ms)."""
+def open_loop(bases: list[str], rate: float, requests: list,
+              threads: int = 32) -> tuple[list[float], int]:
+    """Send requests[i] at start + i/rate from a pool of threads (thread j on
+    bases[j % len(bases)]); latency from the scheduled time (ms)."""
     lock, latencies, bad = threading.Lock(), [], [0]
     index = iter(range(len(requests)))
     start = time.perf_counter() + 0.2
 
-    def loop():
+    def loop(base):
         conn = _conn(base)
         while True:
             with lock:
@@ -116,7 +124,8 @@ def open_loop(base: str, rate: float, requests: list, threads: int = 32) -> tupl
                 bad[0] += status >= 300
         conn.close()
 
-    pool = [threading.Thread(target=loop) for _ in range(threads)]
+    pool = [threading.Thread(target=loop, args=(bases[j % len(bases)],))
+            for j in range(threads)]
     for t in pool:
         t.start()
     for t in pool:
@@ -124,10 +133,10 @@ def open_loop(base: str, rate: float, requests: list, threads: int = 32) -> tupl
     return latencies, bad[0]
 
 
-def _load(base: str, args: dict, closed: list, opened: list, out) -> None:
-    trivial, _ = closed_loop(base, args["clients"], args["seconds"])
-    callbacks, bad_closed = closed_loop(base, args["clients"], args["seconds"], closed)
-    latencies, bad_open = open_loop(base, args["rate"], opened)
+def _load(bases: list[str], args: dict, closed: list, opened: list, out) -> None:
+    trivial, _ = closed_loop(bases, args["clients"], args["seconds"])
+    callbacks, bad_closed = closed_loop(bases, args["clients"], args["seconds"], closed)
+    latencies, bad_open = open_loop(bases, args["rate"], opened)
     out.put({"trivial": trivial, "callbacks": callbacks, "latencies": latencies,
              "bad": bad_closed + bad_open})
 
@@ -158,8 +167,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--sessions", type=int, default=40)
+    ap.add_argument("--serve", type=int, default=0, metavar="N",
+                    help="N `chartbridge serve` processes instead of the in-process waitress")
     args = ap.parse_args()
-    from contract_tests.epic_haiku.stack import ORG, EpicStack
+    from contract_tests.epic_haiku.stack import ORG, EpicStack, serve_processes, stop_processes
 
     queue = f"bench-callbacks-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp, PgDatabases(n=1) as (url,), \
@@ -173,16 +184,23 @@ def main() -> None:
         closed = requests_for(stack, ORG, sessions, int(args.rate * args.seconds * 3), 1)
         opened = requests_for(stack, ORG, sessions, int(args.rate * args.seconds),
                               10_000)
-        warm = requests_for(stack, ORG, sessions, 50, 50_000)
-        closed_loop(stack.engine_url, 4, 5, warm)
-        ctx = multiprocessing.get_context("spawn")
-        out = ctx.Queue()
-        load = ctx.Process(target=_load, args=(stack.engine_url, vars(args), closed, opened,
-                                               out))
-        load.start()
-        result = out.get(timeout=args.seconds * 10 + 120)
-        load.join(timeout=30)
-        purge_queue(queue)
+        warm = requests_for(stack, ORG, sessions, 50 * max(1, args.serve), 50_000)
+        procs, bases = [], [stack.engine_url]
+        log = open(Path(tmp) / "serve.log", "w")
+        if args.serve:
+            procs, bases = serve_processes(stack, args.serve, log)
+        try:
+            closed_loop(bases, 4 * len(bases), 5, warm)
+            ctx = multiprocessing.get_context("spawn")
+            out = ctx.Queue()
+            load = ctx.Process(target=_load, args=(bases, vars(args), closed, opened, out))
+            load.start()
+            result = out.get(timeout=args.seconds * 10 + 120)
+            load.join(timeout=30)
+        finally:
+            stop_processes(procs)
+            log.close()
+            purge_queue(queue)
     lat = result["latencies"]
     p50, p95, p99 = pct(lat, 0.5), pct(lat, 0.95), pct(lat, 0.99)
     ratio = result["callbacks"] / result["trivial"]
@@ -191,7 +209,9 @@ def main() -> None:
     print(f"callbacks at {args.rate:.0f}/s for {args.seconds:.0f} s   p50 {p50:.1f} ms   "
           f"p95 {p95:.1f} ms   p99 {p99:.1f} ms   max {max(lat):.1f} ms   "
           f"(target p99 < 100 ms; {len(lat)} requests, {result['bad']} not 2xx)")
-    plot = bar_plot("callback_load", "Epic callback acknowledgements (waitress, 8 threads, "
+    setup = (f"{args.serve} x chartbridge serve" if args.serve else "waitress") + ", 8 threads"
+    print(f"server                      {setup}")
+    plot = bar_plot("callback_load", f"Epic callback acknowledgements ({setup}, "
                     "PostgreSQL, Redis broker)",
                     {"GET /healthz req/s": result["trivial"],
                      "callbacks req/s": result["callbacks"],

@@ -127,21 +127,26 @@ class Database:
         self.engine.dispose()
 
 
+def insert_for(tx: Session):
+    """The dialect's INSERT (both have ON CONFLICT)."""
+    return pg_insert if tx.bind.dialect.name == "postgresql" else sqlite_insert
+
+
 _INSERTS: dict[tuple, object] = {}
 
 
 def insert_ignoring(tx: Session, table: Table, conflict: tuple[str, ...],
                     returning: str | None = None):
     """`INSERT … ON CONFLICT (conflict) DO NOTHING [RETURNING returning]` for the dialect
-    of `tx`, built once: execute it with a dict of column values. Building the statement
-    with `.values(**row)` on each call cost more than the insert itself on the ledger's
-    hot path (bench/ledger_throughput.py)."""
+    of `tx`, built once: execute it with a dict of column values (`tx.execute(stmt, row)`);
+    with `returning`, a row comes back only if it was new. Building the statement with
+    `.values(**row)` on each call cost more than the insert itself on the ledger's and the
+    callback's hot paths (bench/ledger_throughput.py, bench/callback_load.py)."""
     dialect = tx.bind.dialect.name
     key = (dialect, table.name, conflict, returning)
     stmt = _INSERTS.get(key)
     if stmt is None:
-        stmt = ((pg_insert if dialect == "postgresql" else sqlite_insert)(table)
-                .on_conflict_do_nothing(index_elements=list(conflict)))
+        stmt = insert_for(tx)(table).on_conflict_do_nothing(index_elements=list(conflict))
         if returning is not None:
             stmt = stmt.returning(table.c[returning])
         _INSERTS[key] = stmt

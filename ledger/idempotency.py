@@ -23,7 +23,7 @@ from sqlalchemy import delete, select, update
 from chartbridge.core.ports import Clock
 
 from .db import Database
-from .store.base import insert_for
+from .db import insert_for
 from .tables import IdempotencyRow
 
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import String, delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chartbridge.core.ports import Clock
 
-from .db import Database
+from .db import Database, insert_for
 from .tables import Base, WriteRow
 
 
@@ -43,9 +41,8 @@ class JobLeases:
         """Take the lease unless another owner holds a live one."""
         now = self.clock.now()
         with self.db.transaction() as tx:
-            ins = (pg_insert if tx.bind.dialect.name == "postgresql" else sqlite_insert)(
-                JobLeaseRow.__table__).values(job_key=key, org_id=org_id, owner=owner,
-                                              expires_at=now + self.lease)
+            ins = insert_for(tx)(JobLeaseRow.__table__).values(
+                job_key=key, org_id=org_id, owner=owner, expires_at=now + self.lease)
             got = tx.execute(ins.on_conflict_do_update(
                 index_elements=["job_key"],
                 set_={"owner": owner, "expires_at": now + self.lease},

@@ -28,17 +28,11 @@ from datetime import datetime, timedelta
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from chartbridge.core.ports import Clock
 
-from .db import Database
+from .db import Database, insert_for, insert_ignoring
 from .tables import ReplayRow, TokenRow
-
-
-def _insert(tx):
-    return pg_insert if tx.bind.dialect.name == "postgresql" else sqlite_insert
 
 
 KEYS_ENV = "CHARTBRIDGE_TOKEN_KEYS"
@@ -95,7 +89,7 @@ class DbTokenCache:
         now = self.clock.now()
         sealed = self.sealer.encrypt(token.encode()).decode()
         with self.db.transaction() as tx:
-            stmt = _insert(tx)(TokenRow.__table__).values(
+            stmt = insert_for(tx)(TokenRow.__table__).values(
                 org_id=org_id, key=key, token=sealed, expires_at=expires_at, requested_at=now)
             tx.execute(stmt.on_conflict_do_update(
                 index_elements=["org_id", "key"],
@@ -134,11 +128,9 @@ class DbReplayGuard:
             if prune:
                 tx.execute(delete(ReplayRow).where(ReplayRow.expires_at < now))
                 self._pruned_at = now
-            stmt = _insert(tx)(ReplayRow.__table__).values(org_id=org_id, jti=jti,
-                                                          expires_at=expires_at)
-            got = tx.execute(stmt.on_conflict_do_nothing(index_elements=["org_id", "jti"])
-                             .returning(ReplayRow.__table__.c.jti)).first()
-            return got is not None
+            stmt = insert_ignoring(tx, ReplayRow.__table__, ("org_id", "jti"), "jti")
+            return tx.execute(stmt, {"org_id": org_id, "jti": jti,
+                                     "expires_at": expires_at}).first() is not None
 
     def seen(self, org_id: str, jti: str) -> bool:
         with self.db.transaction() as tx:

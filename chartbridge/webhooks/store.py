@@ -94,7 +94,7 @@ class WebhookStore:
         `subscribers_of(org_id)` gives that org's subscribers; an org with no config file
         has none (its events are settled as told to nobody), an org whose file does not
         validate keeps its events for a later pass, without holding up the other orgs."""
-        from chartbridge.ledger.store.base import insert_for
+        from chartbridge.ledger.db import insert_for
 
         made, now = 0, self.clock.now()
         with self.db.transaction() as tx:

@@ -6,7 +6,12 @@ Nothing here builds payloads: the simulator and the engine speak only over HTTP.
 """
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,3 +143,51 @@ class EpicStack:
     def ledger_rows(self, external_id: str | None = None):
         session = self.session(external_id) if external_id else None
         return self.engine.ledger.list(ORG, session_id=session.id if session else None)
+
+
+def serve_processes(stack: EpicStack, n: int, log) -> tuple[list[subprocess.Popen], list[str]]:
+    """n `chartbridge serve` processes on a started stack's database, org config and broker
+    (the production web tier: several processes behind one proxy, so each answers for the
+    stack's URL, the one Epic's tokens name as `aud`); their base URLs once each is ready.
+    Output goes to `log` (an open file). Stop them with `stop_processes`."""
+    if not stack.broker_url:
+        raise ValueError("web processes share a broker; give the stack a broker_url")
+    env = dict(os.environ, CHARTBRIDGE_DATABASE_URL=stack.database_url,
+               CHARTBRIDGE_CONFIG_DIR=str(stack.workdir / "orgs"),
+               CHARTBRIDGE_BROKER_URL=stack.broker_url, CHARTBRIDGE_QUEUE=stack.queue)
+    procs, bases = [], []
+    try:
+        for _ in range(n):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "chartbridge.cli", "serve", "--port", str(port),
+                 "--no-sweeper", "--public-url", stack.engine_url],
+                env=env, stdout=log, stderr=subprocess.STDOUT))
+            bases.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        for proc, base in zip(procs, bases):
+            while not _ready(base):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"chartbridge serve did not come up (log: {log.name})")
+                time.sleep(0.1)
+    except BaseException:
+        stop_processes(procs)
+        raise
+    return procs, bases
+
+
+def _ready(base: str) -> bool:
+    import httpx
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(30)

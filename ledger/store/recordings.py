@@ -14,31 +14,33 @@ from chartbridge.core.rules import version_complete
 from chartbridge.webhooks import outbox
 
 from .. import audit
+from ..db import insert_for, insert_ignoring
 from ..tables import ChunkAudioRow, ChunkRow, RecordingRow, SegmentRow
-from .base import StoreBase, insert_for
+from .base import StoreBase
 
 
 class RecordingStore(StoreBase):
     def announce_chunk(self, chunk: Chunk, *, org_id: str, event: str, key: str) -> bool:
         """Record a chunk announcement once. Returns True when the chunk is new (and so
         needs processing). A chunk's audio never changes once announced."""
+        # Epic's hot path (one per callback): Core statements, no ORM rows or flush.
         now = self.clock.now()
         with self.db.transaction() as tx:
-            session = self._session_row(tx, org_id, chunk.session_id)
+            session = self._session_facts(tx, org_id, chunk.session_id)
             if not self._first_delivery(tx, org_id, session.source, event, key, session.id,
                                         session.correlation_id):
                 return False
             if session.status != SessionStatus.OPEN:
                 return False
-            existing = tx.get(ChunkRow, (chunk.session_id, chunk.recording_id, chunk.sequence))
-            if existing is not None:
-                return False
-            tx.add(ChunkRow(session_id=chunk.session_id, recording_id=chunk.recording_id,
-                            sequence=chunk.sequence, org_id=org_id, version=chunk.version,
-                            content_type=chunk.content_type, duration_ms=chunk.duration_ms,
-                            offset_ms=chunk.offset_ms, state=ChunkState.ANNOUNCED, attempts=0,
-                            enqueued_at=now, updated_at=now))
-            return True
+            # a chunk already announced (under another delivery) is left as it is
+            stmt = insert_ignoring(tx, ChunkRow.__table__,
+                                   ("session_id", "recording_id", "sequence"), "sequence")
+            return tx.execute(stmt, {
+                "session_id": chunk.session_id, "recording_id": chunk.recording_id,
+                "sequence": chunk.sequence, "org_id": org_id, "version": chunk.version,
+                "content_type": chunk.content_type, "duration_ms": chunk.duration_ms,
+                "offset_ms": chunk.offset_ms, "state": ChunkState.ANNOUNCED, "attempts": 0,
+                "enqueued_at": now, "updated_at": now}).first() is not None
 
     def store_audio(self, org_id: str, session_id: str, recording_id: str, sequence: int,
                     audio: bytes, content_type: str) -> None:

@@ -2,7 +2,7 @@
 closed once, and the inbox of their inbound events."""
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from chartbridge.core.errors import StateConflict
 from chartbridge.core.models import Session, SessionStatus
@@ -12,6 +12,10 @@ from .. import audit
 from ..tables import SessionRow
 from .base import StoreBase
 
+_sessions = SessionRow.__table__
+_FIND_SESSION = select(_sessions.c.doc).where(_sessions.c.org_id == bindparam("org_id"),
+                                              _sessions.c.source == bindparam("source"),
+                                              _sessions.c.external_id == bindparam("external_id"))
 
 class SessionStore(StoreBase):
     def open_session(self, session: Session, *, begin_hash: str, event: str,
@@ -58,11 +62,10 @@ class SessionStore(StoreBase):
             return Session.model_validate(self._session_row(tx, org_id, session_id).doc)
 
     def find_session(self, org_id: str, source: str, external_id: str) -> Session | None:
-        with self.db.transaction() as tx:
-            row = tx.scalars(select(SessionRow).where(
-                SessionRow.org_id == org_id, SessionRow.source == source,
-                SessionRow.external_id == external_id)).first()
-            return Session.model_validate(row.doc) if row else None
+        with self.db.transaction() as tx:       # every Epic callback looks its session up
+            doc = tx.execute(_FIND_SESSION, {"org_id": org_id, "source": source,
+                                             "external_id": external_id}).scalar()
+            return Session.model_validate(doc) if doc is not None else None
 
     def list_sessions(self, org_id: str, *, limit: int = 100) -> list[Session]:
         with self.db.transaction() as tx:
