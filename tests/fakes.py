@@ -45,13 +45,23 @@ class WriteCommits:
     """Counts committed transactions that wrote something (each waits for the WAL flush:
     what a write through the ledger costs, next to a bare insert's one). An
     `INSERT … ON CONFLICT DO NOTHING` that met its conflict changed no row and writes
-    nothing to flush, so it does not count."""
+    nothing to flush, so it does not count: on SQLite the connection's change counter
+    says (a RETURNING statement's rowcount is not known when it runs), elsewhere the
+    statement's rowcount."""
 
     def __init__(self, engine) -> None:
-        self.commits, self._wrote = 0, False
+        self.commits, self._wrote, self._changes = 0, False, None
+        event.listen(engine, "begin", self._begin)
         event.listen(engine, "after_cursor_execute", self._statement)
         event.listen(engine, "commit", self._commit)
         event.listen(engine, "rollback", self._rollback)
+
+    @staticmethod
+    def _total_changes(conn):
+        return getattr(conn.connection.dbapi_connection, "total_changes", None)
+
+    def _begin(self, conn) -> None:
+        self._changes = self._total_changes(conn)
 
     def _statement(self, conn, cursor, statement, *args) -> None:
         if (statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")
@@ -59,6 +69,9 @@ class WriteCommits:
             self._wrote = True
 
     def _commit(self, conn) -> None:
+        total = self._total_changes(conn)
+        if total is not None and self._changes is not None:
+            self._wrote = total != self._changes
         self.commits += self._wrote
         self._wrote = False
 
