@@ -52,11 +52,8 @@ def _worker(db_url: str, config_dir: str, queue: str, threads: int, ready) -> No
     from contract_tests.epic_haiku.stack import ORG
 
     engine = bootstrap(database_url=db_url, config_dir=config_dir, migrate=False)
-    from chartbridge.core import scheduling
-    transcriber = engine.transcriber(ORG)                 # load the models before the clock:
-    transcriber.transcribe(_silence(1), offset_ms=0)      # the after-stop (foreground) one
-    with scheduling.background():                         # and the mid-recording one
-        transcriber.transcribe(_silence(1), offset_ms=0)
+    transcriber = engine.transcriber(ORG)                 # load the model before the clock
+    transcriber.transcribe(_silence(1), offset_ms=0)
     rt = runtime.start(engine, broker_url=REDIS, in_process_worker=True,
                        worker_threads=threads, queue=queue, sweep_interval_s=3600)
     ready.set()

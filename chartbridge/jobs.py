@@ -17,7 +17,6 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
 from chartbridge.bootstrap import Engine
-from chartbridge.core import scheduling
 from chartbridge.core import usecases as uc
 from chartbridge.core.errors import (ChartbridgeError, OutcomeUnknown, PermanentError,
                                      TransientError, WriteInProgress)
@@ -79,10 +78,8 @@ class Jobs:
         # worker consumes every queue declared on its broker, so both.
         self.after_stop_queue = f"{self.queue}-after-stop"
         after_stop = dict(opts, queue_name=self.after_stop_queue, priority=0)
-        # ... and a mid-recording chunk's own work runs in the background lane, so on a busy
-        # machine it yields the cores to work after Stop (core/scheduling.py).
-        self.process_chunk = dramatiq.actor(self._process_recording_chunk,
-                                            actor_name="process_chunk", **dict(opts, priority=10))
+        self.process_chunk = dramatiq.actor(self._process_chunk, actor_name="process_chunk",
+                                            **dict(opts, priority=10))
         self.process_last_chunk = dramatiq.actor(self._process_chunk,
                                                  actor_name="process_last_chunk", **after_stop)
         self.finish_version = dramatiq.actor(self._finish_version, actor_name="finish_version",
@@ -103,11 +100,6 @@ class Jobs:
             actor.send(*args)
 
     # -- chunk: download, store, transcribe ---------------------------------------------------
-    def _process_recording_chunk(self, org_id: str, session_id: str, recording_id: str,
-                                 sequence: int) -> None:
-        with scheduling.background():
-            self._process_chunk(org_id, session_id, recording_id, sequence)
-
     def _process_chunk(self, org_id: str, session_id: str, recording_id: str, sequence: int) -> None:
         e = self.engine
         session = e.store.get_session(org_id, session_id)

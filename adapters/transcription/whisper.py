@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from chartbridge.core import scheduling
 from chartbridge.core.errors import ConfigError, PermanentError
 from chartbridge.core.ports import SpokenSegment
 
@@ -32,7 +31,7 @@ MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)     # faster-whisper's default
 
 _lock = threading.Lock()
-_cache: dict[tuple[str, str, str], Any] = {}
+_cache: dict[tuple[str, str], Any] = {}
 _loads = 0
 
 
@@ -78,43 +77,9 @@ def resolve_model_dir(model_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-# How much lower the background lane's replica runs (nice +10: under CFS a busy foreground
-# thread then gets about 90 % of a core it shares with a background one).
-BACKGROUND_NICE = 10
-
-
-def _load(path: Path, compute_type: str, cpu_threads: int, lane: str) -> Any:
-    """Build the model; for the background lane, on a thread of its own whose nice value
-    is raised first. CTranslate2 starts the replica's worker thread in the constructor and
-    that thread starts its OpenMP team, so every thread that computes for this replica
-    inherits the lower priority; the job threads themselves keep theirs."""
-    if lane != scheduling.BACKGROUND or not hasattr(os, "setpriority"):
-        return model_factory(str(path), compute_type, cpu_threads)
-    out: dict[str, Any] = {}
-
-    def build() -> None:
-        try:
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid,
-                           min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
-            out["model"] = model_factory(str(path), compute_type, cpu_threads)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            out["error"] = exc
-
-    loader = threading.Thread(target=build, name="whisper-background-load", daemon=True)
-    loader.start()
-    loader.join()
-    if "error" in out:
-        raise out["error"]
-    return out["model"]
-
-
 def _get_model(path: Path, compute_type: str, cpu_threads: int) -> Any:
-    """The process's replica of the model for the current lane (core/scheduling.py):
-    one for the foreground, one for the background, each loaded once."""
     global _loads
-    lane = scheduling.lane()
-    key = (str(path.resolve()), compute_type, lane)
+    key = (str(path.resolve()), compute_type)
     model = _cache.get(key)
     if model is not None:
         return model
@@ -123,7 +88,7 @@ def _get_model(path: Path, compute_type: str, cpu_threads: int) -> Any:
         if model is None:
             os.environ["HF_HUB_OFFLINE"] = "1"       # never reach the network
             try:
-                model = _load(path, compute_type, cpu_threads, lane)
+                model = model_factory(str(path), compute_type, cpu_threads)
             except ConfigError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any load failure is a config problem
