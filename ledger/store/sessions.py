@@ -17,6 +17,7 @@ _FIND_SESSION = select(_sessions.c.doc).where(_sessions.c.org_id == bindparam("o
                                               _sessions.c.source == bindparam("source"),
                                               _sessions.c.external_id == bindparam("external_id"))
 
+
 class SessionStore(StoreBase):
     def open_session(self, session: Session, *, begin_hash: str, event: str,
                      key: str) -> tuple[Session, bool]:
