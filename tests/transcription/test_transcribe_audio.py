@@ -82,3 +82,28 @@ def test_model_loaded_once_across_many_calls():
             t.transcribe(chunk, offset_ms=offset_ms, final=True)
     # Then the model was loaded exactly once
     assert model_load_count() == 1
+
+
+def test_a_chunk_decoded_again_for_the_hint_check_runs_the_encoder_once(monkeypatch):
+    # Given the default model, and a chunk whose hinted transcript names a hint term
+    # (encounter-1's third chunk: its oxygen saturation), so the check decodes it again
+    from chartbridge.adapters.transcription import FasterWhisperTranscriber
+    from chartbridge.adapters.transcription import whisper as whisper_mod
+
+    chunks = chunk_wav(wav_bytes("encounter-1"), 10.0)
+    (offset_ms, chunk), (_, lead_in) = chunks[2], chunks[1]
+    t = FasterWhisperTranscriber()
+    memo = t.model().encode
+    decodes = []
+    real_decode = t._decode
+    monkeypatch.setattr(t, "_decode", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
+    runs = memo.calls
+    # When it is transcribed
+    segments = t.transcribe(chunk, offset_ms=offset_ms, lead_in=lead_in)
+    # Then it was decoded twice but its audio encoded once
+    assert len(decodes) == 2
+    assert memo.calls - runs == 1
+    # And the transcript is the one an encoder run per decoding gives
+    monkeypatch.setattr(whisper_mod.EncoderMemo, "__call__",
+                        lambda self, features: self._encode(features))
+    assert t.transcribe(chunk, offset_ms=offset_ms, lead_in=lead_in) == segments

@@ -305,3 +305,27 @@ def test_a_loop_without_hints_falls_back_to_whispers_temperature_schedule(monkey
     whisper_mod.clear_model_cache()
     assert [s.text for s in segs] == ["Fine."]
     assert [c["temperature"] for c in model.calls] == [0.0, whisper_mod.FALLBACK_TEMPERATURES]
+
+
+def test_encoder_memo_reuses_the_last_output_only_for_the_same_audio_in_the_same_thread():
+    # Given the encoder wrapped in the memo the real model gets
+    runs = []
+
+    def encode(features):
+        runs.append(features.copy())
+        return f"encoded#{len(runs)}"
+    memo = whisper_mod.EncoderMemo(encode)
+    a = np.random.default_rng(1).random((80, 3000), dtype=np.float32)
+    b = a.copy()
+    b[0, 0] += 1e-3                                  # other audio, one value apart
+    # When the same features are encoded twice in a row: one run, the same output
+    assert memo(a) == memo(a.copy()) == "encoded#1" and memo.calls == 1
+    # Then different features run the encoder again, and so does a shape that differs
+    assert memo(b) == "encoded#2"
+    assert memo(a[:, :1500]) == "encoded#3"
+    # And another thread never gets this thread's output
+    out = []
+    worker = threading.Thread(target=lambda: out.append(memo(a[:, :1500])))
+    worker.start()
+    worker.join(5)
+    assert out == ["encoded#4"] and memo.calls == 4
