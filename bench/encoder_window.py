@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faster_whisper.transcribe as fw_transcribe  # noqa: E402
 from faster_whisper.audio import pad_or_trim  # noqa: E402
 
+from bench._common import bar_plot  # noqa: E402
 from bench.visits import visits  # noqa: E402
 from chartbridge.adapters.transcription import FasterWhisperTranscriber  # noqa: E402
 from tests.transcription.helpers import joined, transcribe_chunked, wer  # noqa: E402
@@ -67,6 +68,15 @@ def main() -> None:
     base_secs, base_wers = results[None]
     fastest = min((p for p in results if p is not None), key=lambda p: results[p][0])
     secs, wers = results[fastest]
+    bars = {}
+    for pad, (t, w) in results.items():
+        label = "30 s" if pad is None else f"+{pad} frames"
+        bars[f"{label}: mean WER, %"] = 100 * sum(w) / len(w)
+        bars[f"{label}: time, % of 30 s"] = 100 * t / base_secs
+    plot = bar_plot("encoder_window", f"Encoder window vs Whisper's padded 30 s "
+                    f"({transcriber.model_id}, {len(fixtures)} visits)", bars, "percent",
+                    "shorter windows: less time, more word errors")
+    print(f"plot  {plot}")
     print(f"model {transcriber.model_id}: length + {fastest} frames takes "
           f"{secs / base_secs:.2f} x the time of 30 s windows; mean WER "
           f"{sum(base_wers) / len(base_wers):.3f} -> {sum(wers) / len(wers):.3f}")
