@@ -8,8 +8,9 @@ them (10 s chunks, lead-in, hints with the hint check):
 
 For each padding P (mel frames, 100 a second) past the window's own length, the seconds
 taken and each fixture's WER, beside the padded 30 s in the same run. Not used by the
-engine: the measurement behind docs/bench/README.md's clinic section. Prints, last, the
-time ratio and the WER change of the fastest padding against 30 s.
+engine: the measurement behind docs/bench/README.md's clinic section. Writes
+docs/bench/encoder_window.png; prints, last, the time ratio and the WER change of the
+fastest padding against 30 s.
 """
 from __future__ import annotations
 

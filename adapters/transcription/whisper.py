@@ -72,7 +72,6 @@ class EncoderMemo:
     def __init__(self, encode: Callable[[np.ndarray], Any]) -> None:
         self._encode = encode
         self._last = threading.local()
-        self.calls = 0            # encoder runs (for tests)
 
     def __call__(self, features: np.ndarray) -> Any:
         features = np.ascontiguousarray(features)
@@ -82,7 +81,6 @@ class EncoderMemo:
         if last is not None and last[0] == key:
             return last[1]
         output = self._encode(features)
-        self.calls += 1
         self._last.entry = (key, output)
         return output
 

@@ -312,14 +312,14 @@ def test_encoder_memo_reuses_the_last_output_only_for_the_same_audio_in_the_same
     runs = []
 
     def encode(features):
-        runs.append(features.copy())
+        runs.append(1)
         return f"encoded#{len(runs)}"
     memo = whisper_mod.EncoderMemo(encode)
     a = np.random.default_rng(1).random((80, 3000), dtype=np.float32)
     b = a.copy()
     b[0, 0] += 1e-3                                  # other audio, one value apart
     # When the same features are encoded twice in a row: one run, the same output
-    assert memo(a) == memo(a.copy()) == "encoded#1" and memo.calls == 1
+    assert memo(a) == memo(a.copy()) == "encoded#1" and len(runs) == 1
     # Then different features run the encoder again, and so does a shape that differs
     assert memo(b) == "encoded#2"
     assert memo(a[:, :1500]) == "encoded#3"
@@ -328,4 +328,4 @@ def test_encoder_memo_reuses_the_last_output_only_for_the_same_audio_in_the_same
     worker = threading.Thread(target=lambda: out.append(memo(a[:, :1500])))
     worker.start()
     worker.join(5)
-    assert out == ["encoded#4"] and memo.calls == 4
+    assert out == ["encoded#4"] and len(runs) == 4
